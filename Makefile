@@ -1,0 +1,40 @@
+# The two commands a newcomer needs: `make demo` and `make test`. See README.md.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DEMO := data/demo
+DEMO_COUNT ?= 12
+
+.PHONY: install demo test pretrain montage clean-demo
+
+$(BIN)/monailabel: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(BIN)/monailabel
+
+$(DEMO)/.generated: | install
+	$(BIN)/python -m apps.slpt.generate --studies $(DEMO) --count $(DEMO_COUNT)
+	touch $@
+
+# Serves the app on the demo phantoms, bound to localhost only.
+demo: install $(DEMO)/.generated
+	@echo "MONAI Label with the SLPT app: http://$(HOST):$(PORT)/  (API docs at /docs)"
+	PATH=$(abspath $(BIN)):$$PATH MLFLOW_ALLOW_FILE_STORE=true \
+	  $(BIN)/monailabel start_server --app . --studies $(DEMO) --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+pretrain: install
+	$(BIN)/python -m apps.slpt.pretrain --out models/backbone
+
+montage: install
+	$(BIN)/python -m apps.slpt.montage --out docs/phantoms.png
+
+clean-demo:
+	rm -rf $(DEMO)

@@ -1,0 +1,145 @@
+"""Loading a frozen, task-agnostic CT segmentation backbone from a MONAI bundle directory.
+
+One mechanism serves both our default backbone and a model-zoo bundle such as
+``wholeBody_ct_segmentation``: a directory with ``configs/inference.json`` (holding ``network_def``,
+``preprocessing`` and optionally ``inferer``) and ``models/model.pt`` (a plain state dict). Our
+pre-training script writes exactly that layout, so nothing special-cases "our" checkpoint.
+
+The bundle's own ``preprocessing`` transforms are reused (minus its loader), which keeps inference and
+prompt tuning on the intensity and spacing conventions the backbone was trained with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+from monai.transforms import Compose, LoadImaged
+from torch import nn
+
+INFERENCE_CONFIG = Path("configs") / "inference.json"
+METADATA = Path("configs") / "metadata.json"
+WEIGHTS = Path("models") / "model.pt"
+
+
+@dataclass
+class Backbone:
+    """A loaded backbone.
+
+    Attributes:
+        network: the segmentation network, in eval mode, weights loaded strictly.
+        preprocessing: image-only transforms (dict-based, key ``"image"``) that follow loading.
+        roi_size: sliding-window size the bundle was trained/inferred with.
+        labels: organ names to output indices, when the bundle declares them.
+        identity: ``{"path", "sha256", "name"}``; prompt checkpoints record this.
+        metadata: the bundle's ``configs/metadata.json`` (empty when absent).
+    """
+
+    network: nn.Module
+    preprocessing: list
+    roi_size: tuple[int, int, int]
+    labels: dict[str, int] = field(default_factory=dict)
+    identity: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.metadata.get("out_channels") or _last_conv_channels(self.network))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.network.parameters())
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_backbone(bundle_dir: str | Path, device: str | torch.device = "cpu") -> Backbone:
+    """Load the network and its preprocessing from a bundle directory; fail loudly on any mismatch.
+
+    Raises:
+        FileNotFoundError: the directory lacks ``configs/inference.json`` or ``models/model.pt``.
+        ValueError: the config has no ``network_def``, or the weights do not match it exactly.
+    """
+    bundle_dir = Path(bundle_dir).resolve()
+    for required in (INFERENCE_CONFIG, WEIGHTS):
+        if not (bundle_dir / required).is_file():
+            raise FileNotFoundError(f"backbone bundle {bundle_dir} has no {required}")
+
+    parser = read_bundle_config(bundle_dir)
+    if "network_def" not in parser.config:
+        raise ValueError(f"{bundle_dir / INFERENCE_CONFIG} has no 'network_def'")
+    network: nn.Module = parser.get_parsed_content("network_def", instantiate=True)
+
+    weights_path = bundle_dir / WEIGHTS
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]  # some bundles wrap the weights
+    load_strict(network, state, source=str(weights_path))
+    network.to(device).eval()
+
+    metadata = json.loads((bundle_dir / METADATA).read_text()) if (bundle_dir / METADATA).is_file() else {}
+    return Backbone(
+        network=network,
+        preprocessing=image_preprocessing(parser),
+        roi_size=_roi_size(parser),
+        labels=dict(metadata.get("labels", {})),
+        identity={"path": str(bundle_dir), "sha256": file_sha256(weights_path), "name": bundle_dir.name},
+        metadata=metadata,
+    )
+
+
+def load_strict(module: nn.Module, state: dict, source: str) -> None:
+    """``load_state_dict`` that names missing, unexpected and mis-shaped keys instead of guessing."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mis_shaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or mis_shaped:
+        problems = [
+            f"{what} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+            for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                               ("shape mismatch", mis_shaped))
+            if keys
+        ]
+        raise ValueError(f"weights in {source} do not match the network: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+def read_bundle_config(bundle_dir: str | Path) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(Path(bundle_dir) / INFERENCE_CONFIG)
+    parser["bundle_root"] = str(bundle_dir)
+    return parser
+
+
+def image_preprocessing(parser: ConfigParser) -> list:
+    """The bundle's preprocessing without its loader (callers load images their own way)."""
+    if "preprocessing" not in parser.config:
+        return []
+    compose = parser.get_parsed_content("preprocessing", instantiate=True)
+    transforms = compose.transforms if isinstance(compose, Compose) else list(compose)
+    return [t for t in transforms if not isinstance(t, LoadImaged)]
+
+
+def _roi_size(parser: ConfigParser) -> tuple[int, int, int]:
+    try:
+        roi = parser.get_parsed_content("inferer#roi_size", instantiate=True)
+    except KeyError:
+        roi = (96, 96, 96)
+    return tuple(int(r) for r in roi)
+
+
+def _last_conv_channels(network: nn.Module) -> int:
+    convs = [m for m in network.modules() if isinstance(m, nn.Conv3d)]
+    if not convs:
+        raise ValueError("cannot infer output channels: network has no Conv3d")
+    return convs[-1].out_channels

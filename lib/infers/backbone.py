@@ -1,0 +1,43 @@
+"""MONAI Label infer task ``backbone``: the frozen backbone's own organ segmentation."""
+
+from __future__ import annotations
+
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import Activationsd, AsDiscreted, CastToTyped, Compose, Invertd, LoadImaged, SqueezeDimd
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from apps.slpt.backbone import Backbone
+
+
+class BackboneSegmentation(BasicInferTask):
+    """Organ label map from the frozen backbone, written back in the input's own geometry."""
+
+    def __init__(self, backbone: Backbone, overlap: float = 0.25):
+        super().__init__(
+            path=None,
+            network=backbone.network,
+            type=InferType.SEGMENTATION,
+            labels=backbone.labels or None,
+            dimension=3,
+            description="Task-agnostic organ segmentation by the frozen backbone (no prompts)",
+            roi_size=backbone.roi_size,
+        )
+        self.backbone = backbone
+        self.overlap = overlap
+
+    def pre_transforms(self, data=None):
+        return [LoadImaged(keys="image"), *self.backbone.preprocessing]
+
+    def inferer(self, data=None):
+        return SlidingWindowInferer(roi_size=self.roi_size, sw_batch_size=1, overlap=self.overlap)
+
+    def post_transforms(self, data=None):
+        return [
+            Activationsd(keys="pred", softmax=True),
+            AsDiscreted(keys="pred", argmax=True),
+            # Undo the backbone's orientation/spacing with the image's own transform record.
+            Invertd(keys="pred", transform=Compose(self.pre_transforms(data)), orig_keys="image", nearest_interp=True),
+            SqueezeDimd(keys="pred", dim=0),
+            CastToTyped(keys="pred", dtype="uint8"),
+        ]
