@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .phantom import TUMOR_PREVALENCE, make_phantom  # noqa: E402
+from .phantom import TUMOR_PREVALENCE, make_phantom, phantom_header  # noqa: E402
 
 
 def _ras_axial(volume: np.ndarray, affine: np.ndarray, z: int) -> np.ndarray:
@@ -33,7 +33,10 @@ def render(out: Path, seed: int = 7, slices: int = 4) -> Path:
     types = list(TUMOR_PREVALENCE)
     fig, axes = plt.subplots(len(types), slices, figsize=(2.6 * slices, 2.2 * len(types)))
     for row, kind in enumerate(types):
-        ph = make_phantom(seed + row, tumor_type=kind)
+        # Show each type in the phase that defines its look (arterial for the enhancing ones).
+        phase = "arterial" if kind in ("hcc", "hemangioma") else "portal_venous"
+        ph_seed = next(s for s in range(seed + row, seed + 1000) if phantom_header(s)["phase"] == phase)
+        ph = make_phantom(ph_seed, tumor_type=kind)
         liver_z = np.nonzero(ph.label.any(axis=(0, 1)))[0]
         tumour_z = np.nonzero((ph.label == 2).any(axis=(0, 1)))[0]
         zs = tumour_z if len(tumour_z) else liver_z

@@ -97,14 +97,27 @@ def sample_tumor_type(rng: np.random.Generator, prevalence: dict[str, float]) ->
     return str(rng.choice(names, p=[prevalence[n] for n in names]))
 
 
+def _sample_header(rng: np.random.Generator, spec: PhantomSpec) -> tuple[float, str, str, str]:
+    """The first draws of every phantom: (body scale, phase, tumour type, orientation)."""
+    scale = float(rng.uniform(*spec.body_scale))
+    phase = str(rng.choice(PHASES))
+    tumor_type = sample_tumor_type(rng, spec.prevalence)
+    orientation = "LPS" if rng.random() < spec.lps_fraction else "RAS"
+    return scale, phase, tumor_type, orientation
+
+
+def phantom_header(seed: int, spec: PhantomSpec | None = None) -> dict[str, str]:
+    """Phase, tumour type and orientation of ``make_phantom(seed)`` without building the volume."""
+    _, phase, tumor_type, orientation = _sample_header(np.random.default_rng(seed), spec or PhantomSpec())
+    return {"phase": phase, "tumor_type": tumor_type, "orientation": orientation}
+
+
 def make_phantom(seed: int, spec: PhantomSpec | None = None, tumor_type: str | None = None) -> Phantom:
     """Generate the phantom for ``seed``; ``tumor_type`` overrides the sampled type (montages)."""
     spec = spec or PhantomSpec()
     rng = np.random.default_rng(seed)
-    scale = rng.uniform(*spec.body_scale)
-    phase = str(rng.choice(PHASES))
-    tumor_type = tumor_type or sample_tumor_type(rng, spec.prevalence)
-    orientation = "LPS" if rng.random() < spec.lps_fraction else "RAS"
+    scale, phase, sampled_type, orientation = _sample_header(rng, spec)
+    tumor_type = tumor_type or sampled_type
 
     half_w, half_d = 160.0 * scale * rng.uniform(0.93, 1.07), 115.0 * scale * rng.uniform(0.93, 1.07)
     spacing = np.array([rng.uniform(*spec.inplane_spacing)] * 2 + [rng.uniform(*spec.slice_spacing)])
@@ -201,8 +214,9 @@ def _anatomy(world, rng, s, half_w, half_d, phase):
     fat_mm = rng.uniform(10.0, 30.0)
     inner = 1.0 - fat_mm / half_d
     hu[body_r < 1.0] = hu_of["fat"]
-    hu[(body_r < inner) & (body_r > inner - 0.07)] = hu_of["muscle"]
-    hu[body_r <= inner - 0.07] = hu_of["fat"] * 0.6  # visceral fat, denser than subcutaneous
+    cavity = body_r <= inner - 0.07  # organs stay inside the abdominal wall
+    hu[(body_r < inner) & ~cavity] = hu_of["muscle"]
+    hu[cavity] = hu_of["fat"] * 0.6  # visceral fat, denser than subcutaneous
 
     # Bowel: soft-tissue loops with gas pockets, anterior and caudal of the liver.
     bowel = np.zeros(shape, bool)
@@ -213,12 +227,12 @@ def _anatomy(world, rng, s, half_w, half_d, phase):
         gas = _ellipsoid(world, c, (j(12 * s), j(8 * s), j(12 * s))) < 1
         hu[loop] = hu_of["bowel_wall"]
         hu[gas] = hu_of["gas"]
-    organs[bowel & (body_r < inner - 0.07)] = ORGAN_NAMES["bowel"]
+    organs[bowel & cavity] = ORGAN_NAMES["bowel"]
 
     liver = _ellipsoid(world, (j(65 * s), j(10 * s), j(35 * s)), (j(80 * s), j(72 * s), j(78 * s)),
                        _wobble(world, rng, 0.12))
     # The left lobe tapers towards the patient's left: cut the ellipsoid with a slanted plane.
-    liver = (liver < 1) & (y - 0.55 * (x - 10 * s) < 70 * s)
+    liver = (liver < 1) & (y - 0.55 * (x - 10 * s) < 70 * s) & cavity
     spleen = _ellipsoid(world, (j(-85 * s), j(-40 * s), j(40 * s)), (j(32 * s), j(24 * s), j(48 * s)),
                         _wobble(world, rng, 0.1)) < 1
     _paint(hu, organs, liver, hu_of["liver"], ORGAN_NAMES["liver"])
@@ -244,8 +258,8 @@ def _anatomy(world, rng, s, half_w, half_d, phase):
     bone = (vertebra | arch) & level
     _paint(hu, organs, bone, hu_of["trabecular"], ORGAN_NAMES["bone"])
     hu[bone & ((vr > 17 * s) | arch)] = hu_of["cortical"]
-    rib_r = np.sqrt((x / (half_w * 0.9)) ** 2 + (y / (half_d * 0.88)) ** 2)
-    ribs = (np.abs(rib_r - inner + 0.1) < 0.025) & (np.mod(z + 8.0, 36.0) < 9.0) & (y < 0.4 * half_d)
+    # Ribs run inside the muscle wall, around the back and sides (not across the anterior midline).
+    ribs = (np.abs(body_r - inner + 0.035) < 0.02) & (np.mod(z + 8.0, 36.0) < 9.0) & (y < 0.3 * half_d)
     _paint(hu, organs, ribs, hu_of["cortical"] * 0.8, ORGAN_NAMES["bone"])
     return hu, organs
 
@@ -291,8 +305,7 @@ def _add_tumors(hu, world, liver, spacing, rng, tumor_type, phase, s):
 
 def _paint_lesion(hu, d, lesion, kind, phase, liver_hu, blood, rng, r):
     """Per-type enhancement patterns (SLPT.md §5)."""
-    rim = lesion & (d > 0.8)
-    core = lesion & ~rim
+    rim = lesion & (d > 0.9)  # the outer ~27% of the lesion volume
     if kind == "hcc":
         delta = {"non_contrast": -rng.uniform(5, 15), "arterial": rng.uniform(20, 40),
                  "portal_venous": -rng.uniform(10, 30)}[phase]

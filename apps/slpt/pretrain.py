@@ -11,6 +11,7 @@ model-zoo backbone has, so ``backbone.load_backbone`` treats both alike.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -108,7 +109,7 @@ def evaluate(network, pairs, roi_size, n_classes) -> dict[str, float]:
     return {name: round(float(d), 4) for name, d in zip(list(ORGAN_NAMES)[1:], per_class)}
 
 
-def pretrain(cfg: PretrainConfig, out: Path, log=print) -> dict:
+def pretrain(cfg: PretrainConfig, out: Path, log=functools.partial(print, flush=True)) -> dict:
     set_determinism(cfg.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out.mkdir(parents=True, exist_ok=True)
