@@ -23,7 +23,7 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
-from monai.transforms import RandCropByPosNegLabel
+from monai.transforms import RandCropByPosNegLabel, SpatialPad
 from monai.utils import set_determinism
 
 from .backbone import (
@@ -127,6 +127,7 @@ def pretrain(cfg: PretrainConfig, out: Path, log=functools.partial(print, flush=
 
     n_classes = len(cfg.labels)
     rng = np.random.default_rng(cfg.seed)
+    padder = SpatialPad([cfg.patch_size] * 3)
     cropper = RandCropByPosNegLabel(spatial_size=[cfg.patch_size] * 3, pos=2, neg=1, num_samples=1)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=1e-5)
@@ -139,8 +140,8 @@ def pretrain(cfg: PretrainConfig, out: Path, log=functools.partial(print, flush=
         for _ in range(cfg.batch_size):
             image, label = train[rng.integers(len(train))]
             cropper.set_random_state(int(rng.integers(2**31)))
-            stacked = torch.cat([image, label.float()])
-            patch = cropper(stacked, label=label)[0]
+            stacked = padder(torch.cat([image, label.float()]))  # short scans get zero (air) slices
+            patch = cropper(stacked, label=stacked[1:])[0]
             # Intensity jitter mimics other scanners/kernels without changing anatomy.
             img = patch[:1] * rng.uniform(0.9, 1.1) + rng.uniform(-0.05, 0.05)
             images.append(img)
