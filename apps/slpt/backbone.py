@@ -97,20 +97,24 @@ def load_backbone(bundle_dir: str | Path, device: str | torch.device = "cpu") ->
     )
 
 
-def load_strict(module: nn.Module, state: dict, source: str) -> None:
-    """``load_state_dict`` that names missing, unexpected and mis-shaped keys instead of guessing."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mis_shaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or mis_shaped:
-        problems = [
-            f"{what} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-            for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                               ("shape mismatch", mis_shaped))
-            if keys
-        ]
+def check_state_dict(expected: dict, state: dict, source: str) -> None:
+    """Raise a ``ValueError`` naming missing, unexpected and mis-shaped keys of ``state``."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    problems = [
+        f"{what} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+        for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", mis_shaped))
+        if keys
+    ]
+    if problems:
         raise ValueError(f"weights in {source} do not match the network: " + "; ".join(problems))
+
+
+def load_strict(module: nn.Module, state: dict, source: str) -> None:
+    """``load_state_dict`` that names what does not match instead of guessing (MONAI Label's
+    ``load_strict=False`` reports success when nothing matched)."""
+    check_state_dict(module.state_dict(), state, source)
     module.load_state_dict(state, strict=True)
 
 

@@ -1,4 +1,8 @@
-"""The app's one typed configuration, parsed once from MONAI Label's ``--conf key value`` strings."""
+"""The app's one typed configuration, parsed once from MONAI Label's ``--conf key value`` strings.
+
+Every field is set with ``--conf slpt_<field> <value>``; the dataclass validates itself, so a typo or
+an out-of-range value stops the server at start-up with a message that names the setting.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +13,68 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 CONF_PREFIX = "slpt_"
+SEGRESNET_STAGES = ("down_layers.1", "down_layers.2", "down_layers.3", "up_layers.0", "up_layers.1")
+
+
+def _f(default, help_: str, **kw):
+    return field(default=default, metadata={"help": help_}, **kw)
 
 
 @dataclass
 class SLPTConfig:
-    """Settings of the SLPT app. Each field is set with ``--conf slpt_<field> <value>``.
+    """Settings of the SLPT app (defaults are the method's defaults, chosen on a validation split)."""
 
-    Args:
-        backbone: bundle directory of the frozen backbone (``configs/inference.json`` +
-            ``models/model.pt``); relative paths are taken from the app directory.
-        sw_overlap: sliding-window overlap for inference, in [0, 1).
-    """
-
-    backbone: str = field(default="models/backbone", metadata={"help": "backbone bundle directory"})
-    sw_overlap: float = field(default=0.25, metadata={"help": "sliding-window overlap in [0, 1)"})
+    # Backbone and storage
+    backbone: str = _f("models/backbone", "frozen backbone bundle directory (configs/inference.json + models/model.pt)")
+    model_dir: str = _f("model/slpt", "prompt checkpoint directory (versions + current.json)")
+    # Prompts (SLPT.md §3)
+    stages: tuple[str, ...] = _f(SEGRESNET_STAGES, "backbone stages that get a prompt + FPU, in forward order")
+    feature_stage: str = _f("up_layers.2", "backbone stage whose output feeds the new task head")
+    num_prompts: int = _f(3, "K, the number of diversified prompt sets")
+    prompt_channels: int = _f(4, "channels of each prompt tensor")
+    prompt_size: int = _f(4, "spatial size of each learnable prompt cube")
+    hidden_ratio: float = _f(0.25, "FPU hidden width as a fraction of the stage channels")
+    share_updaters: bool = _f(True, "share the FPUs between the K prompt sets")
+    # Training
+    epochs: int = _f(30, "training epochs per round")
+    iterations_per_epoch: int = _f(8, "optimiser steps per epoch")
+    batch_size: int = _f(2, "patches per optimiser step (each seen by all K prompt sets)")
+    patch_size: int = _f(48, "training patch edge in backbone voxels (multiple of 8)")
+    learning_rate: float = _f(1e-2, "AdamW learning rate for prompts, updaters and head")
+    diversity_weight: float = _f(0.1, "weight of the prompt-diversity term in the loss")
+    val_fraction: float = _f(0.2, "share of labelled scans held out for validation (fixed across rounds)")
+    min_val_scans: int = _f(1, "validate only when at least this many scans can be held out")
+    min_train_scans: int = _f(2, "never hold out scans that would leave fewer training scans than this")
+    seed: int = _f(0, "seed for prompt initialisation, patch sampling and augmentation")
+    # Inference and uncertainty
+    sw_overlap: float = _f(0.25, "sliding-window overlap in [0, 1)")
+    uncertainty_margin: int = _f(2, "voxels around the predicted tumour counted as lesion-relevant")
+    uncertainty_top_fraction: float = _f(0.01, "most-uncertain share of the liver counted as lesion-relevant")
 
     def __post_init__(self):
-        if not 0.0 <= self.sw_overlap < 1.0:
-            raise ValueError(f"slpt_sw_overlap must be in [0, 1), got {self.sw_overlap}")
+        self.stages = tuple(self.stages)
+        checks = [
+            (0.0 <= self.sw_overlap < 1.0, "slpt_sw_overlap must be in [0, 1)"),
+            (self.num_prompts >= 1, "slpt_num_prompts must be >= 1"),
+            (self.prompt_channels >= 1 and self.prompt_size >= 1, "slpt_prompt_channels/size must be >= 1"),
+            (0.0 < self.hidden_ratio <= 4.0, "slpt_hidden_ratio must be in (0, 4]"),
+            (len(self.stages) >= 1, "slpt_stages needs at least one stage"),
+            (self.epochs >= 1 and self.iterations_per_epoch >= 1, "slpt_epochs and iterations must be >= 1"),
+            (self.batch_size >= 1, "slpt_batch_size must be >= 1"),
+            (self.patch_size >= 16 and self.patch_size % 8 == 0, "slpt_patch_size must be a multiple of 8, >= 16"),
+            (self.learning_rate > 0, "slpt_learning_rate must be > 0"),
+            (self.diversity_weight >= 0, "slpt_diversity_weight must be >= 0"),
+            (0.0 <= self.val_fraction < 1.0, "slpt_val_fraction must be in [0, 1)"),
+            (self.min_val_scans >= 1 and self.min_train_scans >= 1, "slpt_min_*_scans must be >= 1"),
+            (self.uncertainty_margin >= 0, "slpt_uncertainty_margin must be >= 0"),
+            (0.0 < self.uncertainty_top_fraction <= 1.0, "slpt_uncertainty_top_fraction must be in (0, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{message} (config: {self._short()})")
+
+    def _short(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self).items() if k not in ("backbone", "model_dir"))
 
     @classmethod
     def from_conf(cls, conf: dict[str, str], app_dir: str | Path = ".") -> SLPTConfig:
@@ -43,17 +91,36 @@ class SLPTConfig:
                 raise ValueError(f"unknown setting {key!r}; known settings: {known}")
             values[name] = _coerce(key, raw, hints[name])
         config = cls(**values)
-        backbone = Path(config.backbone)
-        config.backbone = str(backbone if backbone.is_absolute() else Path(app_dir) / backbone)
+        for name in ("backbone", "model_dir"):
+            path = Path(getattr(config, name))
+            setattr(config, name, str(path if path.is_absolute() else Path(app_dir) / path))
         return config
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def with_overrides(self, **overrides: Any) -> SLPTConfig:
+        """A validated copy with some fields replaced (per-request training parameters)."""
+        hints = get_type_hints(type(self))
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = set(overrides) - names
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {sorted(unknown)}; known: {sorted(names)}")
+        return dataclasses.replace(self, **{k: _coerce(k, v, hints[k]) for k, v in overrides.items()})
+
 
 def _coerce(key: str, raw: Any, kind) -> Any:
-    if not isinstance(raw, str):
+    expected = getattr(kind, "__name__", str(kind))
+    if kind is bool and isinstance(raw, bool):
         return raw
+    if kind in (int, float) and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        if kind is int and int(raw) != raw:
+            raise ValueError(f"setting {key!r} expects int, got {raw!r}")
+        return kind(raw)
+    if getattr(kind, "__origin__", None) is tuple and isinstance(raw, (list, tuple)):
+        return tuple(str(s) for s in raw)
+    if not isinstance(raw, str):
+        raise ValueError(f"setting {key!r} expects {expected}, got {raw!r}")
     try:
         if kind is bool:
             if raw.lower() not in {"true", "false", "1", "0", "yes", "no"}:
@@ -61,8 +128,8 @@ def _coerce(key: str, raw: Any, kind) -> Any:
             return raw.lower() in {"true", "1", "yes"}
         if kind in (int, float):
             return kind(raw)
-        if kind == "tuple[str, ...]" or getattr(kind, "__origin__", None) is tuple:
-            return tuple(json.loads(raw)) if raw.startswith("[") else tuple(s for s in raw.split(",") if s)
+        if getattr(kind, "__origin__", None) is tuple:
+            return tuple(json.loads(raw)) if raw.startswith("[") else tuple(s.strip() for s in raw.split(",") if s)
         return raw
     except ValueError as e:
-        raise ValueError(f"setting {key!r} expects {getattr(kind, '__name__', kind)}, got {raw!r}") from e
+        raise ValueError(f"setting {key!r} expects {expected}, got {raw!r}") from e

@@ -1,0 +1,202 @@
+"""Versioned, self-describing prompt checkpoints: only what was trained, written atomically.
+
+A store is one directory::
+
+    prompts_v0001.pt  prompts_v0002.pt  ...   # every version is kept
+    current.json                               # {"version": 2}: the one that is served
+
+Each file holds the prompts/updaters/head tensors plus everything needed to judge and reload them:
+the SLPT config, the backbone's identity and weight hash, class names, parameter counts, training-set
+size and validation metrics. Writes go to a temporary file that is fsync'ed and renamed, so a process
+killed mid-write leaves the previous version intact. Rolling back moves ``current.json`` one version
+back (``python -m apps.slpt.checkpoints --model-dir DIR rollback``).
+
+    python -m apps.slpt.checkpoints --model-dir model/slpt list
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backbone import check_state_dict
+
+FORMAT = "slpt-prompts"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^prompts_v(\d{4,})\.pt$")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here; the message says why."""
+
+
+class PromptCheckpointStore:
+    """The versions of one model's prompt checkpoints in ``directory``."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+
+    def path(self, version: int) -> Path:
+        return self.directory / f"prompts_v{version:04d}.pt"
+
+    def versions(self) -> list[int]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _NAME.match(p.name)))
+
+    def current(self) -> int | None:
+        """The served version: ``current.json`` if valid, else the newest file, else ``None``."""
+        pointer = self.directory / "current.json"
+        versions = self.versions()
+        if pointer.is_file():
+            try:
+                version = int(json.loads(pointer.read_text())["version"])
+                if version in versions:
+                    return version
+            except (ValueError, KeyError, TypeError):
+                pass  # a damaged pointer falls back to the newest version below
+        return versions[-1] if versions else None
+
+    def save(self, trainable: dict[str, torch.Tensor], metadata: dict[str, Any], make_current: bool = True) -> int:
+        """Store a new version; returns its number."""
+        version = (self.versions() or [0])[-1] + 1
+        payload = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "version": version,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "metadata": metadata,
+            "state_dict": {k: v.detach().cpu() for k, v in trainable.items()},
+        }
+        self._write(version, payload)
+        if make_current:
+            self.set_current(version)
+        return version
+
+    def replace(self, version: int, trainable: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+        """Overwrite one version in place, atomically (a training run improving its own best)."""
+        payload = read_checkpoint(self.path(version))
+        payload.update(metadata=metadata, state_dict={k: v.detach().cpu() for k, v in trainable.items()})
+        self._write(version, payload)
+
+    def _write(self, version: int, payload: dict[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(self.path(version), buffer.getvalue())
+
+    def set_current(self, version: int) -> None:
+        if version not in self.versions():
+            raise CheckpointError(f"no prompt checkpoint version {version} in {self.directory}")
+        atomic_write_json(self.directory / "current.json", {"version": version})
+
+    def rollback(self) -> int:
+        """Serve the version before the current one; returns it."""
+        current, versions = self.current(), self.versions()
+        if current is None or versions.index(current) == 0:
+            raise CheckpointError(f"nothing to roll back to in {self.directory} (versions: {versions})")
+        previous = versions[versions.index(current) - 1]
+        self.set_current(previous)
+        return previous
+
+    def read(self, version: int | None = None) -> dict[str, Any]:
+        """The raw payload of ``version`` (default: current), validated for format."""
+        version = self.current() if version is None else version
+        if version is None:
+            raise FileNotFoundError(f"no prompt checkpoint in {self.directory} yet: train the model first")
+        return read_checkpoint(self.path(version))
+
+    def describe(self) -> list[dict[str, Any]]:
+        current = self.current()
+        rows = []
+        for version in self.versions():
+            try:
+                meta = self.read(version)["metadata"]
+            except CheckpointError as e:
+                rows.append({"version": version, "error": str(e)})
+                continue
+            rows.append({
+                "version": version,
+                "current": version == current,
+                "metrics": meta.get("metrics", {}),
+                "train_size": meta.get("train_size"),
+                "trainable_percent_of_backbone": meta.get("parameters", {}).get("trainable_percent_of_backbone"),
+            })
+        return rows
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file: say which and why
+        raise CheckpointError(f"{path} is not a readable prompt checkpoint: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an SLPT prompt checkpoint (format {FORMAT!r} expected)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {payload.get('format_version')}, expected {FORMAT_VERSION}")
+    return payload
+
+
+def load_into(model: torch.nn.Module, payload: dict[str, Any], backbone_identity: dict[str, Any]) -> None:
+    """Load a checkpoint's tensors into ``model``'s trainable parts, strictly.
+
+    Raises:
+        CheckpointError: the checkpoint was made for another backbone, or its tensors do not fit.
+    """
+    made_for = payload["metadata"].get("backbone", {})
+    if made_for.get("sha256") != backbone_identity.get("sha256"):
+        raise CheckpointError(
+            f"prompt checkpoint v{payload.get('version')} was trained on backbone "
+            f"{made_for.get('name')!r} (sha256 {str(made_for.get('sha256'))[:12]}…), but this app runs "
+            f"{backbone_identity.get('name')!r} (sha256 {str(backbone_identity.get('sha256'))[:12]}…)"
+        )
+    trainable = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    try:
+        check_state_dict(trainable, payload["state_dict"], source=f"prompt checkpoint v{payload.get('version')}")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+    model.load_state_dict(payload["state_dict"], strict=False)  # backbone keys are absent by design
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", type=Path, required=True, help="prompt checkpoint directory")
+    parser.add_argument("action", choices=["list", "rollback"])
+    args = parser.parse_args(argv)
+    store = PromptCheckpointStore(args.model_dir)
+    if args.action == "rollback":
+        print(json.dumps({"current": store.rollback()}))
+    else:
+        print(json.dumps(store.describe(), indent=1))
+
+
+if __name__ == "__main__":
+    main()

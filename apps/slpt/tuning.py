@@ -1,0 +1,202 @@
+"""Prompt-only training (DVPT loss), sliding-window prediction and per-case evaluation.
+
+Plain PyTorch + MONAI: no datastore, no server. ``lib/trainers/slpt.py`` feeds it labelled scans and
+persists what it reports; the benchmark calls the same functions.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+from monai.transforms import RandCropByLabelClasses, SpatialPad
+
+from .backbone import Backbone
+from .config import SLPTConfig
+from .prompts import PromptedSegmenter, format_parameter_report, parameter_report
+from .uncertainty import ensemble, mutual_information, prompt_probabilities
+
+TASK_CLASSES = {"background": 0, "liver": 1, "tumor": 2}
+Pair = tuple[torch.Tensor, torch.Tensor]  # ([1, *S] image, [1, *S] long label), backbone space
+
+
+def build_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = len(TASK_CLASSES)) -> PromptedSegmenter:
+    """A prompted copy of the backbone (the shared backbone object itself stays hook-free)."""
+    return PromptedSegmenter(
+        copy.deepcopy(backbone.network),
+        stages=cfg.stages,
+        feature_stage=cfg.feature_stage,
+        num_classes=num_classes,
+        num_prompts=cfg.num_prompts,
+        prompt_channels=cfg.prompt_channels,
+        prompt_size=cfg.prompt_size,
+        hidden_ratio=cfg.hidden_ratio,
+        share_updaters=cfg.share_updaters,
+        seed=cfg.seed,
+    )
+
+
+def dvpt_loss(
+    logits: torch.Tensor, label: torch.Tensor, num_prompts: int, seg_loss: Callable, diversity_weight: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Diversified visual prompt tuning loss.
+
+    Args:
+        logits: ``[B, K * C, *S]`` from :meth:`PromptedSegmenter.forward_views`.
+        label: ``[B, 1, *S]`` class indices.
+
+    Returns:
+        ``mean_k seg_loss(logits_k) - diversity_weight * diversity`` and its parts, where diversity is
+        the prompts' mutual information averaged over the organ (label > 0): it keeps the K
+        predictions from collapsing where disagreement is informative, and leaves background alone.
+    """
+    per_prompt = logits.chunk(num_prompts, dim=1)
+    seg = torch.stack([seg_loss(lg, label) for lg in per_prompt]).mean()
+    diversity = logits.new_zeros(())
+    if num_prompts > 1 and diversity_weight > 0:
+        organ = label[:, 0] > 0
+        if organ.any():
+            diversity = mutual_information(prompt_probabilities(logits, num_prompts))[organ].mean()
+    total = seg - diversity_weight * diversity
+    return total, {"seg": float(seg), "diversity": float(diversity)}
+
+
+def augmented_views(x: torch.Tensor, num_prompts: int, rng: np.random.Generator) -> torch.Tensor:
+    """``[B, 1, *S]`` -> ``[K * B, 1, *S]``: view 0 is clean, the others get their own intensity jitter.
+
+    Intensity-only augmentation keeps the label valid for every view.
+    """
+    views = [x]
+    for _ in range(num_prompts - 1):
+        scale, shift, noise = rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05), rng.uniform(0.0, 0.03)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        views.append(x * scale + shift + noise * torch.randn(x.shape, generator=gen))
+    return torch.cat(views)
+
+
+class PatchSampler:
+    """Random training patches, tumour-rich: class ratios background 1 : liver 1 : tumour 2."""
+
+    def __init__(self, pairs: Sequence[Pair], patch_size: int, rng: np.random.Generator):
+        if not pairs:
+            raise ValueError("no labelled scans to train on")
+        pad = SpatialPad([patch_size] * 3)
+        self.stacks = [pad(torch.cat([img, lab.float()])) for img, lab in pairs]
+        self.crop = RandCropByLabelClasses([patch_size] * 3, ratios=[1, 1, 2], num_classes=3, num_samples=1,
+                                           warn=False)
+        self.rng = rng
+
+    def __call__(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        patches = []
+        for _ in range(batch_size):
+            stack = self.stacks[self.rng.integers(len(self.stacks))]
+            self.crop.set_random_state(int(self.rng.integers(2**31)))
+            patches.append(torch.as_tensor(self.crop(stack, label=stack[1:].long())[0]))
+        batch = torch.stack(patches)
+        return batch[:, :1].float(), batch[:, 1:].round().long()
+
+
+@torch.no_grad()
+def predict(model: PromptedSegmenter, image: torch.Tensor, roi_size, overlap: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image [1, *S]`` -> ``(ensemble probabilities [C, *S], PU map [*S])`` by sliding window."""
+    model.eval()
+    logits = sliding_window_inference(image[None], roi_size, 1, model, overlap=overlap)
+    probs, pu = ensemble(torch.as_tensor(logits), model.num_prompts)
+    return probs[0], pu[0]
+
+
+def dice_per_case(prediction: torch.Tensor, label: torch.Tensor, num_classes: int = 3) -> torch.Tensor:
+    """``[*S]`` label maps -> ``[num_classes - 1]`` Dice; an empty class in both counts as 1 (LiTS)."""
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
+    return metric(one_hot(prediction[None, None], num_classes), one_hot(label[None, None], num_classes))[0]
+
+
+def evaluate(model: PromptedSegmenter, pairs: Sequence[Pair], roi_size, overlap: float = 0.25) -> dict[str, float]:
+    """Mean per-case Dice of liver (liver + tumour) and tumour over ``pairs``."""
+    liver, tumour = [], []
+    for image, label in pairs:
+        probs, _ = predict(model, image, roi_size, overlap)
+        pred, lab = probs.argmax(0), label[0]
+        liver.append(float(dice_per_case((pred > 0).long(), (lab > 0).long(), 2)[0]))
+        tumour.append(float(dice_per_case((pred == 2).long(), (lab == 2).long(), 2)[0]))
+    return {"dice_liver": float(np.mean(liver)), "dice_tumor": float(np.mean(tumour)),
+            "mean_dice": float(np.mean(liver) + np.mean(tumour)) / 2, "val_size": len(pairs)}
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    epochs: int
+    loss: float
+    seg_loss: float
+    diversity: float
+    val: dict | None
+    best_metric: float | None
+    improved: bool
+    seconds: float
+
+
+def fit(
+    model: PromptedSegmenter,
+    train: Sequence[Pair],
+    val: Sequence[Pair],
+    cfg: SLPTConfig,
+    roi_size,
+    on_epoch: Callable[[EpochReport], None] = lambda r: None,
+    on_best: Callable[[EpochReport], None] = lambda r: None,
+    log: Callable[[str], None] = print,
+) -> EpochReport:
+    """Train prompts, updaters and head only; call ``on_best`` whenever the model improves.
+
+    Without a validation set every epoch counts as an improvement (the last epoch is kept), and the
+    reports say ``val=None`` so nobody mistakes training loss for validation.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    log(format_parameter_report(parameter_report(model)))
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=1e-4)
+    steps = cfg.epochs * cfg.iterations_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate, total_steps=steps,
+                                                    pct_start=0.1)
+    seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    sampler = PatchSampler(train, cfg.patch_size, rng)
+    best: float | None = None
+    report = None
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.time()
+        model.train()
+        losses, segs, divs = [], [], []
+        for _ in range(cfg.iterations_per_epoch):
+            x, y = sampler(cfg.batch_size)
+            logits = model.forward_views(augmented_views(x, model.num_prompts, rng))
+            loss, parts = dvpt_loss(logits, y, model.num_prompts, seg_loss, cfg.diversity_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss)), segs.append(parts["seg"]), divs.append(parts["diversity"])
+        metrics = evaluate(model, val, roi_size, cfg.sw_overlap) if val else None
+        key = metrics["mean_dice"] if metrics else None
+        improved = metrics is None or best is None or key > best
+        if improved and key is not None:
+            best = key
+        report = EpochReport(epoch, cfg.epochs, float(np.mean(losses)), float(np.mean(segs)), float(np.mean(divs)),
+                             metrics, best, improved, round(time.time() - start, 2))
+        val_text = (f"val Dice liver {metrics['dice_liver']:.4f} tumor {metrics['dice_tumor']:.4f}"
+                    if metrics else "no validation (too few labelled scans)")
+        log(f"epoch {epoch}/{cfg.epochs} loss {report.loss:.4f} (seg {report.seg_loss:.4f}, "
+            f"diversity {report.diversity:.4f}) {val_text}{' *best*' if improved and metrics else ''} "
+            f"[{report.seconds:.1f}s]")
+        on_epoch(report)
+        if improved:
+            on_best(report)
+    return report
