@@ -7,17 +7,21 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from lib.environment import check_environment
 
 check_environment()  # before MONAI Label or torch do anything on a broken install
 
 import monailabel  # noqa: E402
+from fastapi import HTTPException  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 
 from apps.slpt.backbone import load_backbone  # noqa: E402
 from apps.slpt.config import SLPTConfig  # noqa: E402
 from lib.infers.backbone import BackboneSegmentation  # noqa: E402
+from lib.infers.slpt import SLPTSegmentation  # noqa: E402
+from lib.trainers.slpt import SLPTTrainer  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +47,31 @@ class MyApp(MONAILabelApp):
         )
 
     def init_infers(self):
-        return {"backbone": BackboneSegmentation(self.backbone, overlap=self.config.sw_overlap)}
+        return {
+            "slpt": SLPTSegmentation(self.backbone, self.config),
+            "backbone": BackboneSegmentation(self.backbone, overlap=self.config.sw_overlap),
+        }
+
+    def init_trainers(self):
+        return {"slpt": SLPTTrainer(self.backbone, self.config)}
+
+    def infer(self, request, datastore=None):
+        """MONAI Label answers 500 for an unknown model or image; a client error deserves a 404."""
+        if request.get("model") not in self._infers:
+            raise HTTPException(404, f"no model {request.get('model')!r}; available: {sorted(self._infers)}")
+        image = request.get("image")
+        store = datastore or self.datastore()
+        if isinstance(image, str) and not os.path.exists(image) and image not in store.list_images():
+            raise HTTPException(404, f"no image {image!r} in the datastore")
+        return super().infer(request, datastore)
 
     def info(self):
         meta = super().info()
-        meta["slpt"] = {"config": self.config.to_dict(), "backbone": self.backbone.identity}
+        meta["slpt"] = {
+            "config": self.config.to_dict(),
+            "backbone": {**self.backbone.identity, "parameters": self.backbone.num_parameters()},
+            "datastore": {"labelled": len(self.datastore().get_labeled_images()),
+                          "unlabelled": len(self.datastore().get_unlabeled_images())},
+        }
         return meta
 

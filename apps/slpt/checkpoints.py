@@ -41,6 +41,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide checkpoints from other service accounts
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -134,23 +135,23 @@ class PromptCheckpointStore:
             raise FileNotFoundError(f"no prompt checkpoint in {self.directory} yet: train the model first")
         return read_checkpoint(self.path(version))
 
+    def summary(self, version: int) -> dict[str, Any]:
+        """A short, JSON-ready description of one version; a damaged file is reported, not raised."""
+        try:
+            meta = self.read(version)["metadata"]
+        except CheckpointError as e:
+            return {"version": version, "error": str(e)}
+        return {
+            "version": version,
+            "current": version == self.current(),
+            "metrics": meta.get("metrics", {}),
+            "train_size": meta.get("train_size"),
+            "parameters": meta.get("parameters", {}),
+            "created": meta.get("created"),
+        }
+
     def describe(self) -> list[dict[str, Any]]:
-        current = self.current()
-        rows = []
-        for version in self.versions():
-            try:
-                meta = self.read(version)["metadata"]
-            except CheckpointError as e:
-                rows.append({"version": version, "error": str(e)})
-                continue
-            rows.append({
-                "version": version,
-                "current": version == current,
-                "metrics": meta.get("metrics", {}),
-                "train_size": meta.get("train_size"),
-                "trainable_percent_of_backbone": meta.get("parameters", {}).get("trainable_percent_of_backbone"),
-            })
-        return rows
+        return [self.summary(v) for v in self.versions()]
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, ResampleToMatch
+from monai.transforms import Compose, LoadImaged, MapTransform, ResampleToMatchd
 
 from .phantom import Phantom, PhantomSpec, make_phantom
 
@@ -77,26 +77,50 @@ def to_meta_tensor(array: np.ndarray, affine: np.ndarray) -> MetaTensor:
     return t
 
 
-def preprocess_pair(
-    image: MetaTensor, label: MetaTensor, preprocessing: Sequence
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply a backbone's image preprocessing, then bring the label onto the same voxel grid.
+class CheckTaskLabeld(MapTransform):
+    """Refuse a task label whose shape differs from its image's or whose values are not 0, 1, 2."""
 
-    Resampling the label to the *processed* image (nearest neighbour) works for any bundle's
-    preprocessing without knowing which spatial transforms it contains.
+    def __init__(self, image_key: str = "image", label_key: str = "label", values=(0, 1, 2)):
+        super().__init__([label_key])
+        self.image_key, self.label_key, self.values = image_key, label_key, set(values)
 
-    Returns:
-        ``([1, *spatial] float image, [1, *spatial] long label)`` as plain tensors.
+    def __call__(self, data):
+        image, label = data[self.image_key], data[self.label_key]
+        source = getattr(label, "meta", {}).get("filename_or_obj", self.label_key)
+        if tuple(label.shape[1:]) != tuple(image.shape[1:]):
+            raise ValueError(f"label {source} has shape {tuple(label.shape[1:])}, image has {tuple(image.shape[1:])}")
+        found = set(torch.unique(torch.as_tensor(label)).tolist())
+        if not found <= self.values:
+            raise ValueError(f"label {source} has values {sorted(found)}; expected only {sorted(self.values)}")
+        return data
+
+
+def pair_transforms(preprocessing: Sequence, load: bool = True, check_labels: bool = True) -> Compose:
+    """Image + label into backbone space: the backbone's own image preprocessing, then the label
+    resampled (nearest neighbour) onto the processed image's grid.
+
+    Resampling the label to the *processed* image works for any bundle's preprocessing without knowing
+    which spatial transforms it contains. With ``load`` the dict holds file paths, else channel-first
+    MetaTensors (from :func:`to_meta_tensor`).
     """
-    out = Compose([t for t in preprocessing if not _is_channel_first(t)])({"image": image})["image"]
-    lab = ResampleToMatch(mode="nearest")(label, out)
-    return out.as_tensor().float(), lab.as_tensor().round().long()
+    steps = [LoadImaged(keys=["image", "label"], image_only=True, ensure_channel_first=True)] if load else []
+    if check_labels:
+        steps.append(CheckTaskLabeld())
+    steps += [t for t in preprocessing if not _is_channel_first(t)]
+    steps.append(ResampleToMatchd(keys="label", key_dst="image", mode="nearest"))
+    return Compose(steps)
+
+
+def as_pair(data: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``{"image", "label"}`` in backbone space -> ``([1, *S] float image, [1, *S] long label)``."""
+    return torch.as_tensor(data["image"]).float(), torch.as_tensor(data["label"]).round().long()
 
 
 def load_phantom_pair(ph: Phantom, preprocessing: Sequence, target: str = "organs"):
     """A generated phantom straight into backbone space (no file round trip)."""
     labels = ph.organs if target == "organs" else ph.label
-    return preprocess_pair(to_meta_tensor(ph.image, ph.affine), to_meta_tensor(labels, ph.affine), preprocessing)
+    data = {"image": to_meta_tensor(ph.image, ph.affine), "label": to_meta_tensor(labels, ph.affine)}
+    return as_pair(pair_transforms(preprocessing, load=False, check_labels=target == "task")(data))
 
 
 def _is_channel_first(transform) -> bool:

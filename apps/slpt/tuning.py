@@ -7,19 +7,21 @@ persists what it reports; the benchmark calls the same functions.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
+from monai.inferers import Inferer, SlidingWindowInferer
 from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from monai.transforms import RandCropByLabelClasses, SpatialPad
 
 from .backbone import Backbone
+from .checkpoints import load_into
 from .config import SLPTConfig
 from .prompts import PromptedSegmenter, format_parameter_report, parameter_report
 from .uncertainty import ensemble, mutual_information, prompt_probabilities
@@ -44,6 +46,29 @@ def build_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = len(TASK
     )
 
 
+# The fields that define a prompt checkpoint's architecture; a checkpoint is rebuilt with its own values.
+PROMPT_FIELDS = ("stages", "feature_stage", "num_prompts", "prompt_channels", "prompt_size", "hidden_ratio",
+                 "share_updaters", "seed")
+
+
+def checkpoint_config(payload: dict, cfg: SLPTConfig) -> SLPTConfig:
+    """``cfg`` with the prompt architecture a checkpoint was trained with (the app config may have moved on)."""
+    saved = payload["metadata"].get("config", {})
+    return dataclasses.replace(cfg, **{k: tuple(saved[k]) if k == "stages" else saved[k]
+                                       for k in PROMPT_FIELDS if k in saved})
+
+
+def model_from_checkpoint(backbone: Backbone, payload: dict, cfg: SLPTConfig) -> PromptedSegmenter:
+    """Rebuild the prompted model a checkpoint was trained as, and load its tensors strictly.
+
+    Raises:
+        CheckpointError: the checkpoint belongs to another backbone or does not fit its own architecture.
+    """
+    model = build_model(backbone, checkpoint_config(payload, cfg))
+    load_into(model, payload, backbone.identity)
+    return model
+
+
 def dvpt_loss(
     logits: torch.Tensor, label: torch.Tensor, num_prompts: int, seg_loss: Callable, diversity_weight: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -66,7 +91,7 @@ def dvpt_loss(
         if organ.any():
             diversity = mutual_information(prompt_probabilities(logits, num_prompts))[organ].mean()
     total = seg - diversity_weight * diversity
-    return total, {"seg": float(seg), "diversity": float(diversity)}
+    return total, {"seg": seg.item(), "diversity": diversity.item()}
 
 
 def augmented_views(x: torch.Tensor, num_prompts: int, rng: np.random.Generator) -> torch.Tensor:
@@ -104,11 +129,15 @@ class PatchSampler:
         return batch[:, :1].float(), batch[:, 1:].round().long()
 
 
+def sliding_window(roi_size, overlap: float = 0.25) -> SlidingWindowInferer:
+    return SlidingWindowInferer(roi_size=roi_size, sw_batch_size=1, overlap=overlap)
+
+
 @torch.no_grad()
-def predict(model: PromptedSegmenter, image: torch.Tensor, roi_size, overlap: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
-    """``image [1, *S]`` -> ``(ensemble probabilities [C, *S], PU map [*S])`` by sliding window."""
+def predict(model: PromptedSegmenter, image: torch.Tensor, inferer: Inferer) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image [1, *S]`` -> ``(ensemble probabilities [C, *S], PU map [*S])``."""
     model.eval()
-    logits = sliding_window_inference(image[None], roi_size, 1, model, overlap=overlap)
+    logits = inferer(image[None], model)
     probs, pu = ensemble(torch.as_tensor(logits), model.num_prompts)
     return probs[0], pu[0]
 
@@ -119,16 +148,22 @@ def dice_per_case(prediction: torch.Tensor, label: torch.Tensor, num_classes: in
     return metric(one_hot(prediction[None, None], num_classes), one_hot(label[None, None], num_classes))[0]
 
 
-def evaluate(model: PromptedSegmenter, pairs: Sequence[Pair], roi_size, overlap: float = 0.25) -> dict[str, float]:
+def evaluate(model: PromptedSegmenter, pairs: Sequence[Pair], inferer: Inferer) -> dict[str, float]:
     """Mean per-case Dice of liver (liver + tumour) and tumour over ``pairs``."""
     liver, tumour = [], []
     for image, label in pairs:
-        probs, _ = predict(model, image, roi_size, overlap)
+        probs, _ = predict(model, image, inferer)
         pred, lab = probs.argmax(0), label[0]
         liver.append(float(dice_per_case((pred > 0).long(), (lab > 0).long(), 2)[0]))
         tumour.append(float(dice_per_case((pred == 2).long(), (lab == 2).long(), 2)[0]))
     return {"dice_liver": float(np.mean(liver)), "dice_tumor": float(np.mean(tumour)),
             "mean_dice": float(np.mean(liver) + np.mean(tumour)) / 2, "val_size": len(pairs)}
+
+
+def prompt_optimizer(model: torch.nn.Module, cfg: SLPTConfig) -> torch.optim.Optimizer:
+    """AdamW over the parameters that require grad, and only those (the backbone is frozen)."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                             weight_decay=1e-4)
 
 
 @dataclass
@@ -149,7 +184,9 @@ def fit(
     train: Sequence[Pair],
     val: Sequence[Pair],
     cfg: SLPTConfig,
-    roi_size,
+    inferer: Inferer,
+    optimizer: torch.optim.Optimizer | None = None,
+    seg_loss: Callable | None = None,
     on_epoch: Callable[[EpochReport], None] = lambda r: None,
     on_best: Callable[[EpochReport], None] = lambda r: None,
     log: Callable[[str], None] = print,
@@ -161,13 +198,12 @@ def fit(
     """
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     log(format_parameter_report(parameter_report(model)))
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=1e-4)
+    optimizer = optimizer or prompt_optimizer(model, cfg)
+    seg_loss = seg_loss or DiceCELoss(to_onehot_y=True, softmax=True)
     steps = cfg.epochs * cfg.iterations_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate, total_steps=steps,
                                                     pct_start=0.1)
-    seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
     sampler = PatchSampler(train, cfg.patch_size, rng)
     best: float | None = None
     report = None
@@ -183,8 +219,8 @@ def fit(
             loss.backward()
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss)), segs.append(parts["seg"]), divs.append(parts["diversity"])
-        metrics = evaluate(model, val, roi_size, cfg.sw_overlap) if val else None
+            losses.append(loss.item()), segs.append(parts["seg"]), divs.append(parts["diversity"])
+        metrics = evaluate(model, val, inferer) if val else None
         key = metrics["mean_dice"] if metrics else None
         improved = metrics is None or best is None or key > best
         if improved and key is not None:

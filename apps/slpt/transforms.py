@@ -1,0 +1,46 @@
+"""MONAI dictionary transforms that turn K-prompt logits into what a viewer or a scorer needs."""
+
+from __future__ import annotations
+
+import torch
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from .uncertainty import ensemble, scan_uncertainty
+
+
+class PromptEnsembled(MapTransform):
+    """``d[key]`` ``[K * C, *S]`` logits -> ensemble label map ``[1, *S]`` (or the PU map, on request).
+
+    Also writes ``d[result_key]["prompt_uncertainty"]``: the per-scan PU over the lesion-relevant region.
+    The output keeps the input's meta data (affine), so ``Invertd`` can bring it back to image space.
+
+    Args:
+        num_prompts: K.
+        output: ``"label"`` (argmax of the mean softmax, uint8) or ``"uncertainty"`` (voxel PU, float32).
+        margin, top_fraction: see :func:`apps.slpt.uncertainty.scan_uncertainty`.
+    """
+
+    OUTPUTS = ("label", "uncertainty")
+
+    def __init__(self, keys, num_prompts: int, output: str = "label", margin: int = 2, top_fraction: float = 0.01,
+                 result_key: str = "result"):
+        super().__init__(keys)
+        if output not in self.OUTPUTS:
+            raise ValueError(f"output must be one of {self.OUTPUTS}, got {output!r}")
+        self.num_prompts, self.output = num_prompts, output
+        self.margin, self.top_fraction, self.result_key = margin, top_fraction, result_key
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            logits = d[key]
+            plain = logits.as_tensor() if isinstance(logits, MetaTensor) else torch.as_tensor(logits)
+            probs, pu = ensemble(plain[None], self.num_prompts)
+            label = probs[0].argmax(0, keepdim=True)
+            score = scan_uncertainty(pu[0].cpu().numpy(), label[0].cpu().numpy(), margin=self.margin,
+                                     top_fraction=self.top_fraction)
+            out = label.to(torch.uint8) if self.output == "label" else pu.float()
+            d[key] = MetaTensor(out, affine=logits.affine, meta=logits.meta) if isinstance(logits, MetaTensor) else out
+            d.setdefault(self.result_key, {})["prompt_uncertainty"] = round(score, 6)
+        return d

@@ -1,0 +1,102 @@
+"""MONAI Label infer task ``slpt``: prompt-tuned liver/tumour segmentation and its uncertainty map."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import HTTPException
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import CastToTyped, Compose, Invertd, LoadImaged, SqueezeDimd
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from apps.slpt.backbone import Backbone
+from apps.slpt.checkpoints import CheckpointError, PromptCheckpointStore
+from apps.slpt.config import SLPTConfig
+from apps.slpt.transforms import PromptEnsembled
+from apps.slpt.tuning import TASK_CLASSES, model_from_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+class SLPTSegmentation(BasicInferTask):
+    """Liver (1) and tumour (2) from the frozen backbone + the current prompt checkpoint.
+
+    Request params: ``slpt_output`` = ``"label"`` (default) or ``"uncertainty"`` (the voxel-wise
+    prompt-disagreement map, float, in the image's geometry, for a viewer overlay).
+    """
+
+    def __init__(self, backbone: Backbone, config: SLPTConfig):
+        super().__init__(
+            path=None,
+            network=None,
+            type=InferType.SEGMENTATION,
+            labels={k: v for k, v in TASK_CLASSES.items() if v},
+            dimension=3,
+            description="SLPT: frozen backbone + prompts, liver and tumour (K-prompt ensemble)",
+            roi_size=backbone.roi_size,
+            config={"slpt_output": list(PromptEnsembled.OUTPUTS)},
+        )
+        self.backbone, self.cfg = backbone, config
+        self.store = PromptCheckpointStore(config.model_dir)
+
+    def is_valid(self) -> bool:
+        return True  # listed before training too; a request then gets a clear 409, not a missing model
+
+    def info(self):
+        info = super().info()
+        version = self.store.current()
+        info["prompt_checkpoint"] = self.store.summary(version) if version else None
+        return info
+
+    def pre_transforms(self, data=None):
+        return [LoadImaged(keys="image"), *self.backbone.preprocessing]
+
+    def inferer(self, data=None):
+        return SlidingWindowInferer(roi_size=self.roi_size, sw_batch_size=1, overlap=self.cfg.sw_overlap)
+
+    def __call__(self, request, callbacks=None):
+        output = request.get("slpt_output", "label")
+        if isinstance(output, list):  # MONAI Label sends the config's choice list when unset
+            output = output[0]
+        if output not in PromptEnsembled.OUTPUTS:
+            raise HTTPException(422, f"slpt_output must be one of {PromptEnsembled.OUTPUTS}, got {output!r}")
+        return super().__call__({**request, "slpt_output": output}, callbacks)
+
+    def post_transforms(self, data=None):
+        output = data.get("slpt_output", "label")
+        return [
+            PromptEnsembled(keys="pred", num_prompts=data["slpt_num_prompts"], output=output,
+                            margin=self.cfg.uncertainty_margin, top_fraction=self.cfg.uncertainty_top_fraction),
+            Invertd(keys="pred", transform=Compose(self.pre_transforms(data)), orig_keys="image",
+                    nearest_interp=output == "label"),
+            SqueezeDimd(keys="pred", dim=0),
+            CastToTyped(keys="pred", dtype="uint8" if output == "label" else "float32"),
+        ]
+
+    def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+        data = super().run_inferer(data, convert_to_batch, device)
+        network, (version, _) = self._networks[device]
+        data["slpt_num_prompts"] = network.num_prompts
+        data.setdefault("result", {})["prompt_checkpoint_version"] = version
+        return data
+
+    def _get_network(self, device, data):
+        version = self.store.current()
+        if version is None:
+            raise HTTPException(409, "no SLPT prompt checkpoint yet: label a few scans (PUT /datastore/label) "
+                                     "and train the prompts (POST /train/slpt) first")
+        path = self.store.path(version)
+        stamp = (version, path.stat().st_mtime)
+        cached = self._networks.get(device)
+        if cached and cached[1] == stamp:
+            return cached[0]
+        try:
+            network = model_from_checkpoint(self.backbone, self.store.read(version), self.cfg)
+        except CheckpointError as e:
+            raise HTTPException(409, f"current prompt checkpoint cannot be served: {e}") from e
+        network.to(device).eval()
+        self._networks[device] = (network, stamp)
+        logger.info("SLPT infer serves prompt checkpoint v%d", version)
+        return network
+
