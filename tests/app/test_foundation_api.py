@@ -7,12 +7,7 @@ import numpy as np
 import pytest
 
 from apps.slpt.phantom import ORGAN_NAMES
-
-
-def load_response_image(response, tmp_path) -> nib.Nifti1Image:
-    path = tmp_path / "result.nii.gz"
-    path.write_bytes(response.content)
-    return nib.load(path)
+from tests.app.helpers import load_response_image
 
 
 def test_info_lists_the_backbone_model(server):
@@ -49,7 +44,3 @@ def test_unknown_model_and_image_are_client_errors(server, ids):
     assert server.post(f"/infer/nonexistent?image={ids['RAS']}").status_code in (400, 404, 422)
     assert server.post("/infer/backbone?image=no_such_image").status_code in (400, 404, 422)
 
-
-def test_server_made_no_network_call(server):
-    log = server.workdir / "network.log"
-    assert not log.exists(), log.read_text()
