@@ -157,7 +157,7 @@ def evaluate(model: PromptedSegmenter, pairs: Sequence[Pair], inferer: Inferer) 
         liver.append(float(dice_per_case((pred > 0).long(), (lab > 0).long(), 2)[0]))
         tumour.append(float(dice_per_case((pred == 2).long(), (lab == 2).long(), 2)[0]))
     return {"dice_liver": float(np.mean(liver)), "dice_tumor": float(np.mean(tumour)),
-            "mean_dice": float(np.mean(liver) + np.mean(tumour)) / 2, "val_size": len(pairs)}
+            "mean_dice": float(np.mean(liver) + np.mean(tumour)) / 2, "cases": len(pairs)}
 
 
 def prompt_optimizer(model: torch.nn.Module, cfg: SLPTConfig) -> torch.optim.Optimizer:

@@ -1,0 +1,141 @@
+"""SLPT vs full fine-tuning of the same backbone on the same few labelled phantoms.
+
+The quality bar of the SLPT core: with 10 labelled scans (picked at random with a fixed seed), prompt
+tuning must reach a tumour Dice per case at least as high as full fine-tuning, with a few percent of the
+trainable parameters. Both use the app's protocol: a fixed 20% validation split of the labelled scans
+for best-epoch selection, then evaluation on held-out test phantoms never used for any choice.
+
+    python -m apps.slpt.compare --out docs/results/slpt_vs_finetune        # full run (CPU: about an hour)
+    python -m apps.slpt.compare --out /tmp/quick --quick                   # the pipeline on a tiny setting
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .backbone import load_backbone
+from .baselines import full_finetune
+from .config import SLPTConfig
+from .data import image_id, load_phantom_pair
+from .phantom import make_phantom
+from .prompts import parameter_report
+from .splits import update_split
+from .tuning import build_model, evaluate, fit, sliding_window
+
+LABELLED_POOL = (300_000, 300_200)  # the 10 labelled scans are drawn from here
+TEST_SEEDS = (400_000, 400_030)
+SELECTION_SEED = 12345
+
+
+@dataclasses.dataclass
+class CompareSettings:
+    n_labelled: int = 10
+    test_seeds: tuple[int, int] = TEST_SEEDS
+    run_seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 30
+    iterations_per_epoch: int = 8
+    finetune_learning_rate: float = 1e-3  # whole-network fine-tuning needs a smaller step than prompts
+
+
+QUICK = CompareSettings(n_labelled=3, test_seeds=(400_000, 400_002), run_seeds=(0,), epochs=1,
+                        iterations_per_epoch=1)
+
+
+def _pairs(seeds, preprocessing):
+    return {image_id(s): load_phantom_pair(make_phantom(s), preprocessing, target="task") for s in seeds}
+
+
+def _train_and_test(name, model, cfg, train, val, test, inferer, log):
+    best = {}
+    start = time.time()
+    fit(model, train, val, cfg, inferer, on_best=lambda r: best.update(state=copy.deepcopy(model.state_dict())),
+        log=lambda m: log(f"[{name}] {m}"))
+    seconds = time.time() - start
+    model.load_state_dict(best["state"])
+    metrics = evaluate(model, test, inferer)
+    return {**metrics, "train_seconds": round(seconds, 1), **parameter_report(model)}
+
+
+def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(print, flush=True)) -> dict:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    backbone = load_backbone(backbone_dir)
+    pool = np.random.default_rng(SELECTION_SEED).choice(np.arange(*LABELLED_POOL), settings.n_labelled, replace=False)
+    labelled = _pairs(sorted(int(s) for s in pool), backbone.preprocessing)
+    test = list(_pairs(range(*settings.test_seeds), backbone.preprocessing).values())
+    inferer = sliding_window(backbone.roi_size)
+    base = SLPTConfig(epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch)
+
+    runs = []
+    for seed in settings.run_seeds:
+        cfg = dataclasses.replace(base, seed=seed)
+        split = update_split(labelled, {}, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans, seed)
+        train = [labelled[i] for i, side in sorted(split.items()) if side == "train"]
+        val = [labelled[i] for i, side in sorted(split.items()) if side == "val"]
+        torch.manual_seed(seed)
+        slpt = _train_and_test("slpt", build_model(backbone, cfg), cfg, train, val, test, inferer, log)
+        torch.manual_seed(seed)
+        ft_cfg = dataclasses.replace(cfg, learning_rate=settings.finetune_learning_rate, diversity_weight=0.0)
+        ft = _train_and_test("finetune", full_finetune(backbone, cfg.feature_stage), ft_cfg, train, val, test,
+                             inferer, log)
+        runs.append({"seed": seed, "train_size": len(train), "val_size": len(val), "slpt": slpt, "full_finetune": ft})
+        log(json.dumps(runs[-1]))
+
+    def stat(method, key):
+        values = [r[method][key] for r in runs]
+        return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
+
+    summary = {m: {k: stat(m, k) for k in ("dice_tumor", "dice_liver", "train_seconds",
+                                           "trainable_percent_of_backbone")} for m in ("slpt", "full_finetune")}
+    return {"settings": dataclasses.asdict(settings), "labelled": sorted(labelled), "test_size": len(test),
+            "backbone": backbone.identity, "slpt_config": base.to_dict(), "runs": runs, "summary": summary}
+
+
+def markdown(result: dict) -> str:
+    s = result["summary"]
+    rows = ["| method | tumour Dice per case | liver Dice per case | trainable % of backbone | train time (s) |",
+            "| --- | --- | --- | --- | --- |"]
+    for key, label in (("slpt", "SLPT (K=3, FPU)"), ("full_finetune", "full fine-tuning")):
+        m = s[key]
+        rows.append(f"| {label} | {m['dice_tumor']['mean']:.4f} ± {m['dice_tumor']['std']:.4f} | "
+                    f"{m['dice_liver']['mean']:.4f} ± {m['dice_liver']['std']:.4f} | "
+                    f"{m['trainable_percent_of_backbone']['mean']:.2f} | {m['train_seconds']['mean']:.0f} |")
+    verdict = s["slpt"]["dice_tumor"]["mean"] >= s["full_finetune"]["dice_tumor"]["mean"]
+    cfg = result["settings"]
+    return "\n".join([
+        "# SLPT vs full fine-tuning (written by `python -m apps.slpt.compare`)",
+        "",
+        f"{cfg['n_labelled']} labelled phantoms (fixed random pick), {result['test_size']} held-out test phantoms, "
+        f"seeds {cfg['run_seeds']}, {cfg['epochs']} epochs x {cfg['iterations_per_epoch']} steps, "
+        "best epoch chosen on the fixed validation split of the labelled scans. Mean ± std over seeds.",
+        "",
+        *rows,
+        "",
+        f"SLPT tumour Dice {'>=' if verdict else '<'} full fine-tuning: the bar is {'met' if verdict else 'NOT met'}.",
+        "",
+    ])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="output folder for result.json and result.md")
+    parser.add_argument("--backbone", type=Path, default=Path("models/backbone"))
+    parser.add_argument("--quick", action="store_true", help="tiny setting: checks the pipeline, not quality")
+    args = parser.parse_args(argv)
+    result = run(QUICK if args.quick else CompareSettings(), args.backbone)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "result.json").write_text(json.dumps(result, indent=1))
+    (args.out / "result.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.nets import SegResNet
+
+from apps.slpt.baselines import HeadSegmenter
+from apps.slpt.config import SLPTConfig
+from apps.slpt.prompts import PromptedSegmenter, count_parameters
+from apps.slpt.tuning import augmented_views, dvpt_loss, evaluate, fit, sliding_window
+
+
+def tiny_net():
+    torch.manual_seed(0)
+    return SegResNet(spatial_dims=3, in_channels=1, out_channels=4, init_filters=8,
+                     blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1)).eval()
+
+
+def tiny_pair(seed):
+    """A 32³ 'scan': a bright liver block with a dark tumour inside."""
+    g = torch.Generator().manual_seed(seed)
+    image = 0.1 * torch.rand(1, 32, 32, 32, generator=g)
+    label = torch.zeros(1, 32, 32, 32, dtype=torch.long)
+    image[:, 6:26, 6:26, 6:26] += 0.6
+    label[:, 6:26, 6:26, 6:26] = 1
+    image[:, 12:18, 12:18, 12:18] -= 0.4
+    label[:, 12:18, 12:18, 12:18] = 2
+    return image, label
+
+
+CFG = SLPTConfig(stages=("down_layers.2", "up_layers.0"), epochs=3, iterations_per_epoch=2, patch_size=16,
+                 batch_size=1, num_prompts=2)
+
+
+def test_augmented_views_keep_view_zero_clean():
+    x = torch.rand(2, 1, 8, 8, 8)
+    views = augmented_views(x, 3, np.random.default_rng(0))
+    assert views.shape == (6, 1, 8, 8, 8)
+    assert torch.equal(views[:2], x) and not torch.equal(views[2:4], x)
+
+
+def test_dvpt_loss_has_no_diversity_for_one_prompt_and_rewards_it_for_several():
+    label = torch.ones(1, 1, 4, 4, 4, dtype=torch.long)
+    seg = DiceCELoss(to_onehot_y=True, softmax=True)
+    same = torch.zeros(1, 6, 4, 4, 4)
+    _, parts = dvpt_loss(same, label, 2, seg, 0.1)
+    assert parts["diversity"] == pytest.approx(0.0, abs=1e-7)
+    different = same.clone()
+    different[:, 1], different[:, 3] = 3.0, -3.0
+    total, parts = dvpt_loss(different, label, 2, seg, 0.1)
+    assert parts["diversity"] > 0.1 and total.item() == pytest.approx(parts["seg"] - 0.1 * parts["diversity"], rel=1e-5)
+
+
+def test_fit_without_validation_keeps_every_epoch_and_says_so():
+    model = PromptedSegmenter(tiny_net(), CFG.stages, CFG.feature_stage, 3, num_prompts=2)
+    reports, best = [], []
+    fit(model, [tiny_pair(0), tiny_pair(1)], [], CFG, sliding_window((32, 32, 32)), on_epoch=reports.append,
+        on_best=best.append, log=lambda m: None)
+    assert [r.epoch for r in reports] == [1, 2, 3] and all(r.val is None for r in reports)
+    assert len(best) == 3
+
+
+def test_fit_with_validation_reports_dice_and_only_improvements_are_best():
+    model = PromptedSegmenter(tiny_net(), CFG.stages, CFG.feature_stage, 3, num_prompts=2)
+    reports, best = [], []
+    fit(model, [tiny_pair(0)], [tiny_pair(2)], CFG, sliding_window((32, 32, 32)), on_epoch=reports.append,
+        on_best=best.append, log=lambda m: None)
+    assert all(0.0 <= r.val["dice_tumor"] <= 1.0 and r.val["cases"] == 1 for r in reports)
+    metrics = [r.val["mean_dice"] for r in reports]
+    assert [r.epoch for r in best] == [r.epoch for i, r in enumerate(reports) if metrics[i] > max(metrics[:i], default=-1)]
+
+
+@pytest.mark.parametrize("freeze_backbone", [True, False])
+def test_head_baselines_train_what_they_claim(freeze_backbone):
+    model = HeadSegmenter(tiny_net(), "up_layers.2", 3, freeze_backbone=freeze_backbone)
+    trainable, total = count_parameters(model)
+    head = sum(p.numel() for p in model.head.parameters())
+    assert trainable == (head if freeze_backbone else total)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    cfg = SLPTConfig(epochs=1, iterations_per_epoch=2, patch_size=16, batch_size=1, learning_rate=1e-2)
+    fit(model, [tiny_pair(0)], [], cfg, sliding_window((32, 32, 32)), log=lambda m: None)
+    unchanged = all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
+    assert unchanged == freeze_backbone
+    assert 0.0 <= evaluate(model, [tiny_pair(3)], sliding_window((32, 32, 32)))["dice_liver"] <= 1.0
