@@ -24,7 +24,7 @@ $(DEMO)/.generated: | install
 # Serves the app on the demo phantoms, bound to localhost only.
 demo: install $(DEMO)/.generated
 	@echo "MONAI Label with the SLPT app: http://$(HOST):$(PORT)/  (API docs at /docs)"
-	PATH=$(abspath $(BIN)):$$PATH MLFLOW_ALLOW_FILE_STORE=true \
+	PATH=$(abspath $(BIN)):$$PATH \
 	  $(BIN)/monailabel start_server --app . --studies $(DEMO) --host $(HOST) --port $(PORT)
 
 test: install

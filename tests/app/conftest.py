@@ -55,7 +55,6 @@ def start_server(workdir: Path, studies: Path, conf: dict[str, str] | None = Non
         PYTHONPATH=str(NETGUARD),
         SLPT_NETGUARD_LOG=str(workdir / "network.log"),
         MONAI_LABEL_SESSION_PATH=str(workdir / "sessions"),
-        MLFLOW_ALLOW_FILE_STORE="true",
     )
     cmd = ["monailabel", "start_server", "--app", str(ROOT), "--studies", str(studies),
            "--host", "127.0.0.1", "--port", str(port)]

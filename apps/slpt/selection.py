@@ -1,0 +1,113 @@
+"""Which scans to label next: TESLA's two stages and the baselines, as pure functions.
+
+Every function takes arrays and a ``numpy.random.Generator`` and returns indices into the unlabelled
+pool, best first. No datastore, no I/O, no global RNG (the shape of Baal's heuristics).
+
+TESLA (tandem selective labelling, SLPT §3 of ../shared/SLPT.md):
+
+* stage 1, before any label: k-means on frozen-backbone scan embeddings, and the scan nearest each
+  centroid (:func:`diversity_select`);
+* stage 2, after prompt tuning: the most prompt-uncertain scan of each k-means cluster, so one round never
+  spends its budget on near-duplicates (:func:`uncertain_diverse_select`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+
+def _check(features: np.ndarray, k: int) -> np.ndarray:
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2:
+        raise ValueError(f"features must be [N, D], got shape {features.shape}")
+    if not 1 <= k:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return features
+
+
+def _kmeans(features: np.ndarray, k: int, rng: np.random.Generator) -> KMeans:
+    k = min(k, len(features))
+    return KMeans(n_clusters=k, n_init=10, random_state=int(rng.integers(2**31))).fit(_standardise(features))
+
+
+def _standardise(features: np.ndarray) -> np.ndarray:
+    # Embedding dimensions differ in scale by orders of magnitude; k-means should not care.
+    std = features.std(0)
+    return (features - features.mean(0)) / np.where(std > 0, std, 1.0)
+
+
+def diversity_select(features: np.ndarray, k: int, rng: np.random.Generator) -> list[int]:
+    """Stage 1: k-means with ``k`` clusters, then the member nearest each centroid.
+
+    Args:
+        features: ``[N, D]`` scan embeddings.
+
+    Returns:
+        ``min(k, N)`` distinct indices, ordered by cluster size (largest cluster first).
+    """
+    features = _check(features, k)
+    km = _kmeans(features, k, rng)
+    z = _standardise(features)
+    picks = []
+    for c in np.argsort(-np.bincount(km.labels_, minlength=km.n_clusters), kind="stable"):
+        members = np.flatnonzero(km.labels_ == c)
+        if len(members):
+            d = np.linalg.norm(z[members] - km.cluster_centers_[c], axis=1)
+            picks.append(int(members[np.argmin(d)]))
+    return picks
+
+
+def uncertain_diverse_select(
+    features: np.ndarray, scores: np.ndarray, k: int, rng: np.random.Generator
+) -> list[int]:
+    """Stage 2: k-means with ``k`` clusters, then the most uncertain member of each cluster.
+
+    Args:
+        features: ``[N, D]`` scan embeddings.
+        scores: ``[N]`` prompt-based uncertainty (higher = more informative).
+
+    Returns:
+        ``min(k, N)`` distinct indices, most uncertain first.
+    """
+    features = _check(features, k)
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (len(features),):
+        raise ValueError(f"scores must be [N={len(features)}], got shape {scores.shape}")
+    km = _kmeans(features, k, rng)
+    picks = [int(members[np.argmax(scores[members])])
+             for c in range(km.n_clusters) if len(members := np.flatnonzero(km.labels_ == c))]
+    return sorted(picks, key=lambda i: -scores[i])
+
+
+def random_select(n: int, k: int, rng: np.random.Generator) -> list[int]:
+    """Baseline: ``min(k, n)`` indices uniformly without replacement."""
+    return [int(i) for i in rng.permutation(n)[:k]]
+
+
+def top_select(scores: np.ndarray, k: int) -> list[int]:
+    """Baseline: the ``k`` highest scores (e.g. entropy, MC-dropout variance), ties by index."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return [int(i) for i in np.lexsort((np.arange(len(scores)), -scores))[:k]]
+
+
+def coreset_select(features: np.ndarray, labelled: np.ndarray, k: int) -> list[int]:
+    """Baseline (Sener & Savarese 2018): k-center greedy, each pick the farthest from all chosen so far.
+
+    Args:
+        features: ``[N, D]`` embeddings of the unlabelled pool.
+        labelled: ``[M, D]`` embeddings of scans already labelled (may be empty).
+    """
+    z = _check(features, k)
+    labelled = np.asarray(labelled, dtype=np.float64).reshape(-1, z.shape[1])
+    if len(labelled):
+        nearest = np.min(np.linalg.norm(z[:, None] - labelled[None], axis=2), axis=1)
+    else:  # nothing labelled yet: the pool mean stands in for the labelled set
+        nearest = np.linalg.norm(z - z.mean(0), axis=1)
+    picks: list[int] = []
+    for _ in range(min(k, len(z))):
+        i = int(np.argmax(nearest))
+        picks.append(i)
+        nearest = np.minimum(nearest, np.linalg.norm(z - z[i], axis=1))
+        nearest[picks] = -np.inf
+    return picks

@@ -1,0 +1,60 @@
+"""Selection functions on hand-built pools whose right answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from apps.slpt.selection import (
+    coreset_select,
+    diversity_select,
+    random_select,
+    top_select,
+    uncertain_diverse_select,
+)
+
+
+def three_clusters(rng, per=(10, 6, 3)):
+    """Tight blobs at far-apart centres; returns features and each point's cluster."""
+    centres = np.array([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0]])
+    feats = np.concatenate([c + 0.5 * rng.standard_normal((n, 2)) for c, n in zip(centres, per)])
+    return feats, np.repeat(np.arange(3), per)
+
+
+def test_kmeans_picks_one_per_cluster_nearest_its_centre():
+    feats, cluster = three_clusters(np.random.default_rng(0))
+    picks = diversity_select(feats, 3, np.random.default_rng(1))
+    assert sorted(cluster[picks]) == [0, 1, 2]
+    for i in picks:
+        members = feats[cluster == cluster[i]]
+        assert np.linalg.norm(feats[i] - members.mean(0)) <= np.min(np.linalg.norm(members - members.mean(0), axis=1)) + 0.3
+    assert cluster[picks[0]] == 0  # largest cluster first
+
+
+def test_uncertainty_with_diversity_never_takes_two_from_one_tight_cluster():
+    feats, cluster = three_clusters(np.random.default_rng(0))
+    scores = np.where(cluster == 0, 1.0, 0.1)  # cluster 0 is the most uncertain everywhere
+    scores[cluster == 0] += np.linspace(0, 0.1, 10)
+    picks = uncertain_diverse_select(feats, scores, 3, np.random.default_rng(2))
+    assert sorted(cluster[picks]) == [0, 1, 2]
+    assert picks[0] == int(np.argmax(scores))  # most uncertain first
+    assert top_select(scores, 3) == [9, 8, 7]  # the naive ranking would spend the round on cluster 0
+
+
+def test_coreset_is_greedy_farthest():
+    feats = np.array([[0.0], [1.0], [10.0], [4.0], [7.0]])
+    labelled = np.array([[0.0]])
+    # farthest from {0}: 10; then farthest from {0, 10}: 4 (distance 4) beats 7 (3) and 1 (1).
+    assert coreset_select(feats, labelled, 2) == [2, 3]
+    assert coreset_select(feats, np.empty((0, 1)), 1) == [2]  # nothing labelled: farthest from the mean
+
+
+def test_random_is_seed_stable_and_distinct():
+    a = random_select(100, 10, np.random.default_rng(7))
+    assert a == random_select(100, 10, np.random.default_rng(7)) and len(set(a)) == 10
+    assert a != random_select(100, 10, np.random.default_rng(8))
+
+
+def test_k_larger_than_pool_returns_the_pool():
+    feats = np.random.default_rng(0).standard_normal((3, 4))
+    assert sorted(diversity_select(feats, 5, np.random.default_rng(0))) == [0, 1, 2]
+    assert sorted(uncertain_diverse_select(feats, np.ones(3), 5, np.random.default_rng(0))) == [0, 1, 2]
