@@ -14,11 +14,15 @@ from lib.environment import check_environment
 check_environment()  # before MONAI Label or torch do anything on a broken install
 
 import monailabel  # noqa: E402
+import monailabel.endpoints.activelearning as activelearning_endpoint  # noqa: E402
+import schedule  # noqa: E402
 from fastapi import HTTPException  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 
 from apps.slpt.backbone import load_backbone  # noqa: E402
 from apps.slpt.config import SLPTConfig  # noqa: E402
+from lib.activelearning.tesla import Tesla  # noqa: E402
+from lib.activelearning.tesla_scoring import INFO_KEY, TeslaScoring  # noqa: E402
 from lib.infers.backbone import BackboneSegmentation  # noqa: E402
 from lib.infers.slpt import SLPTSegmentation  # noqa: E402
 from lib.trainers.slpt import SLPTTrainer  # noqa: E402
@@ -45,6 +49,9 @@ class MyApp(MONAILabelApp):
             version=monailabel.__version__,
             labels={"liver": 1, "tumor": 2},
         )
+        # MONAI Label would re-score on every Next Sample; TESLA scores after training and for new images.
+        self._auto_update_scoring = False
+        self._unscored_seen: frozenset = frozenset()
 
     def init_infers(self):
         return {
@@ -54,6 +61,12 @@ class MyApp(MONAILabelApp):
 
     def init_trainers(self):
         return {"slpt": SLPTTrainer(self.backbone, self.config)}
+
+    def init_strategies(self):
+        return {"tesla": Tesla(self.config)}
+
+    def init_scoring_methods(self):
+        return {"tesla": TeslaScoring(self.backbone, self.config)}
 
     def infer(self, request, datastore=None):
         """MONAI Label answers 500 for an unknown model or image; a client error deserves a 404."""
@@ -65,13 +78,65 @@ class MyApp(MONAILabelApp):
             raise HTTPException(404, f"no image {image!r} in the datastore")
         return super().infer(request, datastore)
 
+    def next_sample(self, request):
+        strategy = request.get("strategy") or "tesla"
+        if strategy not in self._strategies:
+            raise HTTPException(404, f"no strategy {strategy!r}; available: {sorted(self._strategies)}")
+        return super().next_sample({**request, "strategy": strategy})
+
+    def train(self, request):
+        """Runs in MONAI Label's training subprocess; a finished round is re-scored right away."""
+        result = super().train(request)
+        if request.get("model") == "slpt":
+            self.async_scoring("tesla")
+        return result
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        self._score_new_images()
+        schedule.every(1).minutes.do(self._score_new_images)  # MONAI Label's time loop runs pending jobs
+
+    def _score_new_images(self):
+        """Background scoring when unlabelled scans without an embedding appear (never from Next Sample)."""
+        store = self.datastore()
+        unscored = frozenset(i for i in store.get_unlabeled_images()
+                             if not store.get_image_info(i).get(INFO_KEY, {}).get("embedding"))
+        if unscored and unscored != self._unscored_seen:
+            self._unscored_seen = unscored
+            logger.info("TESLA: %d unlabelled scans have no embedding yet; scoring in the background", len(unscored))
+            self.async_scoring("tesla")
+
+    def on_save_label(self, image_id, label_id):
+        """Retrain when the round is fully labelled (or after ``slpt_train_after_labels`` new labels)."""
+        super().on_save_label(image_id, label_id)
+        store = self.datastore()
+        labelled = set(store.get_labeled_images())
+        if image_id not in labelled:
+            return  # a draft or another tag: not a final label
+        trained_on = self._trainers["slpt"].stats().get("labelled", 0)
+        if self._strategies["tesla"].training_due(labelled, trained_on):
+            logger.info("TESLA: %d final labels; training slpt in the background", len(labelled))
+            self.async_training("slpt", enqueue=True)
+
     def info(self):
         meta = super().info()
+        store = self.datastore()
         meta["slpt"] = {
             "config": self.config.to_dict(),
             "backbone": {**self.backbone.identity, "parameters": self.backbone.num_parameters()},
-            "datastore": {"labelled": len(self.datastore().get_labeled_images()),
-                          "unlabelled": len(self.datastore().get_unlabeled_images())},
+            "datastore": {"labelled": len(store.get_labeled_images()),
+                          "unlabelled": len(store.get_unlabeled_images())},
+            "tesla": self._strategies["tesla"].view(store) if "tesla" in self._strategies else None,
         }
         return meta
 
+
+def _sample_with_user(strategy, params=None, user=None, _sample=activelearning_endpoint.sample):
+    """MONAI Label records ``params.client_id`` or else the user for each suggestion, but only hands the
+    strategy ``params``; pass the user through so leases can fall back to it."""
+    params = dict(params or {})
+    params.setdefault("client_id", user)
+    return _sample(strategy, params, user)
+
+
+activelearning_endpoint.sample = _sample_with_user

@@ -50,6 +50,13 @@ class SLPTConfig:
     sw_overlap: float = _f(0.25, "sliding-window overlap in [0, 1)")
     uncertainty_margin: int = _f(2, "voxels around the predicted tumour counted as lesion-relevant")
     uncertainty_top_fraction: float = _f(0.01, "most-uncertain share of the liver counted as lesion-relevant")
+    # TESLA active learning
+    budget_fraction: float = _f(0.05, "labelling budget as a share of the pool (the paper's 5%)")
+    rounds: int = _f(2, "rounds the budget is split into")
+    min_round_size: int = _f(2, "smallest round, so tiny pools still get a useful round")
+    lease_seconds: float = _f(1800.0, "how long a served scan stays reserved for its annotator")
+    train_after_labels: int = _f(0, "retrain after this many new final labels (0: when the round is complete)")
+    embed_stage: str = _f("down_layers.3", "backbone stage pooled into the scan embedding (the bottleneck)")
 
     def __post_init__(self):
         self.stages = tuple(self.stages)
@@ -68,6 +75,10 @@ class SLPTConfig:
             (self.min_val_scans >= 1 and self.min_train_scans >= 1, "slpt_min_*_scans must be >= 1"),
             (self.uncertainty_margin >= 0, "slpt_uncertainty_margin must be >= 0"),
             (0.0 < self.uncertainty_top_fraction <= 1.0, "slpt_uncertainty_top_fraction must be in (0, 1]"),
+            (0.0 < self.budget_fraction <= 1.0, "slpt_budget_fraction must be in (0, 1]"),
+            (self.rounds >= 1 and self.min_round_size >= 1, "slpt_rounds and slpt_min_round_size must be >= 1"),
+            (self.lease_seconds > 0, "slpt_lease_seconds must be > 0"),
+            (self.train_after_labels >= 0, "slpt_train_after_labels must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

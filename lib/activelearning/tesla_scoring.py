@@ -1,0 +1,80 @@
+"""MONAI Label scoring method ``tesla``: embeddings and prompt-based uncertainty per unlabelled scan.
+
+Results go into each image's datastore info under ``slpt_tesla``; the strategy only reads them. An
+embedding is keyed by the image file's SHA-256 (an unchanged scan is never embedded twice); an uncertainty
+by the prompt-checkpoint version (a new checkpoint re-scores). Each scan is written as soon as it is
+scored, so a killed scoring run keeps everything it finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from monai.transforms import Compose, LoadImaged
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+
+from apps.slpt.backbone import Backbone, file_sha256
+from apps.slpt.checkpoints import CheckpointError, PromptCheckpointStore
+from apps.slpt.config import SLPTConfig
+from apps.slpt.scoring import embed_scan, organ_box, prompt_uncertainty
+from apps.slpt.tuning import model_from_checkpoint, sliding_window
+
+logger = logging.getLogger(__name__)
+INFO_KEY = "slpt_tesla"
+
+
+class TeslaScoring(ScoringMethod):
+    """Frozen-backbone embedding (once per image) + K-prompt uncertainty on the liver box (once per version)."""
+
+    def __init__(self, backbone: Backbone, config: SLPTConfig):
+        super().__init__("TESLA scoring: backbone embedding + prompt-based uncertainty in the liver")
+        self.backbone, self.cfg = backbone, config
+        self.store = PromptCheckpointStore(config.model_dir)
+        self.load = Compose([LoadImaged(keys="image"), *backbone.preprocessing])
+
+    def __call__(self, request, datastore: Datastore):
+        start = time.time()
+        version = self.store.current()
+        model = None
+        if version is not None:
+            try:
+                model = model_from_checkpoint(self.backbone, self.store.read(version), self.cfg).eval()
+            except CheckpointError as e:
+                logger.warning("TESLA scores embeddings only: %s", e)
+                version = None
+        inferer = sliding_window(self.backbone.roi_size, self.cfg.sw_overlap)
+        organ_channel = self.backbone.labels.get("liver")
+        counts = {"embedded": 0, "scored": 0, "unchanged": 0, "failed": 0}
+        for image_id in sorted(datastore.get_unlabeled_images()):
+            info = dict(datastore.get_image_info(image_id).get(INFO_KEY, {}))
+            path = datastore.get_image_uri(image_id)
+            try:
+                digest = file_sha256(path)
+                need_embedding = info.get("content_sha256") != digest
+                need_score = model is not None and (need_embedding or info.get("checkpoint_version") != version)
+                if not (need_embedding or need_score):
+                    counts["unchanged"] += 1
+                    continue
+                image = self.load({"image": path})["image"].as_tensor().float()
+                if need_embedding:
+                    embedding, organ = embed_scan(self.backbone.network, image, self.cfg.embed_stage, organ_channel)
+                    box = organ_box(organ, image.shape[1:])
+                    info = {"content_sha256": digest, "embedding": [round(float(v), 5) for v in embedding],
+                            "organ_box": [[s.start, s.stop] for s in box]}
+                    counts["embedded"] += 1
+                if need_score:
+                    box = tuple(slice(a, b) for a, b in info["organ_box"])
+                    info["uncertainty"] = prompt_uncertainty(model, image, box, inferer, self.cfg.uncertainty_margin,
+                                                             self.cfg.uncertainty_top_fraction)
+                    info["checkpoint_version"] = version
+                    counts["scored"] += 1
+                info["scored_at"] = int(time.time())
+                datastore.update_image_info(image_id, {INFO_KEY: info})
+            except Exception as e:  # one unreadable scan must not stop the others from being scored
+                counts["failed"] += 1
+                logger.error("TESLA could not score %s: %s", image_id, e)
+        result = {**counts, "checkpoint_version": version, "seconds": round(time.time() - start, 2)}
+        logger.info("TESLA scoring: %s", result)
+        return result
