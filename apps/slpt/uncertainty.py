@@ -14,6 +14,8 @@ whole-volume mean is dominated by background and drowns out small lesions.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from scipy import ndimage
@@ -81,3 +83,31 @@ def scan_uncertainty(
     # Voxels in both sets count twice at most; fine for a ranking score and keeps this O(N).
     values = np.concatenate([lesion, top])
     return float(values.mean())
+
+
+@contextlib.contextmanager
+def dropout_enabled(model: torch.nn.Module):
+    """Switch on only the dropout layers (MC dropout), restoring every module's mode afterwards.
+
+    ``model.train()`` would also flip normalisation layers to batch statistics, which is not MC dropout.
+    """
+    modes = {m: m.training for m in model.modules()}
+    try:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+                m.train()
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+
+
+@torch.no_grad()
+def mc_dropout_probabilities(model: torch.nn.Module, image: torch.Tensor, inferer, samples: int = 5,
+                             seed: int = 0) -> torch.Tensor:
+    """``samples`` stochastic passes of ``image [1, *S]`` -> ``[samples, 1, C, *S]`` softmax (baseline scorer)."""
+    if samples < 2:
+        raise ValueError(f"MC dropout needs at least 2 samples, got {samples}")
+    torch.manual_seed(seed)
+    with dropout_enabled(model):
+        return torch.stack([torch.as_tensor(inferer(image[None], model)).softmax(1) for _ in range(samples)])

@@ -68,3 +68,22 @@ def test_predicted_tumour_and_margin_form_the_region():
     assert not lesion_region(np.zeros_like(pred)).any()
     with pytest.raises(ValueError, match="differ in shape"):
         scan_uncertainty(np.zeros((2, 2, 2)), pred)
+
+
+def test_mc_dropout_switches_on_dropout_alone_and_restores_modes():
+    from monai.networks.nets import SegResNet
+
+    from apps.slpt.uncertainty import dropout_enabled, mc_dropout_probabilities
+
+    net = SegResNet(spatial_dims=3, in_channels=1, out_channels=3, init_filters=8, dropout_prob=0.5).eval()
+    with dropout_enabled(net):
+        modes = {type(m).__name__: m.training for m in net.modules()}
+        assert modes["Dropout3d"] is True and modes["GroupNorm"] is False and not net.training
+    assert not any(m.training for m in net.modules())
+
+    probs = mc_dropout_probabilities(net, torch.randn(1, 16, 16, 16), lambda x, m: m(x), samples=3)
+    assert probs.shape == (3, 1, 3, 16, 16, 16)
+    assert not torch.allclose(probs[0], probs[1])  # the samples differ
+    assert mutual_information(probs).mean() > 0
+    with pytest.raises(ValueError):
+        mc_dropout_probabilities(net, torch.randn(1, 16, 16, 16), lambda x, m: m(x), samples=1)

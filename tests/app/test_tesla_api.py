@@ -1,0 +1,136 @@
+"""TESLA through the real server: rounds, stages, leases, background scoring, restarts.
+Tests run in file order and share one server (and later its restarted successor)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from apps.slpt.data import write_studies
+from tests.app.conftest import start_server, stop_server
+
+CONF = {"slpt_min_round_size": "4", "slpt_epochs": "1", "slpt_iterations_per_epoch": "1", "slpt_patch_size": "32",
+        "slpt_lease_seconds": "600"}
+POOL = 10
+
+
+class Tesla:
+    server = None
+
+
+def wait(predicate, timeout=600, every=1.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not reached in time")
+
+
+def tesla_infos(server):
+    objects = server.get("/datastore/", params={"output": "all"}).json()["objects"]
+    return {i: o["image"]["info"].get("slpt_tesla", {}) for i, o in objects.items()}
+
+
+def scoring_idle(server):
+    task = server.get("/scoring/").json() if server.get("/scoring/").status_code == 200 else {}
+    return task.get("status") in (None, "DONE", "ERROR")
+
+
+@pytest.fixture(scope="module")
+def tesla(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tesla")
+    studies = workdir / "studies"
+    write_studies(studies, range(700, 700 + POOL), ground_truth=workdir / "truth")
+    conf = {**CONF, "slpt_model_dir": str(workdir / "prompts")}
+    Tesla.server = start_server(workdir, studies, conf)
+    Tesla.conf = conf
+    yield Tesla
+    stop_server(Tesla.server)
+
+
+def next_sample(server, client):
+    r = server.post("/activelearning/tesla", json={"client_id": client})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_new_images_are_scored_in_the_background_at_start(tesla):
+    srv = tesla.server
+    infos = wait(lambda: (i := tesla_infos(srv)) and all(v.get("embedding") for v in i.values()) and i)
+    assert len(infos) == POOL and all(len(v["organ_box"]) == 3 for v in infos.values())
+    assert all("uncertainty" not in v for v in infos.values())  # no prompt checkpoint yet
+
+
+def test_concurrent_clients_never_share_a_scan_inside_their_leases(tesla):
+    srv = tesla.server
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda c: [next_sample(srv, f"annotator{c}").get("id") for _ in range(20)], range(8)))
+    holders = {}
+    for client, ids in enumerate(answers):
+        served = {i for i in ids if i}
+        assert len(served) <= 1, f"annotator{client} got several scans while holding a lease: {served}"
+        for i in served:
+            holders.setdefault(i, set()).add(client)
+    assert all(len(c) == 1 for c in holders.values()), holders
+    assert len(holders) == 4  # the round has 4 scans; the other annotators are told there is nothing free
+
+
+def test_stage_one_before_training_with_reasons_and_queue_view(tesla):
+    view = tesla.server.get("/info/").json()["slpt"]["tesla"]
+    assert view["round"] == 1 and len(view["queue"]) == 4 and {r["status"] for r in view["queue"]} == {"leased"}
+    holder = view["queue"][0]
+    answer = next_sample(tesla.server, holder["client"])
+    assert answer["id"] == holder["id"]
+    reason = answer["tesla"]
+    assert reason["stage"] == 1 and reason["round"] == 1 and reason["rank"] == 1
+    assert "k-means on backbone embeddings" in reason["basis"] and reason["checkpoint_version"] is None
+
+
+def test_labelling_the_round_trains_then_rescoring_serves_stage_two(tesla):
+    srv = tesla.server
+    queue = [row["id"] for row in srv.get("/info/").json()["slpt"]["tesla"]["queue"]]
+    for name in queue:
+        with open(srv.workdir / "truth" / f"{name}.nii.gz", "rb") as f:
+            assert srv.put(f"/datastore/label?image={name}&tag=final", files={"label": (f"{name}.nii.gz", f)}).ok
+    # The completed round triggers training; the finished training triggers re-scoring.
+    wait(lambda: srv.get("/info/").json()["train_stats"].get("slpt", {}).get("prompt_checkpoint_version") == 1)
+    infos = wait(lambda: (i := tesla_infos(srv)) and all(
+        v.get("checkpoint_version") == 1 for k, v in i.items() if k not in queue) and i)
+    assert all(infos[k]["uncertainty"] >= 0 for k in infos if k not in queue)
+
+    answer = next_sample(srv, "annotator0")
+    assert answer["id"] not in queue  # a labelled scan is never served again
+    reason = answer["tesla"]
+    assert reason["stage"] == 2 and reason["round"] == 2 and reason["checkpoint_version"] == 1
+    assert reason["uncertainty"] == pytest.approx(infos[answer["id"]]["uncertainty"])
+
+
+def test_next_sample_never_runs_scoring(tesla):
+    srv = tesla.server
+    wait(lambda: scoring_idle(srv))
+    before = srv.get("/scoring/", params={"all": True}).json()
+    stamps = {k: v.get("scored_at") for k, v in tesla_infos(srv).items()}
+    for c in range(5):
+        next_sample(srv, f"annotator{c}")
+    time.sleep(2)
+    assert srv.get("/scoring/", params={"all": True}).json() == before
+    assert {k: v.get("scored_at") for k, v in tesla_infos(srv).items()} == stamps
+
+
+def test_restart_keeps_rounds_leases_and_scores(tesla):
+    srv = tesla.server
+    view_before = srv.get("/info/").json()["slpt"]["tesla"]
+    held = next_sample(srv, "annotator3")["id"]
+    scores_before = {k: v.get("uncertainty") for k, v in tesla_infos(srv).items()}
+    stop_server(srv)
+    tesla.server = srv = start_server(srv.workdir, srv.studies, tesla.conf)
+    view_after = srv.get("/info/").json()["slpt"]["tesla"]
+    assert (view_after["round"], view_after["stage"]) == (view_before["round"], view_before["stage"]) == (2, 2)
+    assert [r["id"] for r in view_after["queue"]] == [r["id"] for r in view_before["queue"]]
+    assert next_sample(srv, "annotator3")["id"] == held  # the lease survived
+    assert {k: v.get("uncertainty") for k, v in tesla_infos(srv).items()} == scores_before
+    assert srv.get("/info/").json()["models"]["slpt"]["prompt_checkpoint"]["version"] == 1
