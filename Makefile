@@ -30,11 +30,11 @@ demo: install $(DEMO)/.generated
 test: install
 	$(BIN)/python -m pytest -q tests
 
-# Two stages: 64^3 patches from scratch, then 96^3 patches (more anatomical context) from stage 1.
+# Two stages: from scratch, then a second run at a lower learning rate from stage 1's weights.
 pretrain: install
 	$(BIN)/python -m apps.slpt.pretrain --out data/pretrain/stage1
 	$(BIN)/python -m apps.slpt.pretrain --out models/backbone --init-from data/pretrain/stage1 \
-	  --patch-size 96 --batch-size 1 --lr 1e-3 --iterations 500
+	  --lr 1e-3 --iterations 400
 
 montage: install
 	$(BIN)/python -m apps.slpt.montage --out docs/phantoms.png

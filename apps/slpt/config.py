@@ -36,8 +36,9 @@ class SLPTConfig:
     hidden_ratio: float = _f(0.25, "FPU hidden width as a fraction of the stage channels")
     share_updaters: bool = _f(True, "share the FPUs between the K prompt sets")
     # Training
-    epochs: int = _f(30, "training epochs per round")
+    epochs: int = _f(20, "training epochs per round")
     iterations_per_epoch: int = _f(8, "optimiser steps per epoch")
+    val_interval: int = _f(4, "validate every this many epochs (and after the last one)")
     batch_size: int = _f(2, "patches per optimiser step (each seen by all K prompt sets)")
     patch_size: int = _f(48, "training patch edge in backbone voxels (multiple of 8)")
     learning_rate: float = _f(1e-2, "AdamW learning rate for prompts, updaters and head")
@@ -67,6 +68,7 @@ class SLPTConfig:
             (0.0 < self.hidden_ratio <= 4.0, "slpt_hidden_ratio must be in (0, 4]"),
             (len(self.stages) >= 1, "slpt_stages needs at least one stage"),
             (self.epochs >= 1 and self.iterations_per_epoch >= 1, "slpt_epochs and iterations must be >= 1"),
+            (self.val_interval >= 1, "slpt_val_interval must be >= 1"),
             (self.batch_size >= 1, "slpt_batch_size must be >= 1"),
             (self.patch_size >= 16 and self.patch_size % 8 == 0, "slpt_patch_size must be a multiple of 8, >= 16"),
             (self.learning_rate > 0, "slpt_learning_rate must be > 0"),

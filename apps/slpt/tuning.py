@@ -220,15 +220,17 @@ def fit(
             optimizer.step()
             scheduler.step()
             losses.append(loss.item()), segs.append(parts["seg"]), divs.append(parts["diversity"])
-        metrics = evaluate(model, val, inferer) if val else None
+        validate = bool(val) and (epoch % cfg.val_interval == 0 or epoch == cfg.epochs)
+        metrics = evaluate(model, val, inferer) if validate else None
         key = metrics["mean_dice"] if metrics else None
-        improved = metrics is None or best is None or key > best
+        # Without validation data every epoch is kept; between validations nothing is.
+        improved = (not val) or (validate and (best is None or key > best))
         if improved and key is not None:
             best = key
         report = EpochReport(epoch, cfg.epochs, float(np.mean(losses)), float(np.mean(segs)), float(np.mean(divs)),
                              metrics, best, improved, round(time.time() - start, 2))
-        val_text = (f"val Dice liver {metrics['dice_liver']:.4f} tumor {metrics['dice_tumor']:.4f}"
-                    if metrics else "no validation (too few labelled scans)")
+        val_text = (f"val Dice liver {metrics['dice_liver']:.4f} tumor {metrics['dice_tumor']:.4f}" if metrics
+                    else "not validated this epoch" if val else "no validation (too few labelled scans)")
         log(f"epoch {epoch}/{cfg.epochs} loss {report.loss:.4f} (seg {report.seg_loss:.4f}, "
             f"diversity {report.diversity:.4f}) {val_text}{' *best*' if improved and metrics else ''} "
             f"[{report.seconds:.1f}s]")

@@ -31,7 +31,7 @@ def tiny_pair(seed):
 
 
 CFG = SLPTConfig(stages=("down_layers.2", "up_layers.0"), epochs=3, iterations_per_epoch=2, patch_size=16,
-                 batch_size=1, num_prompts=2)
+                 batch_size=1, num_prompts=2, val_interval=1)
 
 
 def test_augmented_views_keep_view_zero_clean():
@@ -84,3 +84,13 @@ def test_head_baselines_train_what_they_claim(freeze_backbone):
     unchanged = all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
     assert unchanged == freeze_backbone
     assert 0.0 <= evaluate(model, [tiny_pair(3)], sliding_window((32, 32, 32)))["dice_liver"] <= 1.0
+
+
+def test_validation_runs_every_interval_and_after_the_last_epoch():
+    model = PromptedSegmenter(tiny_net(), CFG.stages, CFG.feature_stage, 3, num_prompts=2)
+    reports = []
+    cfg = SLPTConfig(**{**CFG.to_dict(), "epochs": 5, "iterations_per_epoch": 1, "val_interval": 2})
+    fit(model, [tiny_pair(0)], [tiny_pair(2)], cfg, sliding_window((32, 32, 32)), on_epoch=reports.append,
+        log=lambda m: None)
+    assert [r.epoch for r in reports if r.val] == [2, 4, 5]
+    assert not any(r.improved for r in reports if not r.val)

@@ -1,0 +1,135 @@
+"""How fast TESLA scores, and what the liver-box shortcut costs in ranking quality.
+
+For a pool of phantoms: time the frozen-backbone embedding and the K-prompt uncertainty on the organ box
+(what the ``tesla`` scoring method runs), and on a subset also the full-volume K-prompt pass (what one
+``/infer/slpt`` computes), then compare the two uncertainty rankings (Spearman).
+
+    python -m apps.slpt.scoring_benchmark --out docs/results/scoring --pool 200 --compare 40
+
+A prompt checkpoint is needed for the uncertainty; the script trains a small one first on labelled
+phantoms disjoint from the pool (its settings are in the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from .backbone import load_backbone
+from .config import SLPTConfig
+from .data import load_phantom_pair
+from .phantom import make_phantom
+from .scoring import embed_scan, organ_box, prompt_uncertainty
+from .tuning import build_model, fit, predict, sliding_window
+from .uncertainty import scan_uncertainty
+
+POOL_FIRST_SEED = 500_000
+TRAIN_SEEDS = range(510_000, 510_008)
+
+
+def run(pool: int, compare: int, backbone_dir: Path, cfg: SLPTConfig, log=print) -> dict:
+    backbone = load_backbone(backbone_dir)
+    inferer = sliding_window(backbone.roi_size, cfg.sw_overlap)
+    train = [load_phantom_pair(make_phantom(s), backbone.preprocessing, target="task") for s in TRAIN_SEEDS]
+    model = build_model(backbone, cfg)
+    t0 = time.time()
+    fit(model, train, [], cfg, inferer, log=lambda m: None)
+    log(f"trained the scoring checkpoint in {time.time() - t0:.0f}s")
+
+    rows = []
+    for n, seed in enumerate(range(POOL_FIRST_SEED, POOL_FIRST_SEED + pool)):
+        ph = make_phantom(seed)
+        image, _ = load_phantom_pair(ph, backbone.preprocessing, target="task")
+        t = time.perf_counter()
+        embedding, organ = embed_scan(backbone.network, image, cfg.embed_stage, backbone.labels.get("liver"))
+        t_embed = time.perf_counter() - t
+        box = organ_box(organ, image.shape[1:])
+        t = time.perf_counter()
+        roi_pu = prompt_uncertainty(model, image, box, inferer, cfg.uncertainty_margin, cfg.uncertainty_top_fraction)
+        t_roi = time.perf_counter() - t
+        row = {"seed": seed, "tumor_type": ph.info["tumor_type"], "embed_s": t_embed, "roi_pu_s": t_roi,
+               "roi_pu": roi_pu, "box_fraction": float(np.prod([s.stop - s.start for s in box]) / image[0].numel())}
+        if n < compare:
+            t = time.perf_counter()
+            probs, pu = predict(model, image, inferer)
+            row["full_pass_s"] = time.perf_counter() - t
+            row["full_pu"] = scan_uncertainty(pu.numpy(), probs.argmax(0).numpy(), cfg.uncertainty_margin,
+                                              top_fraction=cfg.uncertainty_top_fraction)
+        rows.append(row)
+        if (n + 1) % 20 == 0:
+            log(f"scored {n + 1}/{pool}")
+
+    compared = [r for r in rows if "full_pu" in r]
+    rho = spearmanr([r["roi_pu"] for r in compared], [r["full_pu"] for r in compared]).statistic if len(compared) > 2 else None
+    mean = lambda key, rs=rows: float(np.mean([r[key] for r in rs]))  # noqa: E731
+    return {
+        "pool": pool,
+        "threads": torch.get_num_threads(),
+        "per_scan_seconds": {"embedding_once_per_image": mean("embed_s"), "roi_uncertainty_per_version": mean("roi_pu_s"),
+                             "first_scoring": mean("embed_s") + mean("roi_pu_s"),
+                             "full_volume_k_prompt_pass": mean("full_pass_s", compared) if compared else None},
+        "pool_seconds": {"first_scoring": float(sum(r["embed_s"] + r["roi_pu_s"] for r in rows)),
+                         "rescoring_after_training": float(sum(r["roi_pu_s"] for r in rows))},
+        "mean_box_fraction_of_volume": mean("box_fraction"),
+        "spearman_roi_vs_full_uncertainty": rho,
+        "compared_scans": len(compared),
+        "scoring_checkpoint": {"train_scans": len(train), **{k: v for k, v in cfg.to_dict().items()
+                                                              if k in ("epochs", "iterations_per_epoch", "num_prompts")}},
+        "rows": rows,
+    }
+
+
+def markdown(r: dict) -> str:
+    p, s = r["per_scan_seconds"], r["pool_seconds"]
+    return "\n".join([
+        "# TESLA scoring speed (written by `python -m apps.slpt.scoring_benchmark`)",
+        "",
+        f"Pool of {r['pool']} phantoms, {r['threads']} CPU threads. Per scan, mean seconds:",
+        "",
+        "| work | seconds |",
+        "| --- | --- |",
+        f"| backbone embedding (once per image content) | {p['embedding_once_per_image']:.2f} |",
+        f"| K-prompt uncertainty on the liver box (once per checkpoint) | {p['roi_uncertainty_per_version']:.2f} |",
+        f"| first scoring of a scan (both) | {p['first_scoring']:.2f} |",
+        f"| full-volume K-prompt pass (the network part of one /infer/slpt) | {_fmt(p['full_volume_k_prompt_pass'])} |",
+        "",
+        f"Whole pool: first scoring {s['first_scoring']:.0f} s, re-scoring after a training round "
+        f"{s['rescoring_after_training']:.0f} s. The liver box is {100 * r['mean_box_fraction_of_volume']:.0f}% of "
+        f"the volume on average.",
+        "",
+        f"Ranking given up by scoring on the liver box instead of the full volume: Spearman "
+        f"{_fmt(r['spearman_roi_vs_full_uncertainty'])} between the two per-scan uncertainties over "
+        f"{r['compared_scans']} scans.",
+        "",
+    ])
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--pool", type=int, default=200)
+    parser.add_argument("--compare", type=int, default=40, help="scans also scored on the full volume")
+    parser.add_argument("--backbone", type=Path, default=Path("models/backbone"))
+    parser.add_argument("--epochs", type=int, default=6, help="epochs of the quick scoring checkpoint")
+    args = parser.parse_args(argv)
+    cfg = dataclasses.replace(SLPTConfig(), epochs=args.epochs)
+    result = run(args.pool, args.compare, args.backbone, cfg, log=lambda m: print(m, flush=True))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "result.json").write_text(json.dumps(result, indent=1))
+    (args.out / "result.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
