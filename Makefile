@@ -30,11 +30,8 @@ demo: install $(DEMO)/.generated
 test: install
 	$(BIN)/python -m pytest -q tests
 
-# Two stages: from scratch, then a second run at a lower learning rate from stage 1's weights.
 pretrain: install
-	$(BIN)/python -m apps.slpt.pretrain --out data/pretrain/stage1
-	$(BIN)/python -m apps.slpt.pretrain --out models/backbone --init-from data/pretrain/stage1 \
-	  --lr 1e-3 --iterations 400
+	$(BIN)/python -m apps.slpt.pretrain --out models/backbone
 
 montage: install
 	$(BIN)/python -m apps.slpt.montage --out docs/phantoms.png

@@ -25,6 +25,7 @@ ORGAN_NAMES: dict[str, int] = {
     "aorta": 5,
     "bone": 6,
     "bowel": 7,
+    "muscle": 8,  # the abdominal wall; without its own class it is the background most easily taken for liver
 }
 # Downstream labels (LiTS convention).
 TASK_LABELS: dict[str, int] = {"background": 0, "liver": 1, "tumor": 2}
@@ -215,19 +216,21 @@ def _anatomy(world, rng, s, half_w, half_d, phase):
     inner = 1.0 - fat_mm / half_d
     hu[body_r < 1.0] = hu_of["fat"]
     cavity = body_r <= inner - 0.07  # organs stay inside the abdominal wall
-    hu[(body_r < inner) & ~cavity] = hu_of["muscle"]
+    wall = (body_r < inner) & ~cavity
+    hu[wall] = hu_of["muscle"]
+    organs[wall] = ORGAN_NAMES["muscle"]
     hu[cavity] = hu_of["fat"] * 0.6  # visceral fat, denser than subcutaneous
 
     # Bowel: soft-tissue loops with gas pockets, anterior and caudal of the liver.
     bowel = np.zeros(shape, bool)
     for _ in range(rng.integers(4, 8)):
         c = (rng.uniform(-80, 60) * s, rng.uniform(10, 70) * s, rng.uniform(-90, -10) * s)
-        loop = _ellipsoid(world, c, (j(28 * s), j(18 * s), j(30 * s)), _wobble(world, rng, 0.15, 60.0)) < 1
+        loop = (_ellipsoid(world, c, (j(28 * s), j(18 * s), j(30 * s)), _wobble(world, rng, 0.15, 60.0)) < 1) & cavity
         bowel |= loop
-        gas = _ellipsoid(world, c, (j(12 * s), j(8 * s), j(12 * s))) < 1
+        gas = (_ellipsoid(world, c, (j(12 * s), j(8 * s), j(12 * s))) < 1) & cavity
         hu[loop] = hu_of["bowel_wall"]
         hu[gas] = hu_of["gas"]
-    organs[bowel & cavity] = ORGAN_NAMES["bowel"]
+    organs[bowel] = ORGAN_NAMES["bowel"]
 
     liver = _ellipsoid(world, (j(65 * s), j(10 * s), j(35 * s)), (j(80 * s), j(72 * s), j(78 * s)),
                        _wobble(world, rng, 0.12))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import monailabel
 from fastapi import HTTPException
-from monailabel.interfaces.datastore import Datastore
 from monai.losses import DiceCELoss
+from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from apps.slpt.backbone import Backbone
