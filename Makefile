@@ -30,8 +30,11 @@ demo: install $(DEMO)/.generated
 test: install
 	$(BIN)/python -m pytest -q tests
 
+# Two runs: from scratch, then a lower learning rate starting from the first run's weights.
 pretrain: install
-	$(BIN)/python -m apps.slpt.pretrain --out models/backbone
+	$(BIN)/python -m apps.slpt.pretrain --out data/pretrain/stage1
+	$(BIN)/python -m apps.slpt.pretrain --out models/backbone --init-from data/pretrain/stage1 \
+	  --lr 1e-3 --iterations 400
 
 montage: install
 	$(BIN)/python -m apps.slpt.montage --out docs/phantoms.png

@@ -57,6 +57,7 @@ class PretrainConfig:
     batch_size: int = 2
     lr: float = 3e-3
     seed: int = 0
+    init_from: str | None = None  # a bundle whose weights start this run (a second, lower-lr stage)
     labels: dict[str, int] = field(default_factory=lambda: dict(ORGAN_NAMES))
 
 
@@ -120,6 +121,12 @@ def pretrain(cfg: PretrainConfig, out: Path, log=functools.partial(print, flush=
     parser = read_bundle_config(out)
     network = parser.get_parsed_content("network_def", instantiate=True)
     preprocessing = image_preprocessing(parser)
+    previous = None
+    if cfg.init_from:
+        start = load_backbone(cfg.init_from)  # strict: it must be this very architecture
+        network.load_state_dict(start.network.state_dict())
+        previous = start.metadata
+        log(f"initialised from {cfg.init_from} (sha256 {start.identity['sha256'][:12]})")
 
     t0 = time.time()
     train, val = _prepare(cfg.train_seeds, preprocessing), _prepare(cfg.val_seeds, preprocessing)
@@ -171,6 +178,7 @@ def pretrain(cfg: PretrainConfig, out: Path, log=functools.partial(print, flush=
         "train_seconds": round(train_seconds, 1),
         "torch_version": torch.__version__,
         "sha256": file_sha256(out / WEIGHTS),
+        "initialised_from": previous,  # the earlier stage's full metadata (config, seeds, Dice, hash)
     }
     (out / METADATA).write_text(json.dumps(metadata, indent=2))
     load_backbone(out)  # the written bundle must load strictly, or this run failed
@@ -185,9 +193,10 @@ def main(argv=None) -> None:
     parser.add_argument("--patch-size", type=int, default=PretrainConfig.patch_size)
     parser.add_argument("--batch-size", type=int, default=PretrainConfig.batch_size)
     parser.add_argument("--lr", type=float, default=PretrainConfig.lr)
+    parser.add_argument("--init-from", help="bundle directory whose weights start this run")
     args = parser.parse_args(argv)
     cfg = PretrainConfig(iterations=args.iterations, init_filters=args.init_filters, patch_size=args.patch_size,
-                         batch_size=args.batch_size, lr=args.lr)
+                         batch_size=args.batch_size, lr=args.lr, init_from=args.init_from)
     meta = pretrain(cfg, args.out)
     print(json.dumps({"heldout_dice": meta["heldout_dice"], "num_parameters": meta["num_parameters"]}))
 
