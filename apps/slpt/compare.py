@@ -41,7 +41,7 @@ class CompareSettings:
     n_labelled: int = 10
     test_seeds: tuple[int, int] = TEST_SEEDS
     run_seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 20
+    epochs: int = 12
     iterations_per_epoch: int = 8
     finetune_learning_rate: float = 1e-3  # whole-network fine-tuning needs a smaller step than prompts
 
