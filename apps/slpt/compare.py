@@ -28,6 +28,7 @@ from .config import SLPTConfig
 from .data import image_id, load_phantom_pair
 from .phantom import make_phantom
 from .prompts import parameter_report
+from .reporting import write_report
 from .splits import update_split
 from .tuning import build_model, evaluate, fit, sliding_window
 
@@ -131,10 +132,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny setting: checks the pipeline, not quality")
     args = parser.parse_args(argv)
     result = run(QUICK if args.quick else CompareSettings(), args.backbone)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "result.json").write_text(json.dumps(result, indent=1))
-    (args.out / "result.md").write_text(markdown(result))
-    print(markdown(result))
+    write_report(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

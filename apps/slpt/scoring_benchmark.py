@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from .backbone import load_backbone
 from .config import SLPTConfig
 from .data import load_phantom_pair
 from .phantom import make_phantom
+from .reporting import write_report
 from .scoring import embed_scan, organ_box, prompt_uncertainty
 from .tuning import build_model, fit, predict, sliding_window
 from .uncertainty import scan_uncertainty
@@ -125,10 +125,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cfg = dataclasses.replace(SLPTConfig(), epochs=args.epochs)
     result = run(args.pool, args.compare, args.backbone, cfg, log=lambda m: print(m, flush=True))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "result.json").write_text(json.dumps(result, indent=1))
-    (args.out / "result.md").write_text(markdown(result))
-    print(markdown(result))
+    write_report(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":
