@@ -120,6 +120,8 @@ def markdown(result: dict) -> str:
         "",
         *rows,
         "",
+        "Quick mode: a pipeline check on a tiny setting; these numbers say nothing about quality."
+        if result.get("quick") else
         f"SLPT tumour Dice {'>=' if verdict else '<'} full fine-tuning: the bar is {'met' if verdict else 'NOT met'}.",
         "",
     ])
@@ -131,7 +133,7 @@ def main(argv=None) -> None:
     parser.add_argument("--backbone", type=Path, default=Path("models/backbone"))
     parser.add_argument("--quick", action="store_true", help="tiny setting: checks the pipeline, not quality")
     args = parser.parse_args(argv)
-    result = run(QUICK if args.quick else CompareSettings(), args.backbone)
+    result = {**run(QUICK if args.quick else CompareSettings(), args.backbone), "quick": args.quick}
     write_report(args.out, result, markdown(result))
 
 

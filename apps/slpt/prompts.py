@@ -234,6 +234,8 @@ class PromptedSegmenter(nn.Module):
 
 def split_prompts(logits: torch.Tensor, num_prompts: int) -> torch.Tensor:
     """``[B, K * C, *S]`` -> ``[K, B, C, *S]``."""
+    if logits.shape[1] % num_prompts:
+        raise ValueError(f"{logits.shape[1]} channels cannot hold K={num_prompts} predictions")
     return torch.stack(logits.chunk(num_prompts, dim=1))
 
 

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .prompts import split_prompts
+
 EPS = 1e-8
 
 
 def prompt_probabilities(logits: torch.Tensor, num_prompts: int) -> torch.Tensor:
     """``[B, K * C, *S]`` logits -> ``[K, B, C, *S]`` per-prompt softmax."""
-    if logits.shape[1] % num_prompts:
-        raise ValueError(f"{logits.shape[1]} channels cannot hold K={num_prompts} predictions")
-    return torch.stack(logits.chunk(num_prompts, dim=1)).softmax(dim=2)
+    return split_prompts(logits, num_prompts).softmax(dim=2)
 
 
 def entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
