@@ -49,7 +49,8 @@ class PretrainConfig:
     dropout_prob: float = 0.2
     pixdim: float = 3.0
     intensity_window: tuple[float, float] = (-200.0, 300.0)
-    roi_size: int = 96
+    # Training patches and the inference window are one size: a larger window pads short scans with
+    # more constant slices than training ever showed, and the network then calls that padding liver.
     patch_size: int = 64
     train_seeds: tuple[int, int] = (100_000, 100_080)  # [start, stop): disjoint from demo/pool seeds
     val_seeds: tuple[int, int] = (200_000, 200_016)
@@ -88,7 +89,7 @@ def bundle_config(cfg: PretrainConfig) -> dict:
                  "b_min": 0.0, "b_max": 1.0, "clip": True},
             ],
         },
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [cfg.roi_size] * 3, "sw_batch_size": 1,
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [cfg.patch_size] * 3, "sw_batch_size": 1,
                     "overlap": 0.25},
     }
 
@@ -163,7 +164,7 @@ def pretrain(cfg: PretrainConfig, out: Path, log=functools.partial(print, flush=
             log(f"iter {it + 1}/{cfg.iterations} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
 
     train_seconds = time.time() - t0
-    dice = evaluate(network, val, (cfg.roi_size,) * 3, n_classes)
+    dice = evaluate(network, val, (cfg.patch_size,) * 3, n_classes)
     log(f"held-out organ Dice: {dice}")
     torch.save(network.state_dict(), out / WEIGHTS)
     metadata = {
