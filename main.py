@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 
@@ -15,17 +17,27 @@ check_environment()  # before MONAI Label or torch do anything on a broken insta
 
 import monailabel  # noqa: E402
 import monailabel.endpoints.activelearning as activelearning_endpoint  # noqa: E402
+import monailabel.endpoints.datastore as datastore_endpoint  # noqa: E402
+import monailabel.endpoints.infer as infer_endpoint  # noqa: E402
+import monailabel.endpoints.train as train_endpoint  # noqa: E402
 import schedule  # noqa: E402
 from fastapi import HTTPException  # noqa: E402
+from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from monailabel.interfaces.utils.app import app_instance  # noqa: E402
+from monailabel.utils.others.generic import device_map  # noqa: E402
 
+from apps.slpt import request_params  # noqa: E402
 from apps.slpt.backbone import load_backbone  # noqa: E402
 from apps.slpt.config import SLPTConfig  # noqa: E402
+from apps.slpt.request_params import InvalidParameter, RequestSpec, check_request, parse_params  # noqa: E402
+from lib import privacy  # noqa: E402
 from lib.activelearning.tesla import Tesla  # noqa: E402
 from lib.activelearning.tesla_scoring import INFO_KEY, TeslaScoring  # noqa: E402
+from lib.datastore import ValidatingDatastore  # noqa: E402
 from lib.infers.backbone import BackboneSegmentation  # noqa: E402
 from lib.infers.slpt import SLPTSegmentation  # noqa: E402
-from lib.trainers.slpt import SLPTTrainer  # noqa: E402
+from lib.trainers.slpt import REQUEST_FIELDS, SLPTTrainer  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +46,7 @@ class MyApp(MONAILabelApp):
     """Registers the SLPT tasks; all method logic lives in ``apps/slpt``."""
 
     def __init__(self, app_dir, studies, conf):
+        privacy.install()  # MONAI Label logs DICOMweb image info, which holds the PatientID
         self.config = SLPTConfig.from_conf(conf or {}, app_dir)
         self.backbone = load_backbone(self.config.backbone)
         logger.info(
@@ -52,6 +65,18 @@ class MyApp(MONAILabelApp):
         # MONAI Label would re-score on every Next Sample; TESLA scores after training and for new images.
         self._auto_update_scoring = False
         self._unscored_seen: frozenset = frozenset()
+        self._request_specs = self._build_request_specs()
+
+    def init_datastore(self):
+        """A local studies folder gets upload checks; DICOMweb/XNAT/DSA stores stay MONAI Label's own."""
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return ValidatingDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
 
     def init_infers(self):
         return {
@@ -76,13 +101,47 @@ class MyApp(MONAILabelApp):
         store = datastore or self.datastore()
         if isinstance(image, str) and not os.path.exists(image) and image not in store.list_images():
             raise HTTPException(404, f"no image {image!r} in the datastore")
+        self.check_request("infer", request["model"], request)
         return super().infer(request, datastore)
 
     def next_sample(self, request):
         strategy = request.get("strategy") or "tesla"
         if strategy not in self._strategies:
             raise HTTPException(404, f"no strategy {strategy!r}; available: {sorted(self._strategies)}")
+        self.check_request("activelearning", strategy, request)
         return super().next_sample({**request, "strategy": strategy})
+
+    def check_request(self, kind: str, name: str, request: dict) -> None:
+        """422 naming the parameter for a bad, unknown or server-only request parameter (see
+        ``apps.slpt.request_params``); MONAI Label itself passes every value through unchecked."""
+        spec = self._request_specs.get(f"{kind}/{name}")
+        if spec is None:
+            known = sorted(k.split("/", 1)[1] for k in self._request_specs if k.startswith(f"{kind}/"))
+            raise HTTPException(404, f"no {kind} task {name!r}; available: {known}")
+        try:
+            check_request(request, spec, self.config)
+        except InvalidParameter as e:
+            raise HTTPException(422, str(e)) from e
+
+    def _build_request_specs(self) -> dict[str, RequestSpec]:
+        devices = request_params.device(list(device_map()))
+        specs = {}
+        for name, task in self._infers.items():
+            # A list in a task's config is a choice MONAI Label shows its clients (e.g. slpt_output).
+            choices = {k: request_params.one_of(v) for k, v in task.config().items() if isinstance(v, list)}
+            specs[f"infer/{name}"] = RequestSpec(f"infer/{name}", checks={**choices, "device": devices}, open=True)
+        for name, trainer in self._trainers.items():
+            own = {*REQUEST_FIELDS, "warm_start"}
+            specs[f"train/{name}"] = RequestSpec(
+                f"train/{name}", settings=REQUEST_FIELDS, checks={"warm_start": request_params.flag},
+                # what MONAI Label adds and Slicer echoes from the trainer's advertised config
+                framework=frozenset({*trainer.config(), "model", "bundle_path", "client_id"} - own),
+            )
+        specs["activelearning/tesla"] = RequestSpec(
+            "activelearning/tesla", settings={"lease_seconds": "lease_seconds"},
+            checks={"client_id": request_params.client_id}, framework=frozenset({"strategy"}),
+        )
+        return specs
 
     def train(self, request):
         """Runs in MONAI Label's training subprocess; a finished round is re-scored right away."""
@@ -140,3 +199,52 @@ def _sample_with_user(strategy, params=None, user=None, _sample=activelearning_e
 
 
 activelearning_endpoint.sample = _sample_with_user
+
+
+def _run_train_checked(model, params=None, run_sync=False, enqueue=False, _run=train_endpoint.run_model):
+    """MONAI Label answers ``POST /train/{model}`` with 200 and runs the task in a subprocess, where a bad
+    parameter fails only later; check the model and the parameters here, in the server, first."""
+    app_instance().check_request("train", model, {"model": model, **(params or {})})
+    return _run(model, params, run_sync, enqueue)
+
+
+def _run_all_train_checked(params=None, run_sync=False, _run=train_endpoint.run):
+    """The same for the deprecated ``POST /train/``, whose ``params`` hold one dict per model."""
+    app = app_instance()
+    for model in app.info()["trainers"]:
+        own = (params or {}).get(model) or {}
+        if not isinstance(own, dict):
+            raise HTTPException(422, f"params[{model!r}] must be a JSON object, got {type(own).__name__}")
+        app.check_request("train", model, {"model": model, **own})
+    return _run(params, run_sync)
+
+
+def _guarded_upload(endpoint):
+    """Closes two gaps of MONAI Label's endpoints that take files: they parse the multipart ``params``
+    field with ``json.loads`` (malformed JSON is a 500), and they delete their temporary copy of an upload
+    in a background task, which FastAPI skips when the endpoint raises (a refused upload stays in /tmp)."""
+    signature = inspect.signature(endpoint)
+
+    @functools.wraps(endpoint)
+    def guarded(*args, **kwargs):
+        arguments = signature.bind(*args, **kwargs).arguments
+        try:
+            parse_params(arguments.get("params"))
+        except InvalidParameter as e:
+            raise HTTPException(422, str(e)) from e
+        try:
+            return endpoint(*args, **kwargs)
+        except Exception:
+            for task in arguments["background_tasks"].tasks:  # the endpoint's own clean-up (remove_file)
+                if not task.is_async:
+                    task.func(*task.args, **task.kwargs)
+            raise
+
+    return guarded
+
+
+train_endpoint.run_model = _run_train_checked
+train_endpoint.run = _run_all_train_checked
+infer_endpoint.run_inference = _guarded_upload(infer_endpoint.run_inference)
+datastore_endpoint.save_label = _guarded_upload(datastore_endpoint.save_label)
+datastore_endpoint.add_image = _guarded_upload(datastore_endpoint.add_image)

@@ -155,15 +155,35 @@ class PromptCheckpointStore:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The payload of one checkpoint file, checked for format and structure.
+
+    Loaded with ``weights_only=True``: a checkpoint holds tensors and plain metadata only, so a foreign
+    pickle dropped into the model folder is refused instead of being executed.
+    """
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which and why
-        raise CheckpointError(f"{path} is not a readable prompt checkpoint: {e}") from e
+        raise CheckpointError(f"{path} is not a readable prompt checkpoint: {_load_error(e)}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an SLPT prompt checkpoint (format {FORMAT!r} expected)")
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {payload.get('format_version')}, expected {FORMAT_VERSION}")
+    state = payload.get("state_dict")
+    if not isinstance(payload.get("metadata"), dict) or not isinstance(state, dict) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise CheckpointError(f"{path} is damaged: it lacks its metadata or its tensors")
     return payload
+
+
+def _load_error(error: Exception) -> str:
+    """torch's reason in one line; for a refused pickle, not its advice to load the file unsafely."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    refused = next((line for line in lines if line.startswith("WeightsUnpickler error:")), None)
+    if refused is None:
+        return lines[0].split(". ")[0]  # torch appends paragraphs of advice to the reason
+    what = refused.split(":", 1)[1].split(" was not an allowed")[0].strip()
+    return f"it holds more than tensors and plain data ({what}), so it was not unpickled"
 
 
 def load_into(model: torch.nn.Module, payload: dict[str, Any], backbone_identity: dict[str, Any]) -> None:

@@ -93,8 +93,13 @@ class SLPTSegmentation(BasicInferTask):
             return cached[0]
         try:
             network = model_from_checkpoint(self.backbone, self.store.read(version), self.cfg)
-        except CheckpointError as e:
-            raise HTTPException(409, f"current prompt checkpoint cannot be served: {e}") from e
+        except (CheckpointError, ValueError, TypeError, KeyError) as e:
+            # All about this file: besides a bad format, its metadata can name an unknown stage or hold a
+            # mistyped setting, which fail while the model is rebuilt.
+            where = "" if str(path) in str(e) else f" ({path})"
+            raise HTTPException(409, f"current prompt checkpoint v{version}{where} cannot be served: {e}; "
+                                     "roll back with `python -m apps.slpt.checkpoints --model-dir "
+                                     f"{self.store.directory} rollback` or train again") from e
         network.to(device).eval()
         self._networks[device] = (network, stamp)
         logger.info("SLPT infer serves prompt checkpoint v%d", version)

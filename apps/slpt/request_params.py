@@ -1,0 +1,153 @@
+"""Request parameters of the app's tasks: named, typed and range-checked before a request is dispatched.
+
+MONAI Label hands a request's JSON ``params`` to a task as a plain dict and checks nothing: a training
+request with ``max_epochs: "abc"`` is answered 200 and fails later in the training subprocess, and a bad
+``device`` fails deep inside inference as a 500. The app checks each request against its task's
+:class:`RequestSpec` first (``main.py``), so a bad value is a 422 that names the parameter.
+
+* A parameter that overrides a setting (``max_epochs`` -> ``epochs``, ``lease_seconds``) takes its type
+  and range from :class:`~apps.slpt.config.SLPTConfig`, the one place ranges are defined.
+* Other parameters have a check function (a choice, a device name, a flag).
+
+Unknown names: MONAI Label's clients add keys of their own (OHIF: ``result_extension``, ``result_dtype``,
+``restore_label_idx``; Slicer: ``client_id``, ``label_info``), so inference requests are *open*: keys the
+app does not read pass through to MONAI Label, unchecked, as it intends. Training and active-learning
+requests are *closed*: only their parameters and MONAI Label's own keys are accepted, because a misspelt
+``max_epoch`` silently ignored costs a training round. In both, a key that names a server setting
+(``sw_overlap``, ``slpt_min_round_size``) is refused with a pointer to ``--conf``, and so is any unknown
+``slpt_*`` key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import CONF_PREFIX, SLPTConfig
+
+Check = Callable[[Any], None]  # raises ValueError with a message that completes "<name> ..."
+
+
+class InvalidParameter(ValueError):
+    """A request parameter that cannot be used; the message names it."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """The parameters one task reads from a request.
+
+    Args:
+        task: how messages call the task, e.g. ``"train/slpt"``.
+        settings: request key -> :class:`SLPTConfig` field it overrides for this request.
+        checks: request key -> check of its value.
+        framework: keys MONAI Label or its clients send, accepted as they are.
+        open: accept any other key too (inference), except server settings and ``slpt_*`` keys.
+    """
+
+    task: str
+    settings: Mapping[str, str] = field(default_factory=dict)
+    checks: Mapping[str, Check] = field(default_factory=dict)
+    framework: frozenset[str] = frozenset()
+    open: bool = False
+
+    def accepted(self) -> list[str]:
+        return sorted({*self.settings, *self.checks})
+
+
+def check_request(request: Mapping[str, Any], spec: RequestSpec, config: SLPTConfig) -> SLPTConfig:
+    """Check ``request`` against ``spec``; returns ``config`` with the request's setting overrides.
+
+    Raises:
+        InvalidParameter: an unknown or server-only name, a value of the wrong type or out of range.
+    """
+    fields = {f.name for f in dataclasses.fields(SLPTConfig)}
+    accepted = ", ".join(spec.accepted()) or "none"
+    for key in request:
+        if key in spec.settings or key in spec.checks or key in spec.framework:
+            continue
+        name = key.removeprefix(CONF_PREFIX)
+        if name in fields:
+            raise InvalidParameter(key, f"{key!r} is a server setting (--conf {CONF_PREFIX}{name} at start-up), "
+                                        f"not a parameter of {spec.task}; its parameters: {accepted}")
+        if not spec.open or key.startswith(CONF_PREFIX):
+            raise InvalidParameter(key, f"unknown parameter {key!r} for {spec.task}; its parameters: {accepted} "
+                                        f"(server settings such as the round size are --conf {CONF_PREFIX}* values, "
+                                        f"listed in GET /info/ under slpt.config)")
+    for key, check in spec.checks.items():
+        if key in request:
+            try:
+                check(request[key])
+            except ValueError as e:
+                raise InvalidParameter(key, f"parameter {key!r} of {spec.task} {e}") from e
+    for key, name in spec.settings.items():
+        if key in request:
+            try:
+                config = config.with_overrides(**{name: request[key]})
+            except ValueError as e:
+                # SLPTConfig's messages end with the whole config, which only buries the reason here.
+                reason = str(e).split(" (config: ")[0]
+                raise InvalidParameter(key, f"parameter {key!r} of {spec.task} has a bad value "
+                                            f"{request[key]!r}: {reason}") from e
+    return config
+
+
+def parse_params(text: str | None) -> dict[str, Any]:
+    """The JSON object of a multipart ``params`` field (MONAI Label's infer and datastore endpoints).
+
+    Raises:
+        InvalidParameter: not JSON, or JSON that is not an object.
+    """
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise InvalidParameter("params", f"params is not valid JSON ({e}); send a JSON object, e.g. "
+                                         '{"slpt_output": "label"}') from e
+    if not isinstance(value, dict):
+        raise InvalidParameter("params", f"params must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def one_of(choices: Collection[str]) -> Check:
+    """A choice; a list counts as its first item (MONAI Label sends a task's choice list when unset)."""
+
+    def check(value: Any) -> None:
+        chosen = value[0] if isinstance(value, list) and value else value
+        if chosen not in choices:
+            raise ValueError(f"must be one of {sorted(choices)}, got {value!r}")
+
+    return check
+
+
+def device(names: Collection[str]) -> Check:
+    """``cpu``, ``cuda``, ``cuda:N`` or one of MONAI Label's device names (e.g. the GPU's model name)."""
+
+    def check(value: Any) -> None:
+        chosen = value[0] if isinstance(value, list) and value else value
+        if not isinstance(chosen, str) or not (chosen in names or re.fullmatch(r"cpu|cuda(:\d+)?", chosen)):
+            raise ValueError(f"must be 'cpu', 'cuda', 'cuda:N' or one of {sorted(names)}, got {value!r}")
+
+    return check
+
+
+def flag(value: Any) -> None:
+    """``true``/``false``, as JSON booleans or strings."""
+    if not (isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false"))):
+        raise ValueError(f"must be true or false, got {value!r}")
+
+
+def client_id(value: Any) -> None:
+    """A short string (or number) telling annotators apart."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not 0 < len(str(value)) <= 256:
+        raise ValueError(f"must be a non-empty string of at most 256 characters, got {value!r}")
