@@ -26,7 +26,7 @@ from .backbone import load_backbone
 from .baselines import full_finetune
 from .config import SLPTConfig
 from .data import image_id, load_phantom_pair
-from .phantom import make_phantom
+from .phantom import make_phantom, phantom_header
 from .prompts import parameter_report
 from .reporting import write_report
 from .splits import update_split
@@ -98,11 +98,19 @@ def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(pri
     summary = {m: {k: stat(m, k) for k in ("dice_tumor", "dice_liver", "train_seconds",
                                            "trainable_percent_of_backbone")} for m in ("slpt", "full_finetune")}
     return {"settings": dataclasses.asdict(settings), "labelled": sorted(labelled), "test_size": len(test),
+            "tumour_free_test_cases": tumour_free_cases(settings.test_seeds),
             "backbone": backbone.identity, "slpt_config": base.to_dict(), "runs": runs, "summary": summary}
+
+
+def tumour_free_cases(test_seeds: tuple[int, int]) -> int:
+    return sum(phantom_header(s)["tumor_type"] == "none" for s in range(*test_seeds))
 
 
 def markdown(result: dict) -> str:
     s = result["summary"]
+    # LiTS scoring counts an empty prediction on a tumour-free case as Dice 1, so this is the floor that a
+    # model which never predicts tumour reaches; a result at the floor has learnt no tumour at all.
+    floor = result["tumour_free_test_cases"] / result["test_size"]
     rows = ["| method | tumour Dice per case | liver Dice per case | trainable % of backbone | train time (s) |",
             "| --- | --- | --- | --- | --- |"]
     for key, label in (("slpt", "SLPT (K=3, FPU)"), ("full_finetune", "full fine-tuning")):
@@ -124,6 +132,12 @@ def markdown(result: dict) -> str:
         "Quick mode: a pipeline check on a tiny setting; these numbers say nothing about quality."
         if result.get("quick") else
         f"SLPT tumour Dice {'>=' if verdict else '<'} full fine-tuning: the bar is {'met' if verdict else 'NOT met'}.",
+        "",
+        f"{result['tumour_free_test_cases']} of {result['test_size']} test phantoms are tumour-free: a model that "
+        f"never predicts tumour scores a tumour Dice per case of {floor:.4f}. "
+        + ("SLPT is at that floor: it has learnt no tumour at this budget."
+           if abs(s["slpt"]["dice_tumor"]["mean"] - floor) < 1e-3 else
+           f"SLPT is {s['slpt']['dice_tumor']['mean'] - floor:+.4f} from that floor."),
         "",
     ])
 
