@@ -4,16 +4,23 @@ MONAI Label stores whatever a client sends: a label that is not an image, or of 
 copied into ``labels/final`` and breaks the next training round, and an id or tag is joined into a path
 unchecked (``tag=../../x`` writes outside the studies folder). This subclass runs ``apps.slpt.validation``
 first and answers a 4xx with a message; on a refusal nothing under the studies folder changes.
+
+MONAI Label also rewrites ``datastore_v2.json`` in place: it truncates the file, then serialises the whole
+datastore into it. A process killed in between (the scoring subprocess writes the file after every scan)
+leaves it empty or torn, and the next start fails on it. Here the file is replaced atomically instead.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 from fastapi import HTTPException
+from filelock import FileLock
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
+from apps.slpt.checkpoints import atomic_write_bytes
 from apps.slpt.validation import (
     TASK_LABEL_VALUES,
     InvalidUpload,
@@ -25,7 +32,13 @@ from apps.slpt.validation import (
 
 
 class ValidatingDatastore(LocalDatastore):
-    """Local studies folder: 404 for an unknown image, 409 for a taken id, 422 for a bad id, tag or file."""
+    """Local studies folder: 404 for an unknown image, 409 for a taken id, 422 for a bad id, tag or file;
+    ``datastore_v2.json`` written atomically."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if getattr(self, "_handler", None) is not None:  # auto-reload: a rename is how other processes write
+            self._handler.on_moved = self._on_replaced
 
     def add_image(self, image_id, image_filename, image_info):
         image_id = image_id or self._to_id(os.path.basename(image_filename))[0]
@@ -60,6 +73,24 @@ class ValidatingDatastore(LocalDatastore):
     def update_image_info(self, image_id, info):
         self._require(image_id)
         return super().update_image_info(image_id, info)
+
+    def _update_datastore_file(self, lock=True):
+        """MONAI Label's writer, as a write to a temporary file renamed over ``datastore_v2.json``."""
+
+        def write():
+            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            atomic_write_bytes(self._datastore_config_path, text.encode())
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime  # our own rename: no reload
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()  # the caller holds the lock
+
+    def _on_replaced(self, event):
+        if os.fsdecode(event.dest_path) == self._datastore_config_path:
+            self._init_from_datastore_file()  # reloads only if the file is not the one this process wrote
 
     def _require(self, image_id):
         if not self.get_image_uri(image_id):
