@@ -27,6 +27,7 @@ from apps.slpt.data import image_id, write_studies
 from apps.slpt.rounds import RoundState
 from lib.datastore import ValidatingDatastore
 from tests.app.conftest import start_server, stop_server
+from tests.app.helpers import next_sample, tesla_infos, wait
 
 SEEDS = range(910, 915)  # 2 labelled, 3 unlabelled: a scoring run lasts long enough to be caught half-way
 TINY = {"iterations_per_epoch": 1, "patch_size": 32}
@@ -51,16 +52,6 @@ def crash(tmp_path_factory):
     Crash.server = start_server(workdir, studies, Crash.conf)
     yield Crash
     stop_server(Crash.server)
-
-
-def wait(predicate, timeout=300, every=0.5):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not reached in time")
 
 
 def task_status(server, kind: str) -> str | None:
@@ -91,11 +82,6 @@ def kill9(process: psutil.Process) -> None:
     process.wait(timeout=30)
 
 
-def tesla_infos(server) -> dict[str, dict]:
-    objects = server.get("/datastore/", params={"output": "all"}).json()["objects"]
-    return {i: o["image"]["info"].get("slpt_tesla", {}) for i, o in objects.items()}
-
-
 def save_truth(server, name: str) -> None:
     with open(server.workdir / "truth" / f"{name}.nii.gz", "rb") as f:
         r = server.put(f"/datastore/label?image={name}&tag=final", files={"label": (f"{name}.nii.gz", f)})
@@ -105,12 +91,6 @@ def save_truth(server, name: str) -> None:
 def train(server, epochs: int) -> None:
     r = server.post("/train/slpt", json={"max_epochs": epochs, **TINY})
     assert r.status_code == 200, r.text
-
-
-def next_sample(server, client: str) -> dict:
-    r = server.post("/activelearning/tesla", json={"client_id": client})
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def served_version(server, name: str) -> int:

@@ -10,6 +10,7 @@ import pytest
 
 from apps.slpt.data import write_studies
 from tests.app.conftest import start_server, stop_server
+from tests.app.helpers import next_sample, tesla_infos, wait
 
 CONF = {"slpt_min_round_size": "4", "slpt_epochs": "1", "slpt_iterations_per_epoch": "1", "slpt_patch_size": "32",
         "slpt_lease_seconds": "600"}
@@ -18,21 +19,6 @@ POOL = 10
 
 class Tesla:
     server = None
-
-
-def wait(predicate, timeout=600, every=1.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not reached in time")
-
-
-def tesla_infos(server):
-    objects = server.get("/datastore/", params={"output": "all"}).json()["objects"]
-    return {i: o["image"]["info"].get("slpt_tesla", {}) for i, o in objects.items()}
 
 
 def scoring_idle(server):
@@ -50,12 +36,6 @@ def tesla(tmp_path_factory):
     Tesla.conf = conf
     yield Tesla
     stop_server(Tesla.server)
-
-
-def next_sample(server, client):
-    r = server.post("/activelearning/tesla", json={"client_id": client})
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def test_new_images_are_scored_in_the_background_at_start(tesla):
