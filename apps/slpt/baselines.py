@@ -7,27 +7,30 @@ They expose the same interface as :class:`~apps.slpt.prompts.PromptedSegmenter` 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from .backbone import Backbone
-from .prompts import freeze, resolve_stages, stage_channels
+from .prompts import StageTap, TaskHead, freeze, resolve_stages, stage_channels
 
 
 class HeadSegmenter(nn.Module):
-    """Backbone + a new task head on ``feature_stage``; the backbone is trained too unless ``freeze_backbone``.
+    """Backbone + SLPT's task head on ``head_stages``; the backbone is trained too unless ``freeze_backbone``.
 
     Args:
         backbone: the network (copied, so the caller's instance is untouched).
-        feature_stage: module whose output feeds the head.
+        head_stages: modules whose outputs feed the head, as in SLPT.
         num_classes: task classes, background included.
         freeze_backbone: ``True`` for head-only tuning, ``False`` for full fine-tuning.
+        head_channels: width of the head's 3x3x3 conv, as in SLPT.
     """
 
     num_prompts = 1
 
-    def __init__(self, backbone: nn.Module, feature_stage: str, num_classes: int, freeze_backbone: bool):
+    def __init__(self, backbone: nn.Module, head_stages: Sequence[str], num_classes: int, freeze_backbone: bool,
+                 head_channels: int = 16):
         super().__init__()
         self.backbone = copy.deepcopy(backbone)
         self.frozen = freeze_backbone
@@ -36,19 +39,15 @@ class HeadSegmenter(nn.Module):
         else:
             for p in self.backbone.parameters():
                 p.requires_grad_(True)
-        c = stage_channels(self.backbone, [feature_stage])[feature_stage]
-        self.head = nn.Sequential(nn.GroupNorm(min(8, c), c), nn.ReLU(), nn.Conv3d(c, num_classes, kernel_size=1))
-        self._feature: torch.Tensor | None = None
-        module = resolve_stages(self.backbone, [feature_stage])[feature_stage]
-        self._handle = module.register_forward_hook(lambda m, i, o: setattr(self, "_feature", o))
+        self.head_stages = list(head_stages)
+        channels = stage_channels(self.backbone, self.head_stages)
+        self.head = TaskHead(sum(channels.values()), num_classes, head_channels)
+        self._tap = StageTap(resolve_stages(self.backbone, self.head_stages))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, Cin, *S]`` -> ``[B, num_classes, *S]``."""
-        try:
-            self.backbone(x)
-            return self.head(self._feature)
-        finally:
-            self._feature = None
+        self.backbone(x)
+        return self.head(self._tap.take(self.head_stages))
 
     forward_views = forward
 
@@ -63,9 +62,11 @@ class HeadSegmenter(nn.Module):
                 if self.frozen is False or not k.startswith("backbone.")}
 
 
-def full_finetune(backbone: Backbone, feature_stage: str, num_classes: int = 3) -> HeadSegmenter:
-    return HeadSegmenter(backbone.network, feature_stage, num_classes, freeze_backbone=False)
+def full_finetune(backbone: Backbone, head_stages: Sequence[str], num_classes: int = 3,
+                  head_channels: int = 16) -> HeadSegmenter:
+    return HeadSegmenter(backbone.network, head_stages, num_classes, freeze_backbone=False, head_channels=head_channels)
 
 
-def head_only(backbone: Backbone, feature_stage: str, num_classes: int = 3) -> HeadSegmenter:
-    return HeadSegmenter(backbone.network, feature_stage, num_classes, freeze_backbone=True)
+def head_only(backbone: Backbone, head_stages: Sequence[str], num_classes: int = 3,
+              head_channels: int = 16) -> HeadSegmenter:
+    return HeadSegmenter(backbone.network, head_stages, num_classes, freeze_backbone=True, head_channels=head_channels)

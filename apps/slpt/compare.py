@@ -86,7 +86,7 @@ def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(pri
         slpt = _train_and_test("slpt", build_model(backbone, cfg), cfg, train, val, test, inferer, log)
         torch.manual_seed(seed)
         ft_cfg = dataclasses.replace(cfg, learning_rate=settings.finetune_learning_rate, diversity_weight=0.0)
-        ft = _train_and_test("finetune", full_finetune(backbone, cfg.feature_stage), ft_cfg, train, val, test,
+        ft = _train_and_test("finetune", full_finetune(backbone, cfg.head_stages, head_channels=cfg.head_channels), ft_cfg, train, val, test,
                              inferer, log)
         runs.append({"seed": seed, "train_size": len(train), "val_size": len(val), "slpt": slpt, "full_finetune": ft})
         log(json.dumps(runs[-1]))

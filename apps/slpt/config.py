@@ -29,20 +29,25 @@ class SLPTConfig:
     model_dir: str = _f("model/slpt", "prompt checkpoint directory (versions + current.json)")
     # Prompts (SLPT.md §3)
     stages: tuple[str, ...] = _f(SEGRESNET_STAGES, "backbone stages that get a prompt + FPU, in forward order")
-    feature_stage: str = _f("up_layers.2", "backbone stage whose output feeds the new task head")
+    head_stages: tuple[str, ...] = _f(("up_layers.2", "down_layers.0"),
+                                      "backbone stages read by the new task head: the last decoder stage, and the "
+                                      "first encoder stage that still sees the faint tumour contrast")
+    head_channels: int = _f(16, "width of the task head's 3x3x3 conv")
     num_prompts: int = _f(3, "K, the number of diversified prompt sets")
     prompt_channels: int = _f(4, "channels of each prompt tensor")
     prompt_size: int = _f(4, "spatial size of each learnable prompt cube")
     hidden_ratio: float = _f(0.25, "FPU hidden width as a fraction of the stage channels")
     share_updaters: bool = _f(True, "share the FPUs between the K prompt sets")
     # Training
-    epochs: int = _f(20, "training epochs per round")
+    epochs: int = _f(60, "training epochs per round")
     iterations_per_epoch: int = _f(8, "optimiser steps per epoch")
-    val_interval: int = _f(4, "validate every this many epochs (and after the last one)")
-    batch_size: int = _f(2, "patches per optimiser step (each seen by all K prompt sets)")
-    patch_size: int = _f(48, "training patch edge in backbone voxels (multiple of 8)")
+    val_interval: int = _f(10, "validate every this many epochs (and after the last one)")
+    batch_size: int = _f(4, "patches per optimiser step (each seen by all K prompt sets)")
+    patch_size: int = _f(32, "training patch edge in backbone voxels (multiple of 8)")
     learning_rate: float = _f(1e-2, "AdamW learning rate for prompts, updaters and head")
     diversity_weight: float = _f(0.1, "weight of the prompt-diversity term in the loss")
+    tumour_weight: float = _f(5.0, "loss weight of the tumour class (Dice and cross-entropy); tumour is ~1% of voxels")
+    tumour_patch_ratio: float = _f(4.0, "tumour-centred training patches per background- and per liver-centred one")
     val_fraction: float = _f(0.2, "share of labelled scans held out for validation (fixed across rounds)")
     min_val_scans: int = _f(1, "validate only when at least this many scans can be held out")
     min_train_scans: int = _f(2, "never hold out scans that would leave fewer training scans than this")
@@ -60,19 +65,23 @@ class SLPTConfig:
     embed_stage: str = _f("down_layers.3", "backbone stage pooled into the scan embedding (the bottleneck)")
 
     def __post_init__(self):
-        self.stages = tuple(self.stages)
+        self.stages, self.head_stages = tuple(self.stages), tuple(self.head_stages)
         checks = [
             (0.0 <= self.sw_overlap < 1.0, "slpt_sw_overlap must be in [0, 1)"),
             (self.num_prompts >= 1, "slpt_num_prompts must be >= 1"),
             (self.prompt_channels >= 1 and self.prompt_size >= 1, "slpt_prompt_channels/size must be >= 1"),
             (0.0 < self.hidden_ratio <= 4.0, "slpt_hidden_ratio must be in (0, 4]"),
             (len(self.stages) >= 1, "slpt_stages needs at least one stage"),
+            (len(self.head_stages) >= 1, "slpt_head_stages needs at least one stage"),
+            (self.head_channels >= 1, "slpt_head_channels must be >= 1"),
             (self.epochs >= 1 and self.iterations_per_epoch >= 1, "slpt_epochs and iterations must be >= 1"),
             (self.val_interval >= 1, "slpt_val_interval must be >= 1"),
             (self.batch_size >= 1, "slpt_batch_size must be >= 1"),
             (self.patch_size >= 16 and self.patch_size % 8 == 0, "slpt_patch_size must be a multiple of 8, >= 16"),
             (self.learning_rate > 0, "slpt_learning_rate must be > 0"),
             (self.diversity_weight >= 0, "slpt_diversity_weight must be >= 0"),
+            (self.tumour_weight > 0, "slpt_tumour_weight must be > 0"),
+            (self.tumour_patch_ratio >= 0, "slpt_tumour_patch_ratio must be >= 0"),
             (0.0 <= self.val_fraction < 1.0, "slpt_val_fraction must be in [0, 1)"),
             (self.min_val_scans >= 1 and self.min_train_scans >= 1, "slpt_min_*_scans must be >= 1"),
             (self.uncertainty_margin >= 0, "slpt_uncertainty_margin must be >= 0"),

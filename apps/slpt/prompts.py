@@ -12,7 +12,9 @@ task-agnostic segmentation network. Our reconstruction (../shared/SLPT.md §3):
 * ``K`` prompt sets (diversified visual prompt tuning) share the FPU weights by default; they differ by
   initialisation and by the augmented view each sees in training. All ``K`` run in one batched pass:
   the batch is laid out ``[K * B, ...]`` and each hook adds prompt set ``k`` to rows ``k*B:(k+1)*B``.
-* A new task head (norm, activation, 1x1x1 conv) reads the feature of ``feature_stage``.
+* A new task head (:class:`TaskHead`) reads the features of ``head_stages``: the last decoder stage and,
+  by default, the first encoder stage. The backbone was pre-trained with tumour counted as liver, so its
+  decoder learnt to ignore the faint tumour-liver contrast; the first encoder stage still carries it.
 
 The backbone's code is never copied or edited: its state-dict keys stay unchanged, and hook handles
 are removed by :meth:`PromptedSegmenter.remove_hooks`.
@@ -53,6 +55,56 @@ class FeatureAwarePromptUpdater(nn.Module):
         return feature + self.to_feature(h), prompt + self.to_prompt(h)
 
 
+class TaskHead(nn.Module):
+    """The new task head: stage features, resized to the first one's grid and stacked, -> class logits.
+
+    A 3x3x3 conv (not 1x1x1) lets the head compare a voxel with its neighbours, which is what tells a
+    low-contrast lesion from noise.
+
+    Args:
+        in_channels: channels of the stacked stage features.
+        num_classes: task classes, background included.
+        hidden_channels: width of the 3x3x3 conv.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, hidden_channels: int = 16):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv3d(in_channels, hidden_channels, kernel_size=3, padding=1),
+            nn.GroupNorm(min(8, hidden_channels), hidden_channels),
+            nn.ReLU(),
+            nn.Conv3d(hidden_channels, num_classes, kernel_size=1),
+        )
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = features[0].shape[2:]
+        resized = [f if f.shape[2:] == size else F.interpolate(f, size=size, mode="trilinear", align_corners=False)
+                   for f in features]
+        return self.layers(torch.cat(resized, dim=1))
+
+
+class StageTap:
+    """Forward hooks that keep the outputs of named modules for one forward pass."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = [m.register_forward_hook(lambda mod, i, o, name=name: self.outputs.__setitem__(name, o))
+                        for name, m in modules.items()]
+
+    def take(self, names: Sequence[str]) -> list[torch.Tensor]:
+        """The kept outputs in ``names`` order, forgetting them (no activation outlives its pass)."""
+        try:
+            return [self.outputs[n] for n in names]
+        finally:
+            self.outputs.clear()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.outputs.clear()
+
+
 def resolve_stages(network: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
     """Named submodules of ``network``; an unknown name raises a ``ValueError`` listing valid ones."""
     modules = dict(network.named_modules())
@@ -87,12 +139,13 @@ class PromptedSegmenter(nn.Module):
     Args:
         backbone: the frozen network (its parameters are frozen here, in one place).
         stages: names of the modules whose outputs are prompted, in forward order.
-        feature_stage: module whose output feeds the task head (the last decoder stage).
+        head_stages: modules whose outputs feed the task head; the first one sets its grid.
         num_classes: task classes, background included.
         num_prompts: ``K``, the number of diversified prompt sets.
         prompt_channels: channels of each prompt tensor.
         prompt_size: spatial size of each learnable prompt (a cube), resized to each feature.
         hidden_ratio: FPU hidden width as a fraction of the stage channels (at least 4).
+        head_channels: width of the task head's 3x3x3 conv.
         share_updaters: one FPU per stage shared by all prompt sets, or one per set.
         seed: initialises the prompt sets differently but reproducibly.
     """
@@ -101,12 +154,13 @@ class PromptedSegmenter(nn.Module):
         self,
         backbone: nn.Module,
         stages: Sequence[str],
-        feature_stage: str,
+        head_stages: Sequence[str],
         num_classes: int,
         num_prompts: int = 3,
         prompt_channels: int = 4,
         prompt_size: int = 4,
         hidden_ratio: float = 0.25,
+        head_channels: int = 16,
         share_updaters: bool = True,
         seed: int = 0,
         in_channels: int = 1,
@@ -116,12 +170,14 @@ class PromptedSegmenter(nn.Module):
             raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
         if not stages:
             raise ValueError("at least one prompted stage is required")
+        if isinstance(head_stages, str) or not head_stages:
+            raise ValueError(f"head_stages must be a non-empty sequence of stage names, got {head_stages!r}")
         self.backbone = backbone
         freeze(self.backbone)
         self.stages = list(stages)
-        self.feature_stage = feature_stage
+        self.head_stages = list(head_stages)
         self.num_prompts = num_prompts
-        channels = stage_channels(backbone, [*self.stages, feature_stage], in_channels)
+        channels = stage_channels(backbone, [*self.stages, *self.head_stages], in_channels)
 
         generator = torch.Generator().manual_seed(seed)
         self.prompts = nn.ParameterDict({
@@ -138,22 +194,17 @@ class PromptedSegmenter(nn.Module):
         self.updaters = nn.ModuleDict({
             _key(stage): nn.ModuleList(updater(channels[stage]) for _ in range(copies)) for stage in self.stages
         })
-        c_head = channels[feature_stage]
-        self.head = nn.Sequential(
-            nn.GroupNorm(min(8, c_head), c_head), nn.ReLU(), nn.Conv3d(c_head, num_classes, kernel_size=1)
-        )
+        self.head = TaskHead(sum(channels[s] for s in self.head_stages), num_classes, head_channels)
         self._handles: list = []
         self._carried: torch.Tensor | None = None
-        self._feature: torch.Tensor | None = None
         self._active = True
-        self._attach(resolve_stages(backbone, [*self.stages, feature_stage]))
-
-    # -- hooks ---------------------------------------------------------------------------------------
-    def _attach(self, modules: dict[str, nn.Module]) -> None:
+        modules = resolve_stages(backbone, [*self.stages, *self.head_stages])
         for stage in self.stages:
             self._handles.append(modules[stage].register_forward_hook(self._prompt_hook(stage)))
-        self._handles.append(modules[self.feature_stage].register_forward_hook(self._capture_hook))
+        # Registered after the prompt hooks, so a prompted head stage is read with its prompt applied.
+        self._tap = StageTap({s: modules[s] for s in self.head_stages})
 
+    # -- hooks ---------------------------------------------------------------------------------------
     def _prompt_hook(self, stage: str):
         def hook(module, inputs, feature):
             if not self._active:
@@ -177,13 +228,11 @@ class PromptedSegmenter(nn.Module):
 
         return hook
 
-    def _capture_hook(self, module, inputs, output):
-        self._feature = output
-
     def remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._tap.remove()
 
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,12 +248,12 @@ class PromptedSegmenter(nn.Module):
 
         Training feeds each prompt set its own augmented view of the batch through this entry point.
         """
-        self._carried, self._feature = None, None
+        self._carried = None
         try:
             self.backbone(views)
-            logits = self.head(self._feature)
+            logits = self.head(self._tap.take(self.head_stages))
         finally:
-            self._carried, self._feature = None, None
+            self._carried = None
         b = views.shape[0] // self.num_prompts
         return torch.cat(logits.split(b), dim=1)
 
@@ -217,7 +266,8 @@ class PromptedSegmenter(nn.Module):
                 x = x.repeat(self.num_prompts, *(1,) * (x.dim() - 1))
             out = self.backbone(x)
         finally:
-            self._active, self._carried, self._feature = True, None, None
+            self._active, self._carried = True, None
+            self._tap.outputs.clear()
         return out[: out.shape[0] // self.num_prompts] if prompted else out
 
     # -- checkpoint state ----------------------------------------------------------------------------

@@ -35,26 +35,27 @@ def build_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = len(TASK
     return PromptedSegmenter(
         copy.deepcopy(backbone.network),
         stages=cfg.stages,
-        feature_stage=cfg.feature_stage,
+        head_stages=cfg.head_stages,
         num_classes=num_classes,
         num_prompts=cfg.num_prompts,
         prompt_channels=cfg.prompt_channels,
         prompt_size=cfg.prompt_size,
         hidden_ratio=cfg.hidden_ratio,
+        head_channels=cfg.head_channels,
         share_updaters=cfg.share_updaters,
         seed=cfg.seed,
     )
 
 
 # The fields that define a prompt checkpoint's architecture; a checkpoint is rebuilt with its own values.
-PROMPT_FIELDS = ("stages", "feature_stage", "num_prompts", "prompt_channels", "prompt_size", "hidden_ratio",
-                 "share_updaters", "seed")
+PROMPT_FIELDS = ("stages", "head_stages", "num_prompts", "prompt_channels", "prompt_size", "hidden_ratio",
+                 "head_channels", "share_updaters", "seed")
 
 
 def checkpoint_config(payload: dict, cfg: SLPTConfig) -> SLPTConfig:
     """``cfg`` with the prompt architecture a checkpoint was trained with (the app config may have moved on)."""
     saved = payload["metadata"].get("config", {})
-    return dataclasses.replace(cfg, **{k: tuple(saved[k]) if k == "stages" else saved[k]
+    return dataclasses.replace(cfg, **{k: tuple(saved[k]) if k in ("stages", "head_stages") else saved[k]
                                        for k in PROMPT_FIELDS if k in saved})
 
 
@@ -107,16 +108,26 @@ def augmented_views(x: torch.Tensor, num_prompts: int, rng: np.random.Generator)
     return torch.cat(views)
 
 
-class PatchSampler:
-    """Random training patches, tumour-rich: class ratios background 1 : liver 1 : tumour 2."""
+def task_loss(cfg: SLPTConfig) -> DiceCELoss:
+    """Dice + cross-entropy with the tumour class up-weighted.
 
-    def __init__(self, pairs: Sequence[Pair], patch_size: int, rng: np.random.Generator):
+    Dice is summed over the whole batch: per-patch Dice would punish any tumour guess in each patch
+    without tumour, and the network would learn never to predict one.
+    """
+    weight = torch.tensor([1.0, 1.0, cfg.tumour_weight])
+    return DiceCELoss(to_onehot_y=True, softmax=True, batch=True, weight=weight)
+
+
+class PatchSampler:
+    """Random training patches centred on background : liver : tumour in the ratio ``1 : 1 : tumour_ratio``."""
+
+    def __init__(self, pairs: Sequence[Pair], patch_size: int, rng: np.random.Generator, tumour_ratio: float = 2.0):
         if not pairs:
             raise ValueError("no labelled scans to train on")
         pad = SpatialPad([patch_size] * 3)
         self.stacks = [pad(torch.cat([img, lab.float()])) for img, lab in pairs]
-        self.crop = RandCropByLabelClasses([patch_size] * 3, ratios=[1, 1, 2], num_classes=3, num_samples=1,
-                                           warn=False)
+        self.crop = RandCropByLabelClasses([patch_size] * 3, ratios=[1, 1, tumour_ratio], num_classes=3,
+                                           num_samples=1, warn=False)
         self.rng = rng
 
     def __call__(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,11 +211,11 @@ def fit(
     torch.manual_seed(cfg.seed)
     log(format_parameter_report(parameter_report(model)))
     optimizer = optimizer or prompt_optimizer(model, cfg)
-    seg_loss = seg_loss or DiceCELoss(to_onehot_y=True, softmax=True)
+    seg_loss = seg_loss or task_loss(cfg)
     steps = cfg.epochs * cfg.iterations_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate, total_steps=steps,
                                                     pct_start=0.1)
-    sampler = PatchSampler(train, cfg.patch_size, rng)
+    sampler = PatchSampler(train, cfg.patch_size, rng, cfg.tumour_patch_ratio)
     best: float | None = None
     report = None
     for epoch in range(1, cfg.epochs + 1):

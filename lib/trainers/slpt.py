@@ -15,7 +15,6 @@ from pathlib import Path
 
 import monailabel
 from fastapi import HTTPException
-from monai.losses import DiceCELoss
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
@@ -33,6 +32,7 @@ from apps.slpt.tuning import (
     model_from_checkpoint,
     prompt_optimizer,
     sliding_window,
+    task_loss,
 )
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class SLPTTrainer(BasicTrainTask):
         return prompt_optimizer(context.network, context.config)
 
     def loss_function(self, context: Context):
-        return DiceCELoss(to_onehot_y=True, softmax=True)  # per prompt set; DVPT adds the diversity term
+        return task_loss(context.config)  # per prompt set; DVPT adds the diversity term
 
     def train_pre_transforms(self, context: Context):
         return pair_transforms(self.backbone.preprocessing)

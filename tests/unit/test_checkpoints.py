@@ -17,7 +17,7 @@ def tiny_model(seed=0, k=2):
     torch.manual_seed(0)
     net = SegResNet(spatial_dims=3, in_channels=1, out_channels=4, init_filters=8,
                     blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1)).eval()
-    return PromptedSegmenter(net, ["down_layers.2", "up_layers.0"], "up_layers.2", 3, num_prompts=k, seed=seed)
+    return PromptedSegmenter(net, ["down_layers.2", "up_layers.0"], ("up_layers.2",), 3, num_prompts=k, seed=seed)
 
 
 def trained(model):

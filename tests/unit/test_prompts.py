@@ -6,9 +6,10 @@ import pytest
 import torch
 from monai.networks.nets import SegResNet
 
-from apps.slpt.config import SEGRESNET_STAGES
+from apps.slpt.config import SEGRESNET_STAGES, SLPTConfig
 from apps.slpt.prompts import (
     PromptedSegmenter,
+    TaskHead,
     count_parameters,
     format_parameter_report,
     parameter_report,
@@ -25,7 +26,8 @@ def segresnet(init_filters=8, out_channels=8):
 
 
 def prompted(net=None, stages=SEGRESNET_STAGES, k=3, **kw):
-    return PromptedSegmenter(net or segresnet(), stages, "up_layers.2", num_classes=3, num_prompts=k, **kw)
+    return PromptedSegmenter(net or segresnet(), stages, SLPTConfig().head_stages, num_classes=3, num_prompts=k,
+                             **kw)
 
 
 def _perturb_updaters(model):
@@ -120,3 +122,18 @@ def test_count_parameters_counts_requires_grad():
     layer = torch.nn.Linear(3, 2)  # 8 parameters
     layer.bias.requires_grad_(False)
     assert count_parameters(layer) == (6, 8)
+
+
+def test_task_head_reads_every_head_stage_and_sees_the_prompted_feature():
+    model = prompted(stages=("down_layers.0", "up_layers.0"), k=1)  # down_layers.0 is also a head stage
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        before = model(x)
+        _perturb_updaters(model)  # changes the prompted down_layers.0 output the head reads
+        assert not torch.allclose(model(x), before, atol=1e-4)
+
+
+def test_task_head_brings_coarser_features_onto_the_first_stage_grid():
+    head = TaskHead(in_channels=5, num_classes=3)
+    logits = head([torch.randn(2, 3, 16, 16, 16), torch.randn(2, 2, 8, 8, 8)])
+    assert logits.shape == (2, 3, 16, 16, 16)

@@ -43,7 +43,7 @@ def test_organ_box_grows_by_the_margin_and_defaults_to_everything():
 
 
 def test_prompt_uncertainty_on_a_box_is_a_non_negative_score():
-    model = PromptedSegmenter(tiny_net(), ["down_layers.2", "up_layers.0"], "up_layers.2", 3, num_prompts=3)
+    model = PromptedSegmenter(tiny_net(), ["down_layers.2", "up_layers.0"], ("up_layers.2",), 3, num_prompts=3)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "to_feature" in name:

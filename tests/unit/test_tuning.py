@@ -9,7 +9,7 @@ from monai.networks.nets import SegResNet
 from apps.slpt.baselines import HeadSegmenter
 from apps.slpt.config import SLPTConfig
 from apps.slpt.prompts import PromptedSegmenter, count_parameters
-from apps.slpt.tuning import augmented_views, dvpt_loss, evaluate, fit, sliding_window
+from apps.slpt.tuning import PatchSampler, augmented_views, dvpt_loss, evaluate, fit, sliding_window, task_loss
 
 
 def tiny_net():
@@ -54,7 +54,7 @@ def test_dvpt_loss_has_no_diversity_for_one_prompt_and_rewards_it_for_several():
 
 
 def test_fit_without_validation_keeps_every_epoch_and_says_so():
-    model = PromptedSegmenter(tiny_net(), CFG.stages, CFG.feature_stage, 3, num_prompts=2)
+    model = PromptedSegmenter(tiny_net(), CFG.stages, CFG.head_stages, 3, num_prompts=2)
     reports, best = [], []
     fit(model, [tiny_pair(0), tiny_pair(1)], [], CFG, sliding_window((32, 32, 32)), on_epoch=reports.append,
         on_best=best.append, log=lambda m: None)
@@ -63,7 +63,7 @@ def test_fit_without_validation_keeps_every_epoch_and_says_so():
 
 
 def test_fit_with_validation_reports_dice_and_only_improvements_are_best():
-    model = PromptedSegmenter(tiny_net(), CFG.stages, CFG.feature_stage, 3, num_prompts=2)
+    model = PromptedSegmenter(tiny_net(), CFG.stages, CFG.head_stages, 3, num_prompts=2)
     reports, best = [], []
     fit(model, [tiny_pair(0)], [tiny_pair(2)], CFG, sliding_window((32, 32, 32)), on_epoch=reports.append,
         on_best=best.append, log=lambda m: None)
@@ -74,7 +74,7 @@ def test_fit_with_validation_reports_dice_and_only_improvements_are_best():
 
 @pytest.mark.parametrize("freeze_backbone", [True, False])
 def test_head_baselines_train_what_they_claim(freeze_backbone):
-    model = HeadSegmenter(tiny_net(), "up_layers.2", 3, freeze_backbone=freeze_backbone)
+    model = HeadSegmenter(tiny_net(), ("up_layers.2", "down_layers.0"), 3, freeze_backbone=freeze_backbone)
     trainable, total = count_parameters(model)
     head = sum(p.numel() for p in model.head.parameters())
     assert trainable == (head if freeze_backbone else total)
@@ -87,10 +87,28 @@ def test_head_baselines_train_what_they_claim(freeze_backbone):
 
 
 def test_validation_runs_every_interval_and_after_the_last_epoch():
-    model = PromptedSegmenter(tiny_net(), CFG.stages, CFG.feature_stage, 3, num_prompts=2)
+    model = PromptedSegmenter(tiny_net(), CFG.stages, CFG.head_stages, 3, num_prompts=2)
     reports = []
     cfg = SLPTConfig(**{**CFG.to_dict(), "epochs": 5, "iterations_per_epoch": 1, "val_interval": 2})
     fit(model, [tiny_pair(0)], [tiny_pair(2)], cfg, sliding_window((32, 32, 32)), on_epoch=reports.append,
         log=lambda m: None)
     assert [r.epoch for r in reports if r.val] == [2, 4, 5]
     assert not any(r.improved for r in reports if not r.val)
+
+
+def test_patch_sampler_centres_on_tumour_as_often_as_asked():
+    pairs = [tiny_pair(0)]
+    never = PatchSampler(pairs, 8, np.random.default_rng(0), tumour_ratio=0.0)
+    always = PatchSampler(pairs, 8, np.random.default_rng(0), tumour_ratio=1e6)
+    # An 8³ patch centred on the 6³ tumour holds tumour; one centred elsewhere mostly does not.
+    assert all((always(1)[1] == 2).any() for _ in range(10))
+    assert sum(bool((never(1)[1] == 2).any()) for _ in range(20)) < 10
+
+
+def test_task_loss_weights_tumour_errors_more():
+    label = torch.zeros(2, 1, 8, 8, 8, dtype=torch.long)
+    label[:, :, 2:6, 2:6, 2:6] = 2
+    miss = torch.zeros(2, 3, 8, 8, 8)
+    miss[:, 0] = 4.0  # says background everywhere: misses the tumour
+    light, heavy = SLPTConfig(tumour_weight=1.0), SLPTConfig(tumour_weight=5.0)
+    assert task_loss(heavy)(miss, label) > task_loss(light)(miss, label)
