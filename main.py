@@ -25,6 +25,7 @@ from fastapi import HTTPException  # noqa: E402
 from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from monailabel.interfaces.utils.app import app_instance  # noqa: E402
+from monailabel.utils.async_tasks.task import AsyncTask  # noqa: E402
 from monailabel.utils.others.generic import device_map  # noqa: E402
 
 from apps.slpt import request_params  # noqa: E402
@@ -33,7 +34,7 @@ from apps.slpt.config import SLPTConfig  # noqa: E402
 from apps.slpt.request_params import InvalidParameter, RequestSpec, check_request, parse_params  # noqa: E402
 from lib import privacy  # noqa: E402
 from lib.activelearning.tesla import Tesla  # noqa: E402
-from lib.activelearning.tesla_scoring import INFO_KEY, TeslaScoring  # noqa: E402
+from lib.activelearning.tesla_scoring import INFO_KEY, TeslaScoring, needs_scoring  # noqa: E402
 from lib.datastore import ValidatingDatastore  # noqa: E402
 from lib.infers.backbone import BackboneSegmentation  # noqa: E402
 from lib.infers.slpt import SLPTSegmentation  # noqa: E402
@@ -64,7 +65,7 @@ class MyApp(MONAILabelApp):
         )
         # MONAI Label would re-score on every Next Sample; TESLA scores after training and for new images.
         self._auto_update_scoring = False
-        self._unscored_seen: frozenset = frozenset()
+        self._pending_seen: frozenset = frozenset()
         self._request_specs = self._build_request_specs()
 
     def init_datastore(self):
@@ -147,22 +148,34 @@ class MyApp(MONAILabelApp):
         """Runs in MONAI Label's training subprocess; a finished round is re-scored right away."""
         result = super().train(request)
         if request.get("model") == "slpt":
-            self.async_scoring("tesla")
+            if self._server_mode:
+                self.async_scoring("tesla")
+            else:
+                # The training subprocess reaches the server over HTTP. MONAI Label's /scoring/tesla refuses
+                # (429) while a scoring run is going; /scoring/ queues behind it, so no round goes unscored.
+                self._local_request("/scoring/", None, "Scoring")
         return result
 
     def on_init_complete(self):
         super().on_init_complete()
-        self._score_new_images()
-        schedule.every(1).minutes.do(self._score_new_images)  # MONAI Label's time loop runs pending jobs
+        self._score_pending()
+        schedule.every(1).minutes.do(self._score_pending)  # MONAI Label's time loop runs pending jobs
 
-    def _score_new_images(self):
-        """Background scoring when unlabelled scans without an embedding appear (never from Next Sample)."""
+    def _score_pending(self):
+        """Background scoring (never from Next Sample) of unlabelled scans whose TESLA info is out of date.
+
+        That covers new images, a checkpoint whose re-scoring was missed, and a scoring run that was
+        killed. A set already handed to scoring is not handed again until it changes, so a scan that
+        cannot be read is not retried every minute.
+        """
         store = self.datastore()
-        unscored = frozenset(i for i in store.get_unlabeled_images()
-                             if not store.get_image_info(i).get(INFO_KEY, {}).get("embedding"))
-        if unscored and unscored != self._unscored_seen:
-            self._unscored_seen = unscored
-            logger.info("TESLA: %d unlabelled scans have no embedding yet; scoring in the background", len(unscored))
+        version = self._scoring_methods["tesla"].store.current()
+        pending = frozenset(i for i in store.get_unlabeled_images()
+                            if needs_scoring(store.get_image_info(i).get(INFO_KEY, {}), version))
+        running = AsyncTask.status("scoring", check_if_running=True)[0] is not None
+        if pending and pending != self._pending_seen and not running:
+            self._pending_seen = pending
+            logger.info("TESLA: %d unlabelled scans need scoring; scoring in the background", len(pending))
             self.async_scoring("tesla")
 
     def on_save_label(self, image_id, label_id):

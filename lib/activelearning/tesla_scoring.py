@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 INFO_KEY = "slpt_tesla"
 
 
+def needs_scoring(info: dict, version: int | None) -> bool:
+    """Whether a scan's TESLA info lacks an embedding, or an uncertainty from checkpoint ``version``."""
+    return not info.get("embedding") or (version is not None and info.get("checkpoint_version") != version)
+
+
 class TeslaScoring(ScoringMethod):
     """Frozen-backbone embedding (once per image) + K-prompt uncertainty on the liver box (once per version)."""
 
@@ -52,8 +57,8 @@ class TeslaScoring(ScoringMethod):
             path = datastore.get_image_uri(image_id)
             try:
                 digest = file_sha256(path)
-                need_embedding = info.get("content_sha256") != digest
-                need_score = model is not None and (need_embedding or info.get("checkpoint_version") != version)
+                need_embedding = info.get("content_sha256") != digest or not info.get("embedding")
+                need_score = model is not None and (need_embedding or needs_scoring(info, version))
                 if not (need_embedding or need_score):
                     counts["unchanged"] += 1
                     continue

@@ -52,3 +52,13 @@ def test_prompt_uncertainty_on_a_box_is_a_non_negative_score():
     box = (slice(0, 32), slice(0, 32), slice(0, 16))
     score = prompt_uncertainty(model, image, box, sliding_window((32, 32, 32)))
     assert score > 0.0
+
+
+def test_a_scan_needs_scoring_without_an_embedding_or_with_an_older_checkpoints_uncertainty():
+    from lib.activelearning.tesla_scoring import needs_scoring
+
+    assert needs_scoring({}, None) and needs_scoring({"embedding": []}, None)
+    assert not needs_scoring({"embedding": [0.1]}, None)  # no checkpoint yet: the embedding is all there is
+    assert needs_scoring({"embedding": [0.1]}, 2)
+    assert needs_scoring({"embedding": [0.1], "checkpoint_version": 1}, 2)
+    assert not needs_scoring({"embedding": [0.1], "checkpoint_version": 2}, 2)
