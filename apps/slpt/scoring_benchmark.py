@@ -6,8 +6,8 @@ For a pool of phantoms: time the frozen-backbone embedding and the K-prompt unce
 
     python -m apps.slpt.scoring_benchmark --out docs/results/scoring --pool 200 --compare 40
 
-A prompt checkpoint is needed for the uncertainty; the script trains a small one first on labelled
-phantoms disjoint from the pool (its settings are in the output).
+A prompt checkpoint is needed for the uncertainty; the script first trains one, with the app's default
+round, on labelled phantoms disjoint from the pool (its settings are in the output).
 """
 
 from __future__ import annotations
@@ -121,7 +121,8 @@ def main(argv=None) -> None:
     parser.add_argument("--pool", type=int, default=200)
     parser.add_argument("--compare", type=int, default=40, help="scans also scored on the full volume")
     parser.add_argument("--backbone", type=Path, default=Path("models/backbone"))
-    parser.add_argument("--epochs", type=int, default=6, help="epochs of the quick scoring checkpoint")
+    parser.add_argument("--epochs", type=int, default=SLPTConfig.epochs,
+                        help="epochs of the scoring checkpoint (default: the app's own training round)")
     args = parser.parse_args(argv)
     cfg = dataclasses.replace(SLPTConfig(), epochs=args.epochs)
     result = run(args.pool, args.compare, args.backbone, cfg, log=lambda m: print(m, flush=True))
