@@ -96,13 +96,16 @@ class StageTap:
         try:
             return [self.outputs[n] for n in names]
         finally:
-            self.outputs.clear()
+            self.clear()
+
+    def clear(self) -> None:
+        self.outputs.clear()
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
-        self.outputs.clear()
+        self.clear()
 
 
 def resolve_stages(network: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
@@ -267,7 +270,7 @@ class PromptedSegmenter(nn.Module):
             out = self.backbone(x)
         finally:
             self._active, self._carried = True, None
-            self._tap.outputs.clear()
+            self._tap.clear()
         return out[: out.shape[0] // self.num_prompts] if prompted else out
 
     # -- checkpoint state ----------------------------------------------------------------------------
