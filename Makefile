@@ -7,7 +7,7 @@ PORT ?= 8000
 DEMO := data/demo
 DEMO_COUNT ?= 12
 
-.PHONY: install demo test pretrain montage clean-demo
+.PHONY: install demo ohif system-deps test pretrain montage clean-demo
 
 $(BIN)/monailabel: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,23 @@ demo: install $(DEMO)/.generated
 	@echo "MONAI Label with the SLPT app: http://$(HOST):$(PORT)/  (API docs at /docs)"
 	PATH=$(abspath $(BIN)):$$PATH \
 	  $(BIN)/monailabel start_server --app . --studies $(DEMO) --host $(HOST) --port $(PORT)
+
+# Orthanc, its DICOMweb plugin and headless Chromium (Debian packages, no browser download), for
+# `make ohif` and tests/browser. Installs only what is missing; apt-get needs root.
+SYSTEM_PACKAGES := orthanc orthanc-dicomweb chromium chromium-driver
+system-deps:
+	@if [ -x /usr/sbin/Orthanc ] && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+	  && command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  echo "system packages present: $(SYSTEM_PACKAGES)"; \
+	else \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $(SYSTEM_PACKAGES); \
+	fi
+
+# Orthanc (DICOMweb on 127.0.0.1:8042) with the demo CT series, the app on it, and OHIF at
+# http://127.0.0.1:8000/ohif/. Ctrl-C stops all of it. See README, "Annotating in OHIF".
+ohif: install system-deps
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m tools.ohif_chain --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest -q tests

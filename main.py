@@ -32,10 +32,11 @@ from apps.slpt import request_params  # noqa: E402
 from apps.slpt.backbone import load_backbone  # noqa: E402
 from apps.slpt.config import SLPTConfig  # noqa: E402
 from apps.slpt.request_params import InvalidParameter, RequestSpec, check_request, parse_params  # noqa: E402
-from lib import privacy  # noqa: E402
+from lib import ohif, privacy  # noqa: E402
 from lib.activelearning.tesla import Tesla  # noqa: E402
 from lib.activelearning.tesla_scoring import INFO_KEY, TeslaScoring, needs_scoring  # noqa: E402
 from lib.datastore import ValidatingDatastore  # noqa: E402
+from lib.dicomweb_datastore import dicomweb_datastore  # noqa: E402
 from lib.infers.backbone import BackboneSegmentation  # noqa: E402
 from lib.infers.slpt import SLPTSegmentation  # noqa: E402
 from lib.trainers.slpt import REQUEST_FIELDS, SLPTTrainer  # noqa: E402
@@ -69,8 +70,11 @@ class MyApp(MONAILabelApp):
         self._request_specs = self._build_request_specs()
 
     def init_datastore(self):
-        """A local studies folder gets upload checks; DICOMweb/XNAT/DSA stores stay MONAI Label's own."""
+        """A local studies folder gets upload checks; a DICOMweb PACS gets SLPT's SEG labels (no dcmqi
+        download); XNAT/DSA stores stay MONAI Label's own."""
         if self.studies.startswith(("http://", "https://")):
+            if settings.MONAI_LABEL_DATASTORE.lower() in ("", "dicom", "dicomweb"):
+                return dicomweb_datastore(self.studies, self.labels)
             return super().init_datastore()
         return ValidatingDatastore(
             self.studies,
@@ -261,3 +265,4 @@ train_endpoint.run = _run_all_train_checked
 infer_endpoint.run_inference = _guarded_upload(infer_endpoint.run_inference)
 datastore_endpoint.save_label = _guarded_upload(datastore_endpoint.save_label)
 datastore_endpoint.add_image = _guarded_upload(datastore_endpoint.add_image)
+ohif.install()  # /ohif/ gains SLPT's Save Label, brush and TESLA reason (lib/ohif_addon/slpt-ohif.js)

@@ -45,17 +45,20 @@ class Server:
         return requests.put(self.url + path, timeout=600, **kw)
 
 
-def start_server(workdir: Path, studies: Path, conf: dict[str, str] | None = None) -> Server:
-    """Start ``monailabel start_server`` on a free loopback port and wait until ``/info/`` answers."""
-    port = free_port()
+def start_server(workdir: Path, studies: Path | str, conf: dict[str, str] | None = None,
+                 env: dict[str, str] | None = None, port: int | None = None) -> Server:
+    """Start ``monailabel start_server`` on loopback (a free port unless given) and wait until ``/info/``
+    answers. ``studies`` is a folder or a DICOMweb URL; ``env`` adds to the server's environment."""
+    port = port or free_port()
     log = workdir / "server.log"
-    env = dict(os.environ)
+    extra_env, env = env, dict(os.environ)
     env.update(
         PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",  # the launcher runs `python` from PATH
         PYTHONPATH=str(NETGUARD),
         SLPT_NETGUARD_LOG=str(workdir / "network.log"),
         MONAI_LABEL_SESSION_PATH=str(workdir / "sessions"),
     )
+    env.update(extra_env or {})
     cmd = ["monailabel", "start_server", "--app", str(ROOT), "--studies", str(studies),
            "--host", "127.0.0.1", "--port", str(port)]
     for key, value in (conf or {}).items():
