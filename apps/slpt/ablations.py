@@ -1,0 +1,107 @@
+"""Model variants that only the label-efficiency benchmark needs (issue 5): ablations and extra baselines.
+
+They wrap or subclass the method's own classes, so the method code stays as it is:
+
+* :class:`PlainPromptedSegmenter` — SLPT without the feature-aware prompt updater (FPU): each stage's
+  prompt is mapped to a residual on the feature by a zero-initialised ``1x1x1`` conv that never sees the
+  feature (VPT-deep style: every stage has its own prompt and nothing is carried between stages).
+* :func:`from_scratch` — the same network architecture as the backbone, randomly initialised and fully
+  trained with SLPT's task head (no pre-training at all).
+* :class:`EnsembleMean` — a ``K``-prompt model seen as one model whose logits are the log of the ensemble
+  mean probabilities, so MONAI Label-style scorers (MC dropout) that softmax a model's output apply to it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .backbone import Backbone
+from .baselines import HeadSegmenter
+from .config import SLPTConfig
+from .prompts import PromptedSegmenter, split_prompts
+
+
+class PlainPromptUpdater(nn.Module):
+    """A prompt's residual on the feature that does not depend on the feature (no FPU).
+
+    ``F' = F + conv1x1(P)``; the conv is zero-initialised, so an untrained prompt set is a no-op, like the FPU.
+    The returned carried prompt is zero: a plain prompt is not updated by the stage and not passed on.
+
+    Args:
+        feature_channels: channels ``C`` of the stage output.
+        prompt_channels: channels ``Cp`` of the prompt.
+    """
+
+    def __init__(self, feature_channels: int, prompt_channels: int):
+        super().__init__()
+        self.to_feature = nn.Conv3d(prompt_channels, feature_channels, kernel_size=1)
+        nn.init.zeros_(self.to_feature.weight)
+        nn.init.zeros_(self.to_feature.bias)
+
+    def forward(self, feature: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``feature [N, C, *S]``, ``prompt [N, Cp, *S]`` -> ``([N, C, *S], zeros [N, Cp, *S])``."""
+        return feature + self.to_feature(prompt), torch.zeros_like(prompt)
+
+
+class PlainPromptedSegmenter(PromptedSegmenter):
+    """:class:`PromptedSegmenter` with every FPU replaced by a :class:`PlainPromptUpdater` (same prompts, hooks, head).
+
+    The prompt hooks look their updaters up at call time, so replacing the ``updaters`` entries is enough.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for key, updaters in self.updaters.items():
+            plain = [PlainPromptUpdater(u.to_feature.out_channels, u.to_prompt.out_channels) for u in updaters]
+            self.updaters[key] = nn.ModuleList(plain)
+
+
+def build_plain_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = 3) -> PlainPromptedSegmenter:
+    """Like :func:`apps.slpt.tuning.build_model`, without the feature-aware prompt updaters."""
+    return PlainPromptedSegmenter(
+        copy.deepcopy(backbone.network), stages=cfg.stages, head_stages=cfg.head_stages, num_classes=num_classes,
+        num_prompts=cfg.num_prompts, prompt_channels=cfg.prompt_channels, prompt_size=cfg.prompt_size,
+        hidden_ratio=cfg.hidden_ratio, head_channels=cfg.head_channels, share_updaters=cfg.share_updaters,
+        seed=cfg.seed)
+
+
+def reinitialise(network: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``network`` with every layer's parameters freshly initialised (seeded), as before training."""
+    fresh = copy.deepcopy(network)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for module in fresh.modules():
+            if module is not fresh and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    finally:
+        torch.random.set_rng_state(state)
+    return fresh
+
+
+def from_scratch(backbone: Backbone, head_stages: Sequence[str], seed: int, num_classes: int = 3,
+                 head_channels: int = 16) -> HeadSegmenter:
+    """The backbone's architecture without its pre-trained weights, fully trainable, with SLPT's task head."""
+    return HeadSegmenter(reinitialise(backbone.network, seed), head_stages, num_classes, freeze_backbone=False,
+                         head_channels=head_channels)
+
+
+class EnsembleMean(nn.Module):
+    """``[B, K * C, *S]`` K-prompt logits -> ``[B, C, *S]`` log of the mean of the K softmaxes.
+
+    A softmax of this output is the ensemble's mean probability; dropout inside ``model`` stays reachable
+    through ``modules()``, so :func:`apps.slpt.uncertainty.dropout_enabled` switches it on.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.num_prompts = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = split_prompts(self.model(x), self.model.num_prompts).softmax(2).mean(0)
+        return probs.clamp_min(1e-8).log()

@@ -1,0 +1,749 @@
+"""Label-efficiency benchmark (issue 5, ../shared/SLPT.md §6): which scans to label, and how to learn from them.
+
+A pool of unlabelled phantoms whose hidden ground truth plays the annotator, a fixed test set, and the frozen
+task-agnostic backbone from its own pre-training set (``models/backbone``). The budget (5% of the pool) is
+labelled in two rounds: pick, label, prompt-tune, re-score, pick again.
+
+* **Selection strategies** at equal budget, each followed by SLPT (K=3) tuning: ``random``; ``top_uncertainty``
+  (predictive entropy of the prompt ensemble); ``mc_dropout`` (MONAI Label's epistemic scorer: the backbone's
+  dropout switched on at inference, variance of the class probabilities over samples); ``coreset`` (k-center
+  greedy on backbone embeddings); ``tesla`` (stage 1 diversity, then stage 2 prompt uncertainty + diversity);
+  ``tesla_stage1`` (diversity in every round) and ``tesla_stage2`` (a random first round, then stage 2).
+  Strategies that need a task model start with a random first round (the common cold start); their second
+  round is scored by the SLPT model trained on the first round's labels. Every score is computed on the scan's
+  liver box (what the app's ``tesla`` scoring does), for every strategy alike.
+* **Tuning methods** on TESLA's labelled set: from scratch, full fine-tuning, head only, prompts without the
+  feature-aware updater, SLPT K=1, SLPT K=3.
+* **Upper bound:** SLPT K=3 and full fine-tuning on 100% of the pool.
+
+Hyperparameters are the app's defaults (:class:`~apps.slpt.config.SLPTConfig`) and are not tuned here: every
+training keeps its best epoch on a fixed validation split of its own labelled scans, and the test set is only
+ever used for the final numbers. Seed ranges: pool 700000-700199, test 710000-710059 (disjoint from the
+backbone's pre-training 100000-200015, compare's 300000-400029, the scoring benchmark's 500000-510007 and
+the validation range 600000-600099).
+
+    python -m apps.slpt.benchmark --out docs/results/benchmark            # full run: many hours on 2 cores
+    python -m apps.slpt.benchmark --out /tmp/benchmark-quick --quick      # the pipeline on a tiny setting
+
+Every finished training (method, seed, labelled set), every scoring pass and every selection is cached under
+``<out>/cache``, so an interrupted full run resumes where it stopped (same settings only). The quick mode
+also times one unit of each kind of work at the full settings and prints an estimate of the full run's cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .ablations import EnsembleMean, build_plain_model, from_scratch
+from .backbone import Backbone, load_backbone
+from .baselines import full_finetune, head_only
+from .config import SLPTConfig
+from .data import image_id, load_phantom_pair
+from .phantom import TUMOR_PREVALENCE, PhantomSpec, make_phantom
+from .prompts import parameter_report
+from .reporting import write_report
+from .rounds import budget_plan
+from .scoring import embed_scan, organ_box
+from .selection import coreset_select, diversity_select, random_select, top_select, uncertain_diverse_select
+from .splits import update_split
+from .tuning import build_model, dice_per_case, fit, predict, sliding_window
+from .uncertainty import dropout_enabled, ensemble, entropy, mc_dropout_probabilities, scan_uncertainty
+
+POOL_SEEDS = (700_000, 700_200)
+TEST_SEEDS = (710_000, 710_060)
+
+STRATEGIES = {
+    "random": "random",
+    "top_uncertainty": "top-uncertainty (ensemble entropy)",
+    "mc_dropout": "MC-dropout epistemic",
+    "coreset": "coreset (k-center greedy)",
+    "tesla": "TESLA (stage 1 + stage 2)",
+    "tesla_stage1": "TESLA stage 1 only",
+    "tesla_stage2": "TESLA stage 2 only",
+}
+METHODS = {
+    "scratch": "from scratch",
+    "full_finetune": "full fine-tuning",
+    "head_only": "head only",
+    "plain_prompts": "prompts without FPU (K=3)",
+    "slpt_k1": "SLPT K=1",
+    "slpt_k3": "SLPT K=3 (FPU + DVPT)",
+}
+SELECTION_METHOD = "slpt_k3"  # the tuning that follows every selection strategy, and scores the second round
+COLD_START = {"random", "top_uncertainty", "mc_dropout", "tesla_stage2"}  # random first round
+
+
+@dataclasses.dataclass
+class BenchmarkSettings:
+    pool_seeds: tuple[int, int] = POOL_SEEDS
+    test_seeds: tuple[int, int] = TEST_SEEDS
+    budget_fraction: float = 0.05
+    rounds: int = 2
+    run_seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = SLPTConfig.epochs
+    iterations_per_epoch: int = SLPTConfig.iterations_per_epoch
+    batch_size: int = SLPTConfig.batch_size
+    patch_size: int = SLPTConfig.patch_size
+    finetune_learning_rate: float = 1e-3  # whole-network training needs a smaller step than prompts (as compare)
+    mc_samples: int = 5
+    roi_size: tuple[int, ...] | None = None  # sliding window; None: the backbone's own
+    phantom_spec: dict | None = None  # PhantomSpec overrides (quick mode: small volumes); None: the defaults
+    grid_cases: int = 4
+    strategies: tuple[str, ...] = tuple(STRATEGIES)
+    methods: tuple[str, ...] = tuple(METHODS)
+
+
+QUICK = BenchmarkSettings(
+    pool_seeds=(700_000, 700_008), test_seeds=(710_000, 710_002), budget_fraction=0.25, run_seeds=(0,), epochs=1,
+    iterations_per_epoch=1, batch_size=1, patch_size=16, mc_samples=2, roi_size=(32, 32, 32),
+    phantom_spec={"z_extent": (48.0, 48.0), "inplane_spacing": (3.0, 3.0), "slice_spacing": (3.0, 3.0),
+                  "body_scale": (0.5, 0.5)},
+    grid_cases=2)
+
+
+def _digest(values) -> str:
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:12]
+
+
+class Benchmark:
+    """One benchmark run: data in memory, every result cached under ``out/cache``."""
+
+    def __init__(self, settings: BenchmarkSettings, backbone: Backbone, out: Path, log=functools.partial(print, flush=True)):
+        self.s, self.backbone, self.log = settings, backbone, log
+        self.cache = out / "cache"
+        for sub in ("runs", "scores", "selections"):
+            (self.cache / sub).mkdir(parents=True, exist_ok=True)
+        self._check_settings()
+        self.spec = PhantomSpec(**settings.phantom_spec) if settings.phantom_spec else None
+        self.inferer = sliding_window(settings.roi_size or backbone.roi_size, SLPTConfig.sw_overlap)
+        self.timings: dict[str, list[float]] = {}
+        self.pool_seeds = list(range(*settings.pool_seeds))
+        self.test_seeds = list(range(*settings.test_seeds))
+        self.pool = self._load(self.pool_seeds, "pool")
+        self.test = self._load(self.test_seeds, "test")
+        self.grid = self._grid_cases()
+        self.embeddings, self.boxes = self._embed_pool()
+
+    # -- setup ---------------------------------------------------------------------------------------
+    def _check_settings(self) -> None:
+        current = {"settings": dataclasses.asdict(self.s), "backbone": self.backbone.identity["sha256"]}
+        current = json.loads(json.dumps(current))
+        path = self.cache / "settings.json"
+        if path.exists() and json.loads(path.read_text()) != current:
+            raise ValueError(f"{self.cache} holds results of other settings or another backbone; "
+                             "use another --out folder (or delete that cache) to start afresh")
+        path.write_text(json.dumps(current, indent=1))
+
+    def _time(self, key: str, seconds: float) -> None:
+        self.timings.setdefault(key, []).append(seconds)
+
+    def _load(self, seeds, what) -> list[dict]:
+        items, t0 = [], time.perf_counter()
+        for seed in seeds:
+            t = time.perf_counter()
+            ph = make_phantom(seed, self.spec)
+            image, label = load_phantom_pair(ph, self.backbone.preprocessing, target="task")
+            self._time("load_phantom", time.perf_counter() - t)
+            # uint8 labels keep a 200-scan pool small in memory; training gets long tensors.
+            items.append({"seed": seed, "id": image_id(seed), "tumor_type": ph.info["tumor_type"],
+                          "image": image, "label": label.to(torch.uint8)})
+        self.log(f"{what}: {len(items)} phantoms generated in {time.perf_counter() - t0:.0f}s")
+        return items
+
+    def _grid_cases(self) -> list[tuple[int, int]]:
+        """``(test index, axial slice)`` of a few test scans with tumour, at their largest tumour section."""
+        picks = []
+        for n, case in enumerate(self.test):
+            tumour = (case["label"][0] == 2).sum(dim=(0, 1))
+            if tumour.sum() > 0 and len(picks) < self.s.grid_cases:
+                picks.append((n, int(tumour.argmax())))
+        return picks
+
+    def _embed_pool(self) -> tuple[np.ndarray, list]:
+        path = self.cache / "embeddings.npz"
+        if path.exists():
+            data = np.load(path)
+            return data["embeddings"], [tuple(slice(int(a), int(b)) for a, b in box) for box in data["boxes"]]
+        cfg, embeddings, boxes = SLPTConfig(), [], []
+        for case in self.pool:
+            t = time.perf_counter()
+            emb, organ = embed_scan(self.backbone.network, case["image"], cfg.embed_stage,
+                                    self.backbone.labels.get("liver"))
+            self._time("embed_scan", time.perf_counter() - t)
+            embeddings.append(emb)
+            boxes.append(organ_box(organ, case["image"].shape[1:]))
+        embeddings = np.stack(embeddings)
+        np.savez(path, embeddings=embeddings, boxes=np.array([[(b.start, b.stop) for b in box] for box in boxes]))
+        return embeddings, boxes
+
+    # -- models --------------------------------------------------------------------------------------
+    def config(self, method: str, seed: int) -> SLPTConfig:
+        cfg = SLPTConfig(epochs=self.s.epochs, iterations_per_epoch=self.s.iterations_per_epoch,
+                         batch_size=self.s.batch_size, patch_size=self.s.patch_size, seed=seed)
+        if method in ("scratch", "full_finetune"):
+            return dataclasses.replace(cfg, learning_rate=self.s.finetune_learning_rate, diversity_weight=0.0)
+        if method == "head_only":
+            return dataclasses.replace(cfg, diversity_weight=0.0)
+        if method == "slpt_k1":
+            return dataclasses.replace(cfg, num_prompts=1)
+        return cfg
+
+    def model(self, method: str, cfg: SLPTConfig) -> torch.nn.Module:
+        torch.manual_seed(cfg.seed)
+        b, heads, width = self.backbone, cfg.head_stages, cfg.head_channels
+        return {
+            "scratch": lambda: from_scratch(b, heads, cfg.seed, head_channels=width),
+            "full_finetune": lambda: full_finetune(b, heads, head_channels=width),
+            "head_only": lambda: head_only(b, heads, head_channels=width),
+            "plain_prompts": lambda: build_plain_model(b, cfg),
+            "slpt_k1": lambda: build_model(b, cfg),
+            "slpt_k3": lambda: build_model(b, cfg),
+        }[method]()
+
+    def _pair(self, case: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return case["image"], case["label"].long()
+
+    def train(self, method: str, labelled: list[int], seed: int) -> dict:
+        """Train ``method`` on pool indices ``labelled`` (best epoch on their fixed validation split), test it.
+
+        Cached by (method, seed, labelled set); the K=3 SLPT model also keeps its trained tensors for scoring.
+        """
+        labelled = sorted(labelled)
+        key = f"{method}_s{seed}_n{len(labelled)}_{_digest([self.pool_seeds[i] for i in labelled])}"
+        path = self.cache / "runs" / f"{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        cfg = self.config(method, seed)
+        pairs = {self.pool[i]["id"]: self._pair(self.pool[i]) for i in labelled}
+        split = update_split(pairs, {}, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans, seed)
+        train = [pairs[i] for i, side in sorted(split.items()) if side == "train"]
+        val = [pairs[i] for i, side in sorted(split.items()) if side == "val"]
+        model = self.model(method, cfg)
+        best = {}
+        start = time.perf_counter()
+        fit(model, train, val, cfg, self.inferer, on_best=lambda r: best.update(state=copy.deepcopy(model.state_dict())),
+            log=lambda m: None)
+        seconds = time.perf_counter() - start
+        self._time(f"train_step/{method}", seconds / (cfg.epochs * cfg.iterations_per_epoch))
+        model.load_state_dict(best["state"])
+        start = time.perf_counter()
+        cases, slices = self.evaluate(model)
+        self._time(f"test_case/{method}", (time.perf_counter() - start) / len(self.test))
+        result = {"key": key, "method": method, "seed": seed, "labelled": [self.pool_seeds[i] for i in labelled],
+                  "train_size": len(train), "val_size": len(val), "train_seconds": round(seconds, 2),
+                  "parameters": parameter_report(model), **summarise_cases(cases), "cases": cases, "grid": slices}
+        if method == SELECTION_METHOD:
+            torch.save(model.trainable_state_dict(), self.cache / "runs" / f"{key}.pt")
+        path.write_text(json.dumps(result))
+        self.log(f"[{key}] tumour Dice {result['dice_tumor']:.4f} liver {result['dice_liver']:.4f} "
+                 f"({seconds:.0f}s training)")
+        return result
+
+    def trained_model(self, run: dict) -> torch.nn.Module:
+        model = self.model(run["method"], self.config(run["method"], run["seed"]))
+        state = torch.load(self.cache / "runs" / f"{run['key']}.pt", weights_only=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("backbone.") for k in missing):
+            raise ValueError(f"cached model {run['key']} does not fit: missing {missing}, unexpected {unexpected}")
+        return model.eval()
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> tuple[list[dict], dict]:
+        """Per test case: tumour and liver Dice (LiTS: empty in both = 1) and the counts for global Dice."""
+        cases, slices = [], {}
+        grid = dict(self.grid)
+        for n, case in enumerate(self.test):
+            probs, _ = predict(model, case["image"], self.inferer)
+            pred, lab = probs.argmax(0), case["label"][0].long()
+            p, g = pred == 2, lab == 2
+            cases.append({
+                "seed": case["seed"], "tumor_type": case["tumor_type"],
+                "dice_tumor": float(dice_per_case(p.long(), g.long(), 2)[0]),
+                "dice_liver": float(dice_per_case((pred > 0).long(), (lab > 0).long(), 2)[0]),
+                "tumor_intersection": int((p & g).sum()), "tumor_predicted": int(p.sum()), "tumor_true": int(g.sum()),
+            })
+            if n in grid:
+                slices[str(n)] = pred[:, :, grid[n]].to(torch.uint8).tolist()
+        return cases, slices
+
+    # -- scoring and selection -----------------------------------------------------------------------
+    @torch.no_grad()
+    def scores(self, run: dict, candidates: list[int], mc: bool) -> dict[str, dict[str, float]]:
+        """Per candidate (pool index), on the scan's liver box: prompt uncertainty and ensemble entropy, or
+        (``mc``) the MC-dropout variance.
+
+        PU is exactly what the app's scorer computes (:func:`apps.slpt.scoring.prompt_uncertainty`); the
+        entropy is aggregated over the same lesion-relevant region.
+        """
+        path = self.cache / "scores" / f"{run['key']}{'_mc' if mc else ''}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        model, cfg = self.trained_model(run), self.config(run["method"], run["seed"])
+        out = {}
+        for i in candidates:
+            crop = self.pool[i]["image"][(slice(None), *self.boxes[i])]
+            t = time.perf_counter()
+            if mc:
+                out[str(i)] = {"mc_variance": mc_variance(model, crop, self.inferer, self.s.mc_samples,
+                                                          seed=run["seed"] * 100_003 + i)}
+                self._time("score_mc_dropout", time.perf_counter() - t)
+                continue
+            probs, pu = ensemble(torch.as_tensor(self.inferer(crop[None], model)), model.num_prompts)
+            label = probs[0].argmax(0).numpy()
+            out[str(i)] = {
+                "pu": scan_uncertainty(pu[0].numpy(), label, margin=cfg.uncertainty_margin,
+                                       top_fraction=cfg.uncertainty_top_fraction),
+                "entropy": scan_uncertainty(entropy(probs[0], dim=0).numpy(), label, margin=cfg.uncertainty_margin,
+                                            top_fraction=cfg.uncertainty_top_fraction)}
+            self._time("score_prompt_uncertainty", time.perf_counter() - t)
+        path.write_text(json.dumps(out))
+        return out
+
+    def select(self, strategy: str, seed: int) -> list[list[int]]:
+        """The pool indices ``strategy`` labels in each round (cached)."""
+        path = self.cache / "selections" / f"{strategy}_s{seed}.json"
+        if path.exists():
+            return json.loads(path.read_text())["rounds"]
+        budget, round_size = budget_plan(len(self.pool), self.s.budget_fraction, self.s.rounds)
+        labelled: list[int] = []
+        rounds = []
+        for r in range(self.s.rounds):
+            k = min(round_size, budget - len(labelled))
+            if k <= 0:
+                break
+            unlabelled = [i for i in range(len(self.pool)) if i not in labelled]
+            rng = np.random.default_rng([seed, r])
+            feats = self.embeddings[unlabelled]
+            t = time.perf_counter()
+            if strategy == "random" or (r == 0 and strategy in COLD_START):
+                picks = random_select(len(unlabelled), k, rng)
+            elif strategy == "coreset":
+                picks = coreset_select(feats, self.embeddings[labelled], k)
+            elif strategy == "tesla_stage1" or (r == 0 and strategy == "tesla"):
+                picks = diversity_select(feats, k, rng)
+            else:
+                scores = self.scores(self.train(SELECTION_METHOD, labelled, seed), unlabelled,
+                                     mc=strategy == "mc_dropout")
+                column = {"top_uncertainty": "entropy", "mc_dropout": "mc_variance"}.get(strategy, "pu")
+                values = np.array([scores[str(i)][column] for i in unlabelled])
+                if strategy in ("tesla", "tesla_stage2"):
+                    picks = uncertain_diverse_select(feats, values, k, rng)
+                else:
+                    picks = top_select(values, k)
+            self._time(f"select/{strategy}", time.perf_counter() - t)
+            chosen = [unlabelled[j] for j in picks]
+            rounds.append(chosen)
+            labelled += chosen
+        path.write_text(json.dumps({"rounds": rounds, "seeds": [[self.pool_seeds[i] for i in r] for r in rounds]}))
+        return rounds
+
+    # -- the whole run -------------------------------------------------------------------------------
+    def run(self) -> dict:
+        s = self.s
+        start = time.perf_counter()
+        strategies: dict[str, dict] = {}
+        for strategy in s.strategies:
+            per_round: list[list[dict]] = [[] for _ in range(s.rounds)]
+            picked_types = []
+            for seed in s.run_seeds:
+                rounds = self.select(strategy, seed)
+                labelled: list[int] = []
+                for r, picks in enumerate(rounds):
+                    labelled += picks
+                    per_round[r].append(self.train(SELECTION_METHOD, labelled, seed))
+                picked_types.append([self.pool[i]["tumor_type"] for i in labelled])
+            strategies[strategy] = {
+                "label": STRATEGIES[strategy],
+                "rounds": [{"labelled": len(runs[0]["labelled"]),
+                            "percent_labelled": 100.0 * len(runs[0]["labelled"]) / len(self.pool),
+                            **aggregate(runs)} for runs in per_round if runs],
+                "selected_types": type_counts(picked_types),
+                "selected_seeds": [[self.pool_seeds[i] for r in self.select(strategy, seed) for i in r]
+                                   for seed in s.run_seeds],
+            }
+        methods = {}
+        tesla_sets = {seed: [i for r in self.select("tesla", seed) for i in r] for seed in s.run_seeds}
+        for method in s.methods:
+            runs = [self.train(method, tesla_sets[seed], seed) for seed in s.run_seeds]
+            methods[method] = {"label": METHODS[method], **aggregate(runs)}
+        everything = list(range(len(self.pool)))
+        full = {m: {"label": METHODS[m], **aggregate([self.train(m, everything, seed) for seed in s.run_seeds])}
+                for m in ("slpt_k3", "full_finetune")}
+        reference = full["slpt_k3"]["dice_tumor"]["mean"]
+        for block in [*(r for v in strategies.values() for r in v["rounds"]), *methods.values(), *full.values()]:
+            block["percent_of_full_data_slpt"] = 100.0 * block["dice_tumor"]["mean"] / reference if reference else None
+        budget, round_size = budget_plan(len(self.pool), s.budget_fraction, s.rounds)
+        return {
+            "settings": dataclasses.asdict(s), "backbone": self.backbone.identity, "machine": machine(),
+            "pool_size": len(self.pool), "test_size": len(self.test), "budget": budget, "round_size": round_size,
+            "pool_types": type_counts([[c["tumor_type"] for c in self.pool]]),
+            "test_types": type_counts([[c["tumor_type"] for c in self.test]]),
+            "strategies": strategies, "methods": methods, "full_data": full,
+            "grid": self._grid_rows(tesla_sets, everything),
+            "bars": bars(strategies, methods, full),
+            "seconds_this_invocation": round(time.perf_counter() - start, 1),
+            "unit_seconds": {k: float(np.median(v)) for k, v in self.timings.items()},
+        }
+
+    def _grid_rows(self, tesla_sets, everything) -> dict:
+        """Seed-0 predictions on the grid cases, for :func:`plot_grid` (image and truth are stored too)."""
+        seed = self.s.run_seeds[0]
+        random_set = [i for r in self.select("random", seed) for i in r]
+        columns = {"TESLA + SLPT": ("slpt_k3", tesla_sets[seed]), "random + SLPT": ("slpt_k3", random_set),
+                   "TESLA + full FT": ("full_finetune", tesla_sets[seed]), "100% SLPT": ("slpt_k3", everything)}
+        rows = []
+        for n, z in self.grid:
+            case = self.test[n]
+            rows.append({"seed": case["seed"], "tumor_type": case["tumor_type"], "slice": z,
+                         "image": case["image"][0, :, :, z].numpy().round(3).tolist(),
+                         "truth": case["label"][0, :, :, z].tolist(),
+                         "predictions": {name: self.train(m, labelled, seed)["grid"][str(n)]
+                                         for name, (m, labelled) in columns.items()}})
+        return {"run_seed": seed, "rows": rows}
+
+
+def mc_variance(model: torch.nn.Module, crop: torch.Tensor, inferer, samples: int, seed: int) -> float:
+    """MONAI Label-style epistemic score: the backbone's dropout on, ``samples`` passes of the ensemble mean,
+    variance over samples of the foreground class probabilities, summed over classes, averaged over the crop."""
+    wrapped = EnsembleMean(model).eval()
+    with dropout_enabled(wrapped):
+        probs = mc_dropout_probabilities(wrapped, crop, inferer, samples=samples, seed=seed)  # [S, 1, C, *s]
+    return float(probs[:, 0, 1:].var(0, unbiased=False).sum(0).mean())
+
+
+def summarise_cases(cases: list[dict]) -> dict:
+    """Mean per-case Dice, global tumour Dice and mean tumour Dice per tumour type of one trained model."""
+    inter = sum(c["tumor_intersection"] for c in cases)
+    size = sum(c["tumor_predicted"] + c["tumor_true"] for c in cases)
+    per_type = {}
+    for kind in TUMOR_PREVALENCE:
+        values = [c["dice_tumor"] for c in cases if c["tumor_type"] == kind]
+        if values:
+            per_type[kind] = float(np.mean(values))
+    return {"dice_tumor": float(np.mean([c["dice_tumor"] for c in cases])),
+            "dice_tumor_global": 2.0 * inter / size if size else 1.0,
+            "dice_liver": float(np.mean([c["dice_liver"] for c in cases])), "dice_tumor_per_type": per_type}
+
+
+def _stat(values) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": [float(v) for v in values]}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Mean ± std over seeds of one (strategy or method, budget) cell."""
+    types = sorted({k for r in runs for k in r["dice_tumor_per_type"]}, key=list(TUMOR_PREVALENCE).index)
+    return {
+        "seeds": [r["seed"] for r in runs],
+        **{k: _stat([r[k] for r in runs]) for k in ("dice_tumor", "dice_tumor_global", "dice_liver", "train_seconds")},
+        "dice_tumor_per_type": {t: _stat([r["dice_tumor_per_type"][t] for r in runs if t in r["dice_tumor_per_type"]])
+                                for t in types},
+        "trainable_percent_of_backbone": runs[0]["parameters"]["trainable_percent_of_backbone"],
+        "runs": [r["key"] for r in runs],
+    }
+
+
+def type_counts(groups: list[list[str]]) -> dict[str, float]:
+    """Mean count of each tumour type over groups (e.g. the scans one strategy picked, per seed)."""
+    return {t: float(np.mean([g.count(t) for g in groups])) for t in TUMOR_PREVALENCE}
+
+
+def bars(strategies: dict, methods: dict, full: dict) -> dict:
+    """The issue's bars, computed (the markdown says which hold)."""
+    def final(name):
+        return strategies[name]["rounds"][-1]["dice_tumor"]["mean"] if name in strategies else None
+    out = {}
+    tesla, ref = final("tesla"), full["slpt_k3"]["dice_tumor"]["mean"]
+    if tesla is not None:
+        out["tesla_slpt_percent_of_full_data"] = {"value": 100.0 * tesla / ref if ref else None, "bar": 96.0,
+                                                  "holds": bool(ref and 100.0 * tesla / ref >= 96.0)}
+        others = {n: final(n) for n in ("random", "top_uncertainty", "mc_dropout", "coreset") if n in strategies}
+        out["tesla_beats"] = {n: {"tesla": tesla, "other": v, "holds": tesla > v} for n, v in others.items()}
+    if {"slpt_k3", "full_finetune"} <= set(methods):
+        slpt, ft = methods["slpt_k3"], methods["full_finetune"]
+        out["slpt_vs_full_finetune"] = {
+            "slpt": slpt["dice_tumor"]["mean"], "full_finetune": ft["dice_tumor"]["mean"],
+            "trainable_percent": slpt["trainable_percent_of_backbone"],
+            "holds": slpt["dice_tumor"]["mean"] >= ft["dice_tumor"]["mean"] and slpt["trainable_percent_of_backbone"] <= 6.0}
+    ablations = {"feature_aware_updater": ("slpt_k3", "plain_prompts", methods),
+                 "k_greater_than_1": ("slpt_k3", "slpt_k1", methods),
+                 "stage_1": ("tesla", "tesla_stage2", None), "stage_2": ("tesla", "tesla_stage1", None)}
+    for name, (with_, without, table) in ablations.items():
+        a = table[with_]["dice_tumor"]["mean"] if table is not None and with_ in table else final(with_)
+        b = table[without]["dice_tumor"]["mean"] if table is not None and without in table else final(without)
+        if a is not None and b is not None:
+            out[f"ablation_{name}"] = {"with": a, "without": b, "earns_its_place": a > b}
+    return out
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu",
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "torch": torch.__version__}
+
+
+# -- report ------------------------------------------------------------------------------------------------
+def _ms(stat: dict) -> str:
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.1f}%"
+
+
+def markdown(result: dict) -> str:
+    s, quick = result["settings"], result.get("quick")
+    types = list(TUMOR_PREVALENCE)
+    lines = [
+        "# Label-efficiency benchmark (written by `python -m apps.slpt.benchmark`)",
+        "",
+        *(["**Quick mode: a pipeline check on a tiny setting; these numbers say nothing about quality.**", ""]
+          if quick else []),
+        f"Pool of {result['pool_size']} phantoms (seeds {s['pool_seeds'][0]}-{s['pool_seeds'][1] - 1}), "
+        f"{result['test_size']} test phantoms (seeds {s['test_seeds'][0]}-{s['test_seeds'][1] - 1}); budget "
+        f"{result['budget']} scans ({100 * s['budget_fraction']:.0f}% of the pool) in {s['rounds']} rounds of up to "
+        f"{result['round_size']}. Seeds {s['run_seeds']}; {s['epochs']} epochs x {s['iterations_per_epoch']} steps; "
+        "best epoch on a fixed validation split of each labelled set; the test set is used for nothing else. "
+        "Tumour Dice per case counts an empty prediction on a tumour-free case as 1 (LiTS). Mean ± std over seeds. "
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['device']}.",
+        "",
+        "## Selection strategies (each followed by SLPT K=3 tuning)",
+        "",
+        "| strategy | labelled | tumour Dice per case | tumour global Dice | liver Dice | % of full-data SLPT |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, v in result["strategies"].items():
+        for r in v["rounds"]:
+            lines.append(f"| {v['label']} | {r['labelled']} ({r['percent_labelled']:.1f}%) | {_ms(r['dice_tumor'])} | "
+                         f"{_ms(r['dice_tumor_global'])} | {_ms(r['dice_liver'])} | {_pct(r['percent_of_full_data_slpt'])} |")
+    lines += ["", "Tumour types picked (mean count per seed over the whole budget; pool shares in the header):", "",
+              "| strategy | " + " | ".join(f"{t} ({result['pool_types'][t]:.0f})" for t in types) + " |",
+              "| --- |" + " --- |" * len(types)]
+    for v in result["strategies"].values():
+        lines.append(f"| {v['label']} | " + " | ".join(f"{v['selected_types'][t]:.1f}" for t in types) + " |")
+    lines += ["", f"## Tuning methods on TESLA's {result['budget']} labelled scans", "",
+              "| method | trainable % of backbone | tumour Dice per case | tumour global Dice | liver Dice | "
+              "% of full-data SLPT | train time (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for block in (result["methods"], result["full_data"]):
+        for name, m in block.items():
+            label = m["label"] + (" — 100% of the pool" if block is result["full_data"] else "")
+            lines.append(f"| {label} | {m['trainable_percent_of_backbone']:.2f} | {_ms(m['dice_tumor'])} | "
+                         f"{_ms(m['dice_tumor_global'])} | {_ms(m['dice_liver'])} | "
+                         f"{_pct(m['percent_of_full_data_slpt'])} | {m['train_seconds']['mean']:.0f} |")
+    lines += ["", "## Tumour Dice per case by tumour type (test cases per type in the header)", "",
+              "| run | " + " | ".join(f"{t} ({result['test_types'][t]:.0f})" for t in types) + " |",
+              "| --- |" + " --- |" * len(types)]
+    rows = [(f"{v['label']} @ {v['rounds'][-1]['labelled']}", v["rounds"][-1]) for v in result["strategies"].values()]
+    rows += [(f"TESLA + {m['label']}", m) for m in result["methods"].values()]
+    rows += [(f"100%: {m['label']}", m) for m in result["full_data"].values()]
+    for label, block in rows:
+        per = block["dice_tumor_per_type"]
+        lines.append(f"| {label} | " + " | ".join(f"{per[t]['mean']:.3f}" if t in per else "—" for t in types) + " |")
+    lines += ["", "## Bars (issue 5)", ""]
+    lines += bar_lines(result["bars"], quick)
+    lines += ["", "Learning curve: `learning_curve.png`; predictions on test scans: `predictions.png`.", ""]
+    if result.get("estimate"):
+        e = result["estimate"]
+        lines += [f"Estimated cost of the full run on this machine: about {e['hours']:.1f} h "
+                  f"({e['trainings']} trainings; unit costs measured at the full settings by the quick run).", ""]
+    return "\n".join(lines)
+
+
+def bar_lines(b: dict, quick: bool) -> list[str]:
+    if quick:
+        return ["Not judged in quick mode."]
+
+    def verdict(ok):
+        return "holds" if ok else "does NOT hold"
+    lines = []
+    if "tesla_slpt_percent_of_full_data" in b:
+        v = b["tesla_slpt_percent_of_full_data"]
+        lines.append(f"- TESLA + SLPT at the budget reaches {_pct(v['value'])} of full-data SLPT tumour Dice per case "
+                     f"(bar >= 96%): {verdict(v['holds'])}.")
+    if "slpt_vs_full_finetune" in b:
+        v = b["slpt_vs_full_finetune"]
+        lines.append(f"- SLPT {v['slpt']:.4f} vs full fine-tuning {v['full_finetune']:.4f} at the budget, with "
+                     f"{v['trainable_percent']:.2f}% trainable (bar: >= and <= 6%): {verdict(v['holds'])}.")
+    for name, v in b.get("tesla_beats", {}).items():
+        lines.append(f"- TESLA {v['tesla']:.4f} vs {name} {v['other']:.4f}: {verdict(v['holds'])}.")
+    for key, v in b.items():
+        if key.startswith("ablation_"):
+            lines.append(f"- ablation {key[len('ablation_'):]}: with {v['with']:.4f}, without {v['without']:.4f}: "
+                         f"{'earns its place' if v['earns_its_place'] else 'does NOT earn its place'}.")
+    return lines
+
+
+def plot_learning_curve(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, v in result["strategies"].items():
+        x = [r["percent_labelled"] for r in v["rounds"]]
+        ax.errorbar(x, [r["dice_tumor"]["mean"] for r in v["rounds"]], yerr=[r["dice_tumor"]["std"] for r in v["rounds"]],
+                    marker="o", capsize=3, label=v["label"])
+    for (name, m), style in zip(result["full_data"].items(), ("-", "--")):
+        ax.axhline(m["dice_tumor"]["mean"], color="black", linestyle=style, linewidth=1, label=f"100% labelled: {m['label']}")
+    ax.set_xlabel("% of the pool labelled")
+    ax.set_ylabel("test tumour Dice per case (SLPT K=3)")
+    ax.set_title("Label efficiency" + (" — QUICK MODE, not a result" if result.get("quick") else ""), fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_grid(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    def axial(sl) -> np.ndarray:  # backbone space is RAS: anterior up, the patient's right on the image's left
+        return np.asarray(sl).T[::-1, ::-1]
+
+    rows = result["grid"]["rows"]
+    names = ["image", "ground truth", *(rows[0]["predictions"] if rows else [])]
+    fig, axes = plt.subplots(max(1, len(rows)), len(names), figsize=(2.2 * len(names), 2.2 * max(1, len(rows))),
+                             squeeze=False)
+    labels = ListedColormap([(0, 0, 0, 0), (0.2, 0.9, 0.2, 0.45), (1.0, 0.1, 0.1, 0.8)])
+    for r, row in enumerate(rows):
+        image = axial(row["image"])
+        maps = [None, row["truth"], *row["predictions"].values()]
+        for c, (name, lab) in enumerate(zip(names, maps)):
+            ax = axes[r, c]
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+            if lab is not None:
+                ax.imshow(axial(lab), cmap=labels, vmin=0, vmax=2, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{row['seed']}\n{row['tumor_type']}", fontsize=7)
+    fig.suptitle("Test predictions, seed-0 runs: liver green, tumour red"
+                 + (" — QUICK MODE" if result.get("quick") else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# -- cost estimate -------------------------------------------------------------------------------------
+def plan(settings: BenchmarkSettings, pool_size: int) -> dict:
+    """How many trainings, test evaluations, validation passes and scoring passes a run of ``settings`` does.
+
+    Counts distinct cached jobs: cold-start strategies share their random first round, TESLA and stage 1
+    share their diversity round.
+    """
+    budget, round_size = budget_plan(pool_size, settings.budget_fraction, settings.rounds)
+    cfg = SLPTConfig()
+    validations = len({e for e in range(1, settings.epochs + 1) if e % cfg.val_interval == 0 or e == settings.epochs})
+    sizes = [min(budget, round_size * (r + 1)) for r in range(settings.rounds)]
+
+    def val_scans(n):
+        from .splits import val_target
+        return val_target(n, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans)
+
+    trainings: dict[str, list[int]] = {m: [] for m in METHODS}  # method -> labelled-set sizes
+    per_seed_slpt = [sizes[0]] * 3 + sizes[1:] * len(settings.strategies)  # 3 distinct first rounds
+    for _ in settings.run_seeds:
+        trainings["slpt_k3"] += per_seed_slpt + [pool_size]
+        trainings["full_finetune"].append(pool_size)
+        for m in settings.methods:
+            if m != "slpt_k3":
+                trainings[m].append(sizes[-1])
+    scored = pool_size - sizes[0]
+    return {"trainings": trainings, "validations_per_training": validations, "val_scans": val_scans,
+            "score_passes": 2 * scored * len(settings.run_seeds),  # cold-start model + TESLA's model, per seed
+            "mc_passes": scored * len(settings.run_seeds), "embeddings": pool_size,
+            "phantoms": pool_size + (settings.test_seeds[1] - settings.test_seeds[0])}
+
+
+def estimate(backbone: Backbone, full: BenchmarkSettings, log=print) -> dict:
+    """Time one unit of each kind of work at ``full``'s settings on a full-size phantom; extrapolate the plan."""
+    pool_size = full.pool_seeds[1] - full.pool_seeds[0]
+    test_size = full.test_seeds[1] - full.test_seeds[0]
+    inferer = sliding_window(full.roi_size or backbone.roi_size, SLPTConfig.sw_overlap)
+    t = time.perf_counter()
+    ph = make_phantom(full.pool_seeds[0])
+    image, label = load_phantom_pair(ph, backbone.preprocessing, target="task")
+    unit = {"phantom": time.perf_counter() - t}
+    bench = Benchmark.__new__(Benchmark)
+    bench.s, bench.backbone = full, backbone
+    step, case = {}, {}
+    for method in METHODS:
+        cfg = dataclasses.replace(bench.config(method, 0), epochs=1, iterations_per_epoch=2)
+        model = bench.model(method, cfg)
+        t = time.perf_counter()
+        fit(model, [(image, label)], [], cfg, inferer, log=lambda m: None)
+        step[method] = (time.perf_counter() - t) / 2
+        t = time.perf_counter()
+        predict(model, image, inferer)
+        case[method] = time.perf_counter() - t
+    t = time.perf_counter()
+    emb, organ = embed_scan(backbone.network, image, SLPTConfig.embed_stage, backbone.labels.get("liver"))
+    unit["embed"] = time.perf_counter() - t
+    crop = image[(slice(None), *organ_box(organ, image.shape[1:]))]
+    model = build_model(backbone, SLPTConfig())
+    t = time.perf_counter()
+    ensemble(torch.as_tensor(inferer(crop[None], model.eval())), model.num_prompts)
+    unit["score"] = time.perf_counter() - t
+    t = time.perf_counter()
+    mc_variance(model, crop, inferer, full.mc_samples, seed=0)
+    unit["mc"] = time.perf_counter() - t
+    p = plan(full, pool_size)
+    steps = full.epochs * full.iterations_per_epoch
+    seconds = {m: sum(steps * step[m] * full.batch_size / SLPTConfig.batch_size
+                      + (test_size + p["validations_per_training"] * p["val_scans"](n)) * case[m]
+                      for n in sizes) for m, sizes in p["trainings"].items()}
+    total = (sum(seconds.values()) + p["score_passes"] * unit["score"] + p["mc_passes"] * unit["mc"]
+             + p["embeddings"] * unit["embed"] + p["phantoms"] * unit["phantom"])
+    n = sum(len(v) for v in p["trainings"].values())
+    log(f"estimated full run: {total / 3600:.1f} h for {n} trainings on this machine")
+    return {"hours": total / 3600, "trainings": n, "train_and_test_seconds_by_method": seconds,
+            "unit_seconds": {**unit, "train_step": step, "test_case": case}}
+
+
+def write_outputs(out: Path, result: dict) -> None:
+    write_report(out, result, markdown(result))
+    plot_learning_curve(result, out / "learning_curve.png")
+    plot_grid(result, out / "predictions.png")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="output folder (result.json/.md, PNGs, cache/)")
+    parser.add_argument("--backbone", type=Path, default=Path("models/backbone"))
+    parser.add_argument("--quick", action="store_true", help="tiny setting: checks the pipeline, not quality")
+    parser.add_argument("--no-estimate", action="store_true", help="quick mode: skip timing the full run's units")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backbone = load_backbone(args.backbone)
+    t0 = time.perf_counter()
+    result = {**Benchmark(QUICK if args.quick else BenchmarkSettings(), backbone, args.out).run(), "quick": args.quick}
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    if args.quick and not args.no_estimate:
+        result["estimate"] = estimate(backbone, BenchmarkSettings())
+    write_outputs(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
