@@ -196,6 +196,9 @@ class MyApp(MONAILabelApp):
 
     def info(self):
         meta = super().info()
+        # MONAI Label's clients read the top-level labels as a list of names (OHIF's panel appends to it and
+        # stops with "Something went wrong" on a dict); the values stay in models.slpt.labels.
+        meta["labels"] = sorted(self.labels, key=self.labels.get)
         store = self.datastore()
         meta["slpt"] = {
             "config": self.config.to_dict(),

@@ -33,6 +33,7 @@ class Chain:
     orthanc: Orthanc
     server: Server
     series: dict[str, str]  # phantom id -> SeriesInstanceUID
+    studies: dict[str, str]  # phantom id -> StudyInstanceUID
 
     @property
     def ohif_url(self) -> str:
@@ -62,7 +63,8 @@ def start_chain(workdir: Path, seeds, port: int | None = None, orthanc_port: int
     except BaseException:
         stop_orthanc(orthanc)
         raise
-    return Chain(orthanc, server, {name: info["series_uid"] for name, info in series.items()})
+    return Chain(orthanc, server, {name: info["series_uid"] for name, info in series.items()},
+                 {name: info["study_uid"] for name, info in series.items()})
 
 
 def stop_chain(chain: Chain) -> None:

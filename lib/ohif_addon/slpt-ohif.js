@@ -21,13 +21,24 @@
   }
 
   // --- TESLA's reason: kept from the Next Sample answer, across OHIF's reload onto the new study ----
+  // The panel always asks for strategy "random", whatever its Strategy list shows: that build has no
+  // handler for the list (onChangeStrategy is undefined). Ask for the strategy the list shows instead.
   const open = XMLHttpRequest.prototype.open;
   XMLHttpRequest.prototype.open = function (method, url) {
-    this.slptUrl = String(url);
-    return open.apply(this, arguments);
+    const args = Array.from(arguments);
+    if (/\/activelearning\/random(\?|$)/.test(String(url))) {
+      const shown = document.querySelector('.monaiLabelPanel select.actionInput');
+      args[1] = String(url).replace('/activelearning/random', '/activelearning/' + encodeURIComponent(shown ? shown.value : 'tesla'));
+    }
+    this.slptUrl = String(args[1]);
+    return open.apply(this, args);
   };
   const send = XMLHttpRequest.prototype.send;
   XMLHttpRequest.prototype.send = function () {
+    if (this.slptUrl && this.slptUrl.indexOf('/infer/') >= 0) {
+      // The panel colours segments from its own table; use the colours the saved SEG will carry.
+      this.addEventListener('load', () => setTimeout(() => { try { colourSegments(); } catch (e) {} }, 500));
+    }
     if (this.slptUrl && this.slptUrl.indexOf('/activelearning/') >= 0) {
       this.addEventListener('load', () => {
         try {
@@ -68,8 +79,8 @@
   box.id = 'slpt-box';
   box.setAttribute(
     'style',
-    'background:#0b1a42;color:#ddd;border:1px solid #3a5ba0;padding:6px;margin:4px;font:12px sans-serif;' +
-      'z-index:1000'
+    'position:fixed;right:4px;bottom:4px;width:300px;background:#0b1a42;color:#ddd;border:1px solid #3a5ba0;' +
+      'padding:6px;font:12px sans-serif;z-index:10'  // under OHIF's toasts and dialogs
   );
   box.innerHTML =
     '<div style="font-weight:bold;color:#5acce6">SLPT</div>' +
@@ -90,14 +101,18 @@
     el.dataset.state = ok === false ? 'error' : ok === true ? 'ok' : 'busy';
   }
 
-  // The panel is rendered by React some time after load (and again per study); keep the box at its top.
+  // A fixed box at the bottom of the right-hand panel column, below the MONAI Label panel. It is not
+  // put inside the panel: React owns that DOM and may drop or trip over a foreign child.
+  // Shown in the MONAI Label mode only (OHIF changes routes without reloading the page).
   setInterval(() => {
-    const panel = document.querySelector('.monaiLabelPanel');
-    if (panel && box.parentElement !== panel) {
-      panel.insertBefore(box, panel.firstChild);
+    const wanted = location.pathname.indexOf('/monai-label') >= 0;
+    if (wanted && !box.parentElement && document.body) {
+      document.body.appendChild(box);
       render();
+    } else if (!wanted && box.parentElement) {
+      box.remove();
     }
-  }, 500);
+  }, 300);
 
   // --- the labelmap ------------------------------------------------------------------------------------
   function services() {
@@ -157,9 +172,10 @@
   function labelmapAsNrrd(volume, appLabels) {
     const byName = segmentsByName();
     const remap = new Uint8Array(256);
+    // The panel's segmentation also lists other models' labels (the backbone's organs); only the
+    // app's own labels are saved, anything painted with another segment counts as background.
     for (const [name, index] of Object.entries(byName)) {
-      if (!(name in appLabels)) throw new Error('segment ' + name + ' is not a label of this app');
-      remap[index] = appLabels[name];
+      if (name in appLabels) remap[index] = appLabels[name];
     }
     const data = volume.voxelManager.getCompleteScalarDataArray();
     const out = new Uint8Array(data.length);
@@ -191,7 +207,7 @@
     status('Saving…');
     const info = await (await fetch('/info/')).json();
     const volume = labelmap();
-    const { blob, painted } = labelmapAsNrrd(volume, info.labels);
+    const { blob, painted } = labelmapAsNrrd(volume, info.models.slpt.labels);
     if (!painted) throw new Error('nothing to save: run SLPT or paint liver/tumour first');
     const series = currentSeries();
     const form = new FormData();

@@ -1,0 +1,246 @@
+"""The annotation loop in OHIF, from the browser: study list -> MONAI Label mode -> connect -> Next Sample
+(TESLA, with its reason) -> run slpt -> one tumour brush stroke -> Save label; then, through the API and
+the PACS, that the label is the scan's final label with the values the browser had, and that the app
+trains on it.
+
+The chain is real: Orthanc with two phantom CT series, the app on its DICOMweb (``tools/ohif_chain.py``),
+MONAI Label's bundled OHIF with SLPT's add-on, Debian's Chromium. Phantom A is labelled through the API
+and a tiny round trained first, because ``/infer/slpt`` needs a prompt checkpoint (409 before one).
+``SLPT_OHIF_SCREENSHOTS=docs/ohif`` also writes the two screenshots the README shows.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pydicom_seg
+import pytest
+import SimpleITK
+from dicomweb_client import DICOMwebClient
+
+from apps.slpt.dicom import RAS_TO_LPS, to_lps_order
+from apps.slpt.phantom import make_phantom
+from tests.app.helpers import wait
+from tools.ohif_chain import start_chain, stop_chain
+
+SEEDS = {"A": 9, "B": 16}  # small phantoms; A (with metastases) labelled through the API, B in the browser
+# A tiny training round; no training by itself on save, so the checkpoint the browser used stays current
+# until the test asks for the next round.
+CONF = {"slpt_epochs": "1", "slpt_iterations_per_epoch": "1", "slpt_patch_size": "32", "slpt_min_round_size": "2",
+        "slpt_train_after_labels": "1000"}
+SCREENSHOTS = os.environ.get("SLPT_OHIF_SCREENSHOTS")
+if SCREENSHOTS:  # pictures for the README: a round long enough for the overlay to look like a liver
+    CONF.update(slpt_epochs="20", slpt_iterations_per_epoch="8")
+
+
+@pytest.fixture(scope="module")
+def chain(browser_available, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ohif-chain")
+    chain = start_chain(workdir, SEEDS.values(), conf={**CONF, "slpt_model_dir": str(workdir / "prompts")})
+    yield chain
+    stop_chain(chain)
+    assert chain.server.proc.poll() is not None and chain.orthanc.proc.poll() is not None
+
+
+def truth_in_dicom_geometry(seed: int, path: Path) -> Path:
+    """The phantom's label in the voxel order of its DICOM series (apps/slpt/dicom.py writes L/P/S-
+    increasing), as the DICOMweb datastore's NIfTI of that series has it."""
+    ph = make_phantom(seed)
+    label, lps = to_lps_order(ph.label, ph.affine)
+    nib.save(nib.Nifti1Image(label.astype(np.uint8), RAS_TO_LPS @ lps), path)
+    return path
+
+
+def trained_on(server, labelled: int):
+    """A poll for :func:`wait`: the slpt round's stats once one has trained on ``labelled`` scans; until
+    then it (re)starts a round whenever none is running (MONAI Label refuses one while scoring runs)."""
+    def poll():
+        stats = server.get("/info/").json()["train_stats"]["slpt"]
+        if stats.get("train_size", 0) + stats.get("val_size", 0) == labelled:
+            return stats  # the checkpoint is published; the task may still be re-scoring with it
+        if server.get("/train/").json().get("status") in ("SUBMITTED", "RUNNING"):
+            return None
+        r = server.post("/train/slpt", json={})
+        assert r.status_code in (200, 409, 429), r.text
+        return None
+    return poll
+
+
+def read_seg(dicomweb: str, series_uid: str) -> np.ndarray:
+    """The SEG's label values, ``[X, Y, Z]`` like nibabel reads the series' NIfTI."""
+    client = DICOMwebClient(url=dicomweb)
+    study = client.search_for_series(search_filters={"SeriesInstanceUID": series_uid})[0]["0020000D"]["Value"][0]
+    seg = client.retrieve_series(study, series_uid)[0]
+    seg.file_meta = pydicom.dataset.FileMetaDataset()  # WADO-RS gives the data set without its file header
+    seg.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian  # what pydicom-seg wrote
+    image = pydicom_seg.MultiClassReader().read(seg).image
+    return np.transpose(SimpleITK.GetArrayFromImage(image), (2, 1, 0))
+
+
+def infer_answer(driver, path: Path) -> np.ndarray:
+    """The body of the browser's ``POST /infer/slpt`` (the NRRD OHIF drew), ``[X, Y, Z]``."""
+    import base64
+    import json
+
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.responseReceived" and "/infer/slpt" in message["params"]["response"]["url"]:
+            body = driver.execute_cdp_cmd("Network.getResponseBody", {"requestId": message["params"]["requestId"]})
+            path.write_bytes(base64.b64decode(body["body"]) if body["base64Encoded"] else body["body"].encode())
+            return np.transpose(SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(path))), (2, 1, 0))
+    raise AssertionError("no /infer/slpt answer in the browser's network log")
+
+
+class Browser:
+    """The few things the test does in OHIF, by what a user sees (texts, titles) where possible."""
+
+    def __init__(self, driver, server_url: str):
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        self.d, self.url, self.By, self.Wait = driver, server_url, By, WebDriverWait
+
+    def wait(self, condition, timeout=60):
+        return self.Wait(self.d, timeout, poll_frequency=0.25).until(lambda d: condition())
+
+    def css(self, selector):
+        return self.d.find_elements(self.By.CSS_SELECTOR, selector)
+
+    def button(self, text):
+        return [b for b in self.css("button") if b.text.strip() == text]
+
+    def click(self, element):  # OHIF's toasts can cover a button; a script click is what a user's click does
+        self.d.execute_script("arguments[0].click()", element)
+
+    def text(self, element_id):
+        return self.d.find_element(self.By.ID, element_id).text
+
+    def connect_panel(self):
+        refresh = self.wait(lambda: self.css(".monaiLabelPanel button.actionButton"))
+        self.wait(lambda: self.d.execute_script(
+            "return !!(window.services && window.services.displaySetService.getActiveDisplaySets().length)"))
+        self.click(refresh[0])
+        self.wait(lambda: "Connected to MONAI Label - Successful" in self.d.page_source)
+        self.wait(lambda: self.button("Next Sample") or self.css("label[for='tab-1']"))
+
+    def snapshot(self, name):
+        if SCREENSHOTS:
+            try:  # OHIF's toasts cover the SLPT box for a few seconds
+                self.wait(lambda: "Successful" not in self.d.page_source, 15)
+            except Exception:
+                pass
+            Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+            self.d.save_screenshot(str(Path(SCREENSHOTS) / name))
+
+
+@contextmanager
+def step(name, log):
+    start = time.time()
+    try:
+        yield
+    except Exception as e:
+        raise AssertionError(f"browser step '{name}' failed: {type(e).__name__}: {e}") from e
+    log.append((name, round(time.time() - start, 1)))
+    print(f"{name}: {log[-1][1]} s", flush=True)
+
+
+def test_annotation_loop_in_ohif(chain, driver, tmp_path):
+    server, log = chain.server, []
+    a, b = chain.series["phantom_%06d" % SEEDS["A"]], chain.series["phantom_%06d" % SEEDS["B"]]
+
+    with step("label A through the API; a tiny training round starts", log):
+        truth = truth_in_dicom_geometry(SEEDS["A"], tmp_path / "a.nii.gz")
+        with open(truth, "rb") as f:
+            r = server.put(f"/datastore/label?image={a}&tag=final", files={"label": ("a.nii.gz", f)})
+        assert r.status_code == 200, r.text
+        trained_on(server, labelled=1)()  # runs while the browser gets to the suggested study
+
+    ui = Browser(driver, server.url)
+    with step("study list", log):
+        driver.get(server.url + "/ohif/")
+        ui.wait(lambda: {"phantom_%06d" % s for s in SEEDS.values()} <= {r.text.split("\n")[1] for r in ui.css("tbody tr") if "\n" in r.text})
+        for hide in ui.button("Confirm and Hide"):  # OHIF's "investigational use" banner
+            hide.click()
+
+    with step("open a study in the MONAI Label mode and connect the panel", log):
+        row = next(r for r in ui.css("tbody tr") if "phantom_%06d" % SEEDS["A"] in r.text)
+        row.find_elements(ui.By.TAG_NAME, "td")[1].click()
+        ui.click(ui.wait(lambda: ui.button("MONAI Label"))[0])
+        ui.wait(lambda: "/ohif/monai-label" in driver.current_url)
+        ui.connect_panel()
+
+    with step("Next Sample: TESLA suggests B, with its reason", log):
+        if not ui.button("Next Sample"):
+            ui.click(ui.css("label[for='tab-1']")[0])  # expand Active Learning
+        ui.click(ui.wait(lambda: ui.button("Next Sample"))[0])
+        ui.wait(lambda: "TESLA suggested" in ui.text("slpt-reason"))
+        ui.click(ui.wait(lambda: ui.button("OK"))[0])
+        ui.wait(lambda: driver.switch_to.alert).accept()  # "This action will reload current page"
+        study_b = chain.studies["phantom_%06d" % SEEDS["B"]]
+        ui.wait(lambda: f"StudyInstanceUIDs={study_b}" in driver.current_url)
+        ui.connect_panel()
+        reason = ui.text("slpt-reason")
+        assert reason.startswith("TESLA suggested this study: round 1, stage 1"), reason
+
+    with step("wait for the first prompt checkpoint", log):
+        wait(trained_on(server, labelled=1), timeout=300, every=2)
+        version = server.get("/info/").json()["models"]["slpt"]["prompt_checkpoint"]["version"]
+
+    with step("run slpt in the browser", log):
+        ui.click(ui.css("button[title='Run Segmentation']")[0])
+        ui.wait(lambda: "Running Segmentation - Successful" in driver.page_source
+                or "Failed" in driver.page_source, timeout=300)
+        assert "Running Segmentation - Successful" in driver.page_source
+        names = driver.execute_script(
+            "return Object.values(window.services.segmentationService.getSegmentation('1').segments)"
+            ".map(s => s.label)")
+        assert {"liver", "tumor"} <= set(names), names
+        time.sleep(1)  # let the overlay draw before the picture
+        ui.snapshot("suggested-study-with-slpt-overlay.png")
+
+    with step("one tumour brush stroke across the axial view", log):
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        ui.click(driver.find_element(ui.By.ID, "slpt-brush-tumor"))
+        assert ui.text("slpt-status") == "Brush: tumor"
+        axial = ui.css(".viewport-element canvas")[0] if ui.css(".viewport-element canvas") else ui.css("canvas")[0]
+        ActionChains(driver).move_to_element_with_offset(axial, -30, 10).click_and_hold() \
+            .move_by_offset(20, 0).move_by_offset(20, 0).move_by_offset(20, 0).release().perform()
+
+    with step("Save label", log):
+        ui.click(driver.find_element(ui.By.ID, "slpt-save"))
+        ui.wait(lambda: driver.find_element(ui.By.ID, "slpt-status").get_attribute("data-state") in ("ok", "error"),
+                timeout=120)
+        assert ui.text("slpt-status").startswith(f"Saved as final label of series {b}"), ui.text("slpt-status")
+        ui.snapshot("saved-label.png")
+
+    with step("what slpt sent the browser for B (its /infer answer, from Chromium's network log)", log):
+        predicted = infer_answer(driver, tmp_path / "pred.nrrd")
+        assert server.get("/info/").json()["models"]["slpt"]["prompt_checkpoint"]["version"] == version
+
+    with step("the API and the PACS have B's label, with the browser's values", log):
+        stats = server.get("/info/").json()["slpt"]["datastore"]
+        assert stats == {"labelled": 2, "unlabelled": 0}, stats
+        segs = DICOMwebClient(url=chain.orthanc.dicomweb).search_for_series(search_filters={"Modality": "SEG"})
+        ours = [s["0020000E"]["Value"][0] for s in segs if s.get("0008103E", {}).get("Value") == ["SLPT final label"]]
+        assert len(ours) == 2, segs
+        saved = max((read_seg(chain.orthanc.dicomweb, uid) for uid in ours),
+                    key=lambda seg: int((seg == predicted).sum()) if seg.shape == predicted.shape else -1)
+        assert saved.shape == predicted.shape
+        assert set(np.unique(saved)) <= {0, 1, 2}
+        changed = saved != predicted
+        # What SLPT predicted everywhere, except where the stroke painted tumour.
+        assert 0 < changed.sum() < 0.05 * saved.size, int(changed.sum())
+        assert (saved[changed] == 2).all()
+
+    with step("the app trains on both labels", log):
+        stats = wait(trained_on(server, labelled=2), timeout=300, every=2)
+        assert stats["labelled"] == 2 and stats["train_size"] + stats["val_size"] == 2, stats
+
+    print("step times (s):", log)
