@@ -12,9 +12,10 @@ task-agnostic segmentation network. Our reconstruction (../shared/SLPT.md §3):
 * ``K`` prompt sets (diversified visual prompt tuning) share the FPU weights by default; they differ by
   initialisation and by the augmented view each sees in training. All ``K`` run in one batched pass:
   the batch is laid out ``[K * B, ...]`` and each hook adds prompt set ``k`` to rows ``k*B:(k+1)*B``.
-* A new task head (:class:`TaskHead`) reads the features of ``head_stages``: the last decoder stage and,
-  by default, the first encoder stage. The backbone was pre-trained with tumour counted as liver, so its
-  decoder learnt to ignore the faint tumour-liver contrast; the first encoder stage still carries it.
+* A new task head (:class:`TaskHead`) reads the features of ``head_stages``: by default the last decoder
+  stage and the first encoder stage. The backbone was pre-trained with tumour counted as liver, so its
+  decoder learnt to ignore the faint tumour-liver contrast; the first encoder stage still carries it. The
+  head may also read the image itself (:data:`IMAGE`).
 
 The backbone's code is never copied or edited: its state-dict keys stay unchanged, and hook handles
 are removed by :meth:`PromptedSegmenter.remove_hooks`.
@@ -83,13 +84,22 @@ class TaskHead(nn.Module):
         return self.layers(torch.cat(resized, dim=1))
 
 
+# A head "stage" that is the network's own input: the image itself, where a lesion's contrast to the
+# liver is undiluted by layers that were trained to count tumour as liver.
+IMAGE = "image"
+
+
 class StageTap:
-    """Forward hooks that keep the outputs of named modules for one forward pass."""
+    """Forward hooks that keep the outputs of named modules (the input, for :data:`IMAGE`) for one pass."""
 
     def __init__(self, modules: dict[str, nn.Module]):
         self.outputs: dict[str, torch.Tensor] = {}
-        self.handles = [m.register_forward_hook(lambda mod, i, o, name=name: self.outputs.__setitem__(name, o))
-                        for name, m in modules.items()]
+        self.handles = [
+            m.register_forward_pre_hook(lambda mod, args, name=name: self.outputs.__setitem__(name, args[0]))
+            if name == IMAGE else
+            m.register_forward_hook(lambda mod, i, o, name=name: self.outputs.__setitem__(name, o))
+            for name, m in modules.items()
+        ]
 
     def take(self, names: Sequence[str]) -> list[torch.Tensor]:
         """The kept outputs in ``names`` order, forgetting them (no activation outlives its pass)."""
@@ -109,31 +119,28 @@ class StageTap:
 
 
 def resolve_stages(network: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
-    """Named submodules of ``network``; an unknown name raises a ``ValueError`` listing valid ones."""
-    modules = dict(network.named_modules())
-    unknown = [n for n in names if n not in modules]
+    """Named submodules of ``network`` (the network itself for :data:`IMAGE`); an unknown name raises a
+    ``ValueError`` listing valid ones."""
+    modules = {**dict(network.named_modules()), IMAGE: network}
+    unknown = [n for n in names if n not in modules or n == ""]
     if unknown:
         # Only list containers of blocks, the plausible stage names, to keep the message readable.
         candidates = [n for n, m in network.named_children() if isinstance(m, (nn.ModuleList, nn.Sequential))]
         stages = [f"{c}.{i}" for c in candidates for i, _ in enumerate(modules[c])]
-        raise ValueError(f"unknown backbone stage(s) {unknown}; valid stage names include: {', '.join(stages)}")
+        raise ValueError(f"unknown backbone stage(s) {unknown}; valid stage names include: {', '.join(stages)} "
+                         f"(and {IMAGE!r}, the input, for the head)")
     return {n: modules[n] for n in names}
 
 
 def stage_channels(network: nn.Module, stages: Sequence[str], in_channels: int = 1, size: int = 32) -> dict[str, int]:
     """Output channels of each stage, found with one tiny dry run (works for any backbone)."""
-    channels: dict[str, int] = {}
-    handles = [
-        module.register_forward_hook(lambda m, i, o, name=name: channels.__setitem__(name, o.shape[1]))
-        for name, module in resolve_stages(network, stages).items()
-    ]
+    tap = StageTap(resolve_stages(network, stages))
     try:
         with torch.no_grad():
             network(torch.zeros(1, in_channels, size, size, size, device=next(network.parameters()).device))
+        return {name: out.shape[1] for name, out in tap.outputs.items()}
     finally:
-        for h in handles:
-            h.remove()
-    return channels
+        tap.remove()
 
 
 class PromptedSegmenter(nn.Module):
@@ -175,6 +182,8 @@ class PromptedSegmenter(nn.Module):
             raise ValueError("at least one prompted stage is required")
         if isinstance(head_stages, str) or not head_stages:
             raise ValueError(f"head_stages must be a non-empty sequence of stage names, got {head_stages!r}")
+        if IMAGE in stages:
+            raise ValueError(f"{IMAGE!r} (the network's input) can feed the head but cannot be prompted")
         self.backbone = backbone
         freeze(self.backbone)
         self.stages = list(stages)

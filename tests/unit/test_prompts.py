@@ -8,9 +8,13 @@ from monai.networks.nets import SegResNet
 
 from apps.slpt.config import SEGRESNET_STAGES, SLPTConfig
 from apps.slpt.prompts import (
+    IMAGE,
     PromptedSegmenter,
+    StageTap,
     TaskHead,
     count_parameters,
+    resolve_stages,
+    stage_channels,
     format_parameter_report,
     parameter_report,
     split_prompts,
@@ -137,3 +141,25 @@ def test_task_head_brings_coarser_features_onto_the_first_stage_grid():
     head = TaskHead(in_channels=5, num_classes=3)
     logits = head([torch.randn(2, 3, 16, 16, 16), torch.randn(2, 2, 8, 8, 8)])
     assert logits.shape == (2, 3, 16, 16, 16)
+
+
+def test_the_image_head_stage_is_the_network_input_itself():
+    net = segresnet()
+    tap = StageTap(resolve_stages(net, [IMAGE, "down_layers.0"]))
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        net(x)
+    assert tap.outputs[IMAGE] is x
+    assert stage_channels(net, [IMAGE, "down_layers.0"]) == {IMAGE: 1, "down_layers.0": 8}
+
+
+def test_a_head_reading_the_image_gets_one_more_input_channel():
+    with_image = PromptedSegmenter(segresnet(), SEGRESNET_STAGES, ("up_layers.2", IMAGE), num_classes=3)
+    without = PromptedSegmenter(segresnet(), SEGRESNET_STAGES, ("up_layers.2",), num_classes=3)
+    assert with_image.head.layers[0].in_channels == without.head.layers[0].in_channels + 1
+    assert with_image(torch.randn(2, 1, 16, 16, 16)).shape == (2, 9, 16, 16, 16)
+
+
+def test_the_image_cannot_be_prompted():
+    with pytest.raises(ValueError, match="cannot be prompted"):
+        PromptedSegmenter(segresnet(), (IMAGE, "down_layers.1"), ("up_layers.2",), num_classes=3)
