@@ -46,7 +46,7 @@ class Server:
 
 
 def start_server(workdir: Path, studies: Path | str, conf: dict[str, str] | None = None,
-                 env: dict[str, str] | None = None, port: int | None = None) -> Server:
+                 env: dict[str, str] | None = None, port: int | None = None, timeout: float = 180) -> Server:
     """Start ``monailabel start_server`` on loopback (a free port unless given) and wait until ``/info/``
     answers. ``studies`` is a folder or a DICOMweb URL; ``env`` adds to the server's environment."""
     port = port or free_port()
@@ -67,18 +67,21 @@ def start_server(workdir: Path, studies: Path | str, conf: dict[str, str] | None
         proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", studies, workdir, proc, log)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(server.url + "/info/", timeout=2).status_code == 200:
-                return server
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    stop_server(server)
-    raise RuntimeError(f"server did not answer within 180 s:\n{log.read_text()[-3000:]}")
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if requests.get(server.url + "/info/", timeout=2).status_code == 200:
+                    return server
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+    except BaseException:  # including Ctrl-C while waiting: never leave a half-started server behind
+        stop_server(server)
+        raise
 
 
 def stop_server(server: Server) -> None:

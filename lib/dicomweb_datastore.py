@@ -56,6 +56,7 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
         self._labels = dict(labels)
         self._seg_cache = TTLCache(maxsize=1, ttl=settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY)
         self._seg_lock = threading.Lock()
+        self._seg_refs: dict[str, tuple[str | None, str]] = {}  # SEG series UID -> (image series UID, saved at)
 
     # --- which scans are labelled -------------------------------------------------------------------
 
@@ -73,15 +74,15 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
             seg = Dataset.from_json(meta)
             if str(seg.get("SeriesDescription", "")) != LABEL_SERIES_DESCRIPTION:
                 continue
-            header = Dataset.from_json(self._client.retrieve_series_metadata(
-                str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID))[0])
-            refs = header.get("ReferencedSeriesSequence")
-            image = str(refs[0].SeriesInstanceUID) if refs else None
-            if image not in images:
-                continue
-            stamp = f"{header.get('SeriesDate', '')}{header.get('SeriesTime', '')}"
-            if image not in found or stamp >= found[image][0]:
-                found[image] = (stamp, str(seg.SeriesInstanceUID))
+            uid = str(seg.SeriesInstanceUID)
+            if uid not in self._seg_refs:  # a SEG never changes what it refers to: read its header once
+                header = Dataset.from_json(self._client.retrieve_series_metadata(str(seg.StudyInstanceUID), uid)[0])
+                refs = header.get("ReferencedSeriesSequence")
+                self._seg_refs[uid] = (str(refs[0].SeriesInstanceUID) if refs else None,
+                                       f"{header.get('SeriesDate', '')}{header.get('SeriesTime', '')}")
+            image, stamp = self._seg_refs[uid]
+            if image in images and (image not in found or stamp >= found[image][0]):
+                found[image] = (stamp, uid)
         return {image: seg for image, (_, seg) in found.items()}
 
     def get_labeled_images(self, label_tag=None, labels=None) -> list[str]:

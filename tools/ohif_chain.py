@@ -59,7 +59,8 @@ def start_chain(workdir: Path, seeds, port: int | None = None, orthanc_port: int
         upload_series(orthanc.dicomweb, [workdir / "dicom" / name for name in series])
         env = {"MONAI_LABEL_DICOMWEB_CACHE_EXPIRY": str(CACHE_EXPIRY_S),
                "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(workdir / "dicomweb-cache")}
-        server = start_server(workdir, orthanc.dicomweb, conf, env=env, port=port)
+        # generous: the app's cold start (torch, MONAI) on a busy 2-core machine can take minutes
+        server = start_server(workdir, orthanc.dicomweb, conf, env=env, port=port, timeout=600)
     except BaseException:
         stop_orthanc(orthanc)
         raise
