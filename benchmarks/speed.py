@@ -50,7 +50,16 @@ from apps.slpt.reporting import write_report
 from apps.slpt.rounds import budget_plan
 from apps.slpt.scoring import embed_scan, organ_box, prompt_uncertainty
 from apps.slpt.selection import coreset_select, diversity_select, random_select, uncertain_diverse_select
-from apps.slpt.tuning import PatchSampler, augmented_views, build_model, dvpt_loss, predict, prompt_optimizer, sliding_window, task_loss
+from apps.slpt.tuning import (
+    PatchSampler,
+    augmented_views,
+    build_model,
+    dvpt_loss,
+    predict,
+    prompt_optimizer,
+    sliding_window,
+    task_loss,
+)
 from apps.slpt.uncertainty import dropout_enabled, mc_dropout_probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,7 +247,7 @@ def _score_pool_child(n: int, s: SpeedSettings, backbone_dir: str, threads: int,
         _sync()
         t = time.perf_counter()
         image = image.to(dev)
-        embedding, organ = embed_scan(backbone.network, image, cfg.embed_stage, liver)
+        _embedding, organ = embed_scan(backbone.network, image, cfg.embed_stage, liver)
         prompt_uncertainty(model, image, organ_box(organ, image.shape[1:]), inferer, cfg.uncertainty_margin,
                            cfg.uncertainty_top_fraction)
         _sync()
@@ -353,8 +362,8 @@ def markdown(r: dict) -> str:
     lines = ["# Speed and scale (written by `python -m benchmarks.speed`)", "",
              *(["**Quick mode: a pipeline check on a tiny setting; these numbers say nothing about speed.**", ""]
                if quick else []),
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, device {m['device']}"
-             f"{', GPU ' + m['gpu'] if m['gpu'] else ''}; torch {m['torch']}. Medians over {r['settings']['repeats']} runs.", ""]
+             (f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, device {m['device']}"
+             f"{', GPU ' + m['gpu'] if m['gpu'] else ''}; torch {m['torch']}. Medians over {r['settings']['repeats']} runs."), ""]
     if "server" in r:
         v = r["server"]
         lines += ["## End-to-end inference through the server", "", "| request | median s | vs backbone |", "| --- | --- | --- |",
@@ -364,32 +373,32 @@ def markdown(r: dict) -> str:
     v = r["scoring"]
     mc = next(k for k in v if k.startswith("mc_dropout_"))
     ratios = v["ratios"]
-    lines += ["## Scoring one scan", "", f"Volume {v['volume']} voxels (backbone space); the liver box is "
-              f"{100 * v['box_fraction']:.0f}% of it.", "", "| work | median s | vs one SLPT inference |", "| --- | --- | --- |"]
+    lines += ["## Scoring one scan", "", (f"Volume {v['volume']} voxels (backbone space); the liver box is "
+              f"{100 * v['box_fraction']:.0f}% of it."), "", "| work | median s | vs one SLPT inference |", "| --- | --- | --- |"]
     base = v["slpt_inference"]["median_s"]
     for key, label in (("slpt_inference", "one SLPT inference (full volume, K=3)"),
                        ("tesla_first_scoring", "TESLA first scoring (embedding + PU on the liver box)"),
                        ("tesla_rescoring", "TESLA re-scoring after training (PU on the liver box)"),
                        (mc, f"MC-dropout, {mc.rsplit('_', 1)[1]} samples (full volume)")):
         lines.append(f"| {label} | {v[key]['median_s']:.3f} | {v[key]['median_s'] / base:.2f}x |")
-    lines += ["", f"Target TESLA <= 1.0x one SLPT inference: first scoring "
+    lines += ["", (f"Target TESLA <= 1.0x one SLPT inference: first scoring "
               f"{ratios['tesla_first_scoring_vs_slpt_inference']:.2f}x ({_verdict(ratios['tesla_first_scoring_vs_slpt_inference'] <= 1.0)}), "
               f"re-scoring {ratios['tesla_rescoring_vs_slpt_inference']:.2f}x "
-              f"({_verdict(ratios['tesla_rescoring_vs_slpt_inference'] <= 1.0)}).",
-              f"Target TESLA >= 3x faster than MC-dropout: first scoring {ratios['mc_dropout_vs_tesla_first_scoring']:.2f}x "
+              f"({_verdict(ratios['tesla_rescoring_vs_slpt_inference'] <= 1.0)})."),
+              (f"Target TESLA >= 3x faster than MC-dropout: first scoring {ratios['mc_dropout_vs_tesla_first_scoring']:.2f}x "
               f"({_verdict(ratios['mc_dropout_vs_tesla_first_scoring'] >= 3)}), re-scoring "
-              f"{ratios['mc_dropout_vs_tesla_rescoring']:.2f}x ({_verdict(ratios['mc_dropout_vs_tesla_rescoring'] >= 3)}).", ""]
+              f"{ratios['mc_dropout_vs_tesla_rescoring']:.2f}x ({_verdict(ratios['mc_dropout_vs_tesla_rescoring'] >= 3)})."), ""]
     t = r["training"]
     mem = "cuda_max_allocated_mb" if "cuda_max_allocated_mb" in t["slpt"] else "peak_rss_mb"
     mem_label = "CUDA max allocated" if mem == "cuda_max_allocated_mb" else "peak RSS of the process"
-    lines += ["## Training", "", f"One epoch = {t['slpt']['iterations_per_epoch']} steps of {t['slpt']['batch_size']} "
-              f"patches of {t['slpt']['patch_size']}³; each method in a fresh process.", "",
+    lines += ["## Training", "", (f"One epoch = {t['slpt']['iterations_per_epoch']} steps of {t['slpt']['batch_size']} "
+              f"patches of {t['slpt']['patch_size']}³; each method in a fresh process."), "",
               f"| method | trainable parameters | median s per epoch | {mem_label} (MB) |", "| --- | --- | --- | --- |"]
     for key, label in (("slpt", "prompt-only (SLPT K=3)"), ("full_finetune", "full fine-tuning")):
         lines.append(f"| {label} | {t[key]['trainable_parameters']:,} | {t[key]['epoch']['median_s']:.3f} | {t[key][mem]:.0f} |")
     sc = r["scale"]
-    lines += ["", "## Scale", "", "TESLA first scoring of pools of small phantoms (untrained prompts; the cost is the same), "
-              "each pool in a fresh process:", "", "| pool | scoring s | s per scan | peak RSS MB | RSS first -> last scan MB |",
+    lines += ["", "## Scale", "", ("TESLA first scoring of pools of small phantoms (untrained prompts; the cost is the same), "
+              "each pool in a fresh process:"), "", "| pool | scoring s | s per scan | peak RSS MB | RSS first -> last scan MB |",
               "| --- | --- | --- | --- | --- |"]
     for p in sc["pools"]:
         lines.append(f"| {p['pool']} | {p['scoring_s']:.1f} | {p['seconds_per_scan']:.3f} | {p['peak_rss_mb']:.0f} | "
@@ -399,8 +408,8 @@ def markdown(r: dict) -> str:
               "| selection | median s |", "| --- | --- |"]
     for key in ("stage2_uncertain_diverse", "stage1_diversity", "coreset_k_center", "random"):
         lines.append(f"| {key} | {sel[key]['median_s']:.3f} |")
-    lines += ["", f"Target stage 2 <= {sel['target_seconds']:.0f} s: "
-              f"{_verdict(sel['stage2_uncertain_diverse']['median_s'] <= sel['target_seconds'])}.", ""]
+    lines += ["", (f"Target stage 2 <= {sel['target_seconds']:.0f} s: "
+              f"{_verdict(sel['stage2_uncertain_diverse']['median_s'] <= sel['target_seconds'])}."), ""]
     return "\n".join(lines)
 
 

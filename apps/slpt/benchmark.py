@@ -120,8 +120,9 @@ def _digest(values) -> str:
 class Benchmark:
     """One benchmark run: data in memory, every result cached under ``out/cache``."""
 
-    def __init__(self, settings: BenchmarkSettings, backbone: Backbone, out: Path, log=functools.partial(print, flush=True)):
-        self.s, self.backbone, self.log = settings, backbone, log
+    def __init__(self, settings: BenchmarkSettings, backbone: Backbone, out: Path, log=None):
+        self.s, self.backbone = settings, backbone
+        self.log = log or functools.partial(print, flush=True)
         self.cache = out / "cache"
         for sub in ("runs", "scores", "selections"):
             (self.cache / sub).mkdir(parents=True, exist_ok=True)
@@ -511,20 +512,20 @@ def markdown(result: dict) -> str:
         "",
         *(["**Quick mode: a pipeline check on a tiny setting; these numbers say nothing about quality.**", ""]
           if quick else []),
-        f"Pool of {result['pool_size']} phantoms (seeds {s['pool_seeds'][0]}-{s['pool_seeds'][1] - 1}), "
+        (f"Pool of {result['pool_size']} phantoms (seeds {s['pool_seeds'][0]}-{s['pool_seeds'][1] - 1}), "
         f"{result['test_size']} test phantoms (seeds {s['test_seeds'][0]}-{s['test_seeds'][1] - 1}); budget "
         f"{result['budget']} scans ({100 * s['budget_fraction']:.0f}% of the pool) in {s['rounds']} rounds of up to "
         f"{result['round_size']}. Seeds {s['run_seeds']}; {s['epochs']} epochs x {s['iterations_per_epoch']} steps; "
         "best epoch on a fixed validation split of each labelled set; the test set is used for nothing else. "
         "Tumour Dice per case counts an empty prediction on a tumour-free case as 1 (LiTS). Mean ± std over seeds. "
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['device']}.",
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['device']}."),
         "",
         "## Selection strategies (each followed by SLPT K=3 tuning)",
         "",
         "| strategy | labelled | tumour Dice per case | tumour global Dice | liver Dice | % of full-data SLPT |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for name, v in result["strategies"].items():
+    for v in result["strategies"].values():
         for r in v["rounds"]:
             lines.append(f"| {v['label']} | {r['labelled']} ({r['percent_labelled']:.1f}%) | {_ms(r['dice_tumor'])} | "
                          f"{_ms(r['dice_tumor_global'])} | {_ms(r['dice_liver'])} | {_pct(r['percent_of_full_data_slpt'])} |")
@@ -534,10 +535,10 @@ def markdown(result: dict) -> str:
     for v in result["strategies"].values():
         lines.append(f"| {v['label']} | " + " | ".join(f"{v['selected_types'][t]:.1f}" for t in types) + " |")
     lines += ["", f"## Tuning methods on TESLA's {result['budget']} labelled scans", "",
-              "| method | trainable % of backbone | tumour Dice per case | tumour global Dice | liver Dice | "
-              "% of full-data SLPT | train time (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+              ("| method | trainable % of backbone | tumour Dice per case | tumour global Dice | liver Dice | "
+              "% of full-data SLPT | train time (s) |"), "| --- | --- | --- | --- | --- | --- | --- |"]
     for block in (result["methods"], result["full_data"]):
-        for name, m in block.items():
+        for m in block.values():
             label = m["label"] + (" — 100% of the pool" if block is result["full_data"] else "")
             lines.append(f"| {label} | {m['trainable_percent_of_backbone']:.2f} | {_ms(m['dice_tumor'])} | "
                          f"{_ms(m['dice_tumor_global'])} | {_ms(m['dice_liver'])} | "
@@ -556,8 +557,8 @@ def markdown(result: dict) -> str:
     lines += ["", "Learning curve: `learning_curve.png`; predictions on test scans: `predictions.png`.", ""]
     if result.get("estimate"):
         e = result["estimate"]
-        lines += [f"Estimated cost of the full run on this machine: about {e['hours']:.1f} h "
-                  f"({e['trainings']} trainings; unit costs measured at the full settings by the quick run).", ""]
+        lines += [(f"Estimated cost of the full run on this machine: about {e['hours']:.1f} h "
+                  f"({e['trainings']} trainings; unit costs measured at the full settings by the quick run)."), ""]
     return "\n".join(lines)
 
 
@@ -592,7 +593,7 @@ def plot_learning_curve(result: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name, v in result["strategies"].items():
+    for v in result["strategies"].values():
         x = [r["percent_labelled"] for r in v["rounds"]]
         ax.errorbar(x, [r["dice_tumor"]["mean"] for r in v["rounds"]], yerr=[r["dice_tumor"]["std"] for r in v["rounds"]],
                     marker="o", capsize=3, label=v["label"])
@@ -697,7 +698,7 @@ def estimate(backbone: Backbone, full: BenchmarkSettings, log=print) -> dict:
         predict(model, image, inferer)
         case[method] = time.perf_counter() - t
     t = time.perf_counter()
-    emb, organ = embed_scan(backbone.network, image, SLPTConfig.embed_stage, backbone.labels.get("liver"))
+    _emb, organ = embed_scan(backbone.network, image, SLPTConfig.embed_stage, backbone.labels.get("liver"))
     unit["embed"] = time.perf_counter() - t
     crop = image[(slice(None), *organ_box(organ, image.shape[1:]))]
     model = build_model(backbone, SLPTConfig())
