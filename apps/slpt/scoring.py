@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 from torch import nn
 
+from .postprocess import task_label
 from .prompts import resolve_stages
 from .uncertainty import ensemble, scan_uncertainty
 
@@ -99,5 +100,5 @@ def prompt_uncertainty(
     crop = image[(slice(None), *box)]
     logits = inferer(crop[None], model)
     probs, pu = ensemble(torch.as_tensor(logits), model.num_prompts)
-    label = probs[0].argmax(0).cpu().numpy()
+    label = task_label(probs[0].cpu()).numpy()
     return scan_uncertainty(pu[0].cpu().numpy(), label, margin=margin, top_fraction=top_fraction)

@@ -6,6 +6,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from .postprocess import task_label
 from .uncertainty import ensemble, scan_uncertainty
 
 
@@ -17,7 +18,8 @@ class PromptEnsembled(MapTransform):
 
     Args:
         num_prompts: K.
-        output: ``"label"`` (argmax of the mean softmax, uint8) or ``"uncertainty"`` (voxel PU, float32).
+        output: ``"label"`` (:func:`~apps.slpt.postprocess.task_label` of the mean softmax, uint8) or
+            ``"uncertainty"`` (voxel PU, float32).
         margin, top_fraction: see :func:`apps.slpt.uncertainty.scan_uncertainty`.
     """
 
@@ -37,7 +39,7 @@ class PromptEnsembled(MapTransform):
             logits = d[key]
             plain = logits.as_tensor() if isinstance(logits, MetaTensor) else torch.as_tensor(logits)
             probs, pu = ensemble(plain[None], self.num_prompts)
-            label = probs[0].argmax(0, keepdim=True)
+            label = task_label(probs[0])[None]
             score = scan_uncertainty(pu[0].cpu().numpy(), label[0].cpu().numpy(), margin=self.margin,
                                      top_fraction=self.top_fraction)
             out = label.to(torch.uint8) if self.output == "label" else pu.float()

@@ -23,6 +23,7 @@ from monai.transforms import RandCropByLabelClasses, SpatialPad
 from .backbone import Backbone
 from .checkpoints import load_into
 from .config import SLPTConfig
+from .postprocess import task_label
 from .prompts import PromptedSegmenter, format_parameter_report, parameter_report
 from .uncertainty import ensemble, mutual_information, prompt_probabilities
 
@@ -164,7 +165,7 @@ def evaluate(model: PromptedSegmenter, pairs: Sequence[Pair], inferer: Inferer) 
     liver, tumour = [], []
     for image, label in pairs:
         probs, _ = predict(model, image, inferer)
-        pred, lab = probs.argmax(0), label[0]
+        pred, lab = task_label(probs), label[0]
         liver.append(float(dice_per_case((pred > 0).long(), (lab > 0).long(), 2)[0]))
         tumour.append(float(dice_per_case((pred == 2).long(), (lab == 2).long(), 2)[0]))
     return {"dice_liver": float(np.mean(liver)), "dice_tumor": float(np.mean(tumour)),

@@ -1,0 +1,32 @@
+"""The served label keeps one liver: stray liver or tumour outside its largest connected region goes."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from apps.slpt.postprocess import task_label
+
+
+def probabilities(label: torch.Tensor) -> torch.Tensor:
+    return F.one_hot(label, 3).permute(3, 0, 1, 2).float()
+
+
+def test_tumour_inside_the_liver_stays_and_strays_outside_it_go():
+    label = torch.zeros(20, 20, 20, dtype=torch.long)
+    label[2:12, 2:12, 2:12] = 1        # the liver
+    label[5:8, 5:8, 5:8] = 2           # a lesion inside it
+    label[11:14, 11:14, 11:14] = 2     # a lesion on the liver's edge, touching it: still this liver's
+    label[16:19, 2:5, 2:5] = 2         # a "tumour" on its own, away from the liver
+    label[2:4, 16:19, 16:19] = 1       # a second, smaller "liver" piece
+
+    result = task_label(probabilities(label))
+
+    expected = label.clone()
+    expected[16:19, 2:5, 2:5] = 0
+    expected[2:4, 16:19, 16:19] = 0
+    assert torch.equal(result, expected)
+
+
+def test_no_liver_means_an_empty_label():
+    assert not task_label(probabilities(torch.zeros(8, 8, 8, dtype=torch.long))).any()
