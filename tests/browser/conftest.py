@@ -55,6 +55,9 @@ def driver(browser_available, request, tmp_path):
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})  # console, network
+    # get() returns at once and the test waits for what it needs: on a busy machine OHIF's first load can
+    # outlast Selenium's 120 s HTTP read timeout.
+    options.page_load_strategy = "none"
     service = Service(shutil.which("chromedriver"), env={**os.environ, "HOME": str(home)})
     drv = webdriver.Chrome(service=service, options=options)
     yield drv
