@@ -26,7 +26,7 @@ import numpy as np
 import pydicom
 import pydicom_seg
 import SimpleITK
-from cachetools import TTLCache, cached
+from cachetools import TTLCache
 from dicomweb_client import DICOMwebClient
 from dicomweb_client.session_utils import create_session_from_user_pass
 from fastapi import HTTPException
@@ -105,7 +105,7 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
         if not os.path.exists(nifti):
             if not os.path.isdir(folder) or not os.listdir(folder):
                 dicom_web_download_series(None, seg_uid, folder, self._client, self._fetch_by_frame)
-            seg = pydicom.dcmread(os.path.join(folder, sorted(os.listdir(folder))[0]))
+            seg = pydicom.dcmread(os.path.join(folder, min(os.listdir(folder))))
             # MultiClassReader gives each voxel its segment number, which is the label value we wrote.
             SimpleITK.WriteImage(pydicom_seg.MultiClassReader().read(seg).image, nifti)
         return nifti

@@ -17,6 +17,7 @@ import requests
 from dicomweb_client import DICOMwebClient
 from fastapi import HTTPException
 
+from apps.slpt.data import image_id
 from apps.slpt.dicom import RAS_TO_LPS, to_lps_order
 from apps.slpt.phantom import make_phantom
 from benchmarks.server import free_port
@@ -74,7 +75,7 @@ def seg_headers(orthanc) -> list[pydicom.Dataset]:
 
 def test_a_saved_label_is_a_seg_counted_at_once_and_read_back_exactly(pacs, store, tmp_path):
     orthanc, series, _ = pacs
-    image = series["phantom_%06d" % SEEDS[0]]
+    image = series[image_id(SEEDS[0])]
     assert store.get_labeled_images() == [] and len(store.get_unlabeled_images()) == 2
     path, label = label_file(SEEDS[0], tmp_path / "label.nii.gz")
 
@@ -92,7 +93,7 @@ def test_a_saved_label_is_a_seg_counted_at_once_and_read_back_exactly(pacs, stor
 def test_segments_are_named_by_value_when_liver_is_absent(pacs, store, tmp_path):
     """MONAI Label pairs names with positions, so a tumour-only label used to be called 'liver'."""
     orthanc, series, _ = pacs
-    image = series["phantom_%06d" % SEEDS[0]]
+    image = series[image_id(SEEDS[0])]
     path, label = label_file(SEEDS[0], tmp_path / "tumour.nii.gz", tumour_only=True)
     if not (label == 2).any():
         pytest.skip("phantom without tumour")
@@ -105,7 +106,7 @@ def test_segments_are_named_by_value_when_liver_is_absent(pacs, store, tmp_path)
 
 def test_a_seg_the_app_did_not_write_is_not_a_label(pacs, store, tmp_path):
     orthanc, series, _ = pacs
-    other = series["phantom_%06d" % SEEDS[1]]
+    other = series[image_id(SEEDS[1])]
     path, _ = label_file(SEEDS[1], tmp_path / "other.nii.gz")
     store.save_label(other, str(path), "final", {})
     client = DICOMwebClient(url=orthanc.dicomweb)
@@ -129,7 +130,7 @@ def delete_series(orthanc, series_uid: str) -> None:
 @pytest.mark.parametrize("case, status", [("values", 422), ("shape", 422), ("image", 404), ("empty", 422)])
 def test_bad_labels_are_refused_and_nothing_is_stored(pacs, store, tmp_path, case, status):
     orthanc, series, _ = pacs
-    image = series["phantom_%06d" % SEEDS[1]]
+    image = series[image_id(SEEDS[1])]
     path, label = label_file(SEEDS[1], tmp_path / "good.nii.gz")
     affine = nib.load(path).affine
     bad = {"values": np.full(label.shape, 7, np.uint8), "shape": label[:-1].astype(np.uint8),
