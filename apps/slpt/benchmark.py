@@ -52,6 +52,7 @@ from .baselines import full_finetune, head_only
 from .config import SLPTConfig
 from .data import image_id, load_phantom_pair
 from .phantom import TUMOR_PREVALENCE, PhantomSpec, make_phantom
+from .postprocess import task_label
 from .prompts import parameter_report
 from .reporting import write_report
 from .rounds import budget_plan
@@ -267,7 +268,7 @@ class Benchmark:
         grid = dict(self.grid)
         for n, case in enumerate(self.test):
             probs, _ = predict(model, case["image"], self.inferer)
-            pred, lab = probs.argmax(0), case["label"][0].long()
+            pred, lab = task_label(probs), case["label"][0].long()
             p, g = pred == 2, lab == 2
             cases.append({
                 "seed": case["seed"], "tumor_type": case["tumor_type"],
@@ -302,7 +303,7 @@ class Benchmark:
                 self._time("score_mc_dropout", time.perf_counter() - t)
                 continue
             probs, pu = ensemble(torch.as_tensor(self.inferer(crop[None], model)), model.num_prompts)
-            label = probs[0].argmax(0).numpy()
+            label = task_label(probs[0]).numpy()
             out[str(i)] = {
                 "pu": scan_uncertainty(pu[0].numpy(), label, margin=cfg.uncertainty_margin,
                                        top_fraction=cfg.uncertainty_top_fraction),
