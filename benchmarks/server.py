@@ -67,29 +67,42 @@ def start_server(workdir: Path, studies: Path | str, conf: dict[str, str] | None
         proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", studies, workdir, proc, log)
-    deadline = time.time() + timeout
     try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if requests.get(server.url + "/info/", timeout=2).status_code == 200:
-                    return server
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+        failure = wait_until_answering(proc, server.url + "/info/", timeout, every=0.5)
+        if failure:
+            raise RuntimeError(f"server {failure}:\n{log.read_text()[-3000:]}")
+        return server
     except BaseException:  # including Ctrl-C while waiting: never leave a half-started server behind
         stop_server(server)
         raise
 
 
+def wait_until_answering(proc: subprocess.Popen, url: str, timeout: float, every: float = 0.2) -> str | None:
+    """Poll ``url`` until it answers 200 (``None``), the process exits or ``timeout`` passes (the reason)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return f"exited with {proc.returncode}"
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return None
+        except requests.ConnectionError:
+            pass
+        time.sleep(every)
+    return f"did not answer within {timeout} s"
+
+
 def stop_server(server: Server) -> None:
     """SIGTERM to the server's process group, SIGKILL after 20 s."""
-    if server.proc.poll() is None:
-        os.killpg(server.proc.pid, signal.SIGTERM)
+    stop_process(server.proc)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 20) -> None:
+    """Stop a process started with ``start_new_session=True`` and all its children, by process group."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
-            server.proc.wait(timeout=20)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            os.killpg(server.proc.pid, signal.SIGKILL)
-            server.proc.wait()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-import requests
 from dicomweb_client import DICOMwebClient
+
+from benchmarks.server import stop_process, wait_until_answering
 
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -74,34 +73,16 @@ def start_orthanc(workdir: Path, port: int, timeout: float = 30) -> Orthanc:
     proc = subprocess.Popen([ORTHANC, f"--logfile={log}", str(config)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT, start_new_session=True)
     orthanc = Orthanc(f"http://127.0.0.1:{port}", proc, log)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"Orthanc exited with {proc.returncode}; see {log}")
-        try:
-            if requests.get(orthanc.url + "/system", timeout=2).status_code == 200:
-                return orthanc
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    stop_orthanc(orthanc)
-    raise RuntimeError(f"Orthanc did not answer within {timeout} s; see {log}")
+    failure = wait_until_answering(proc, orthanc.url + "/system", timeout)
+    if failure:
+        stop_orthanc(orthanc)
+        raise RuntimeError(f"Orthanc {failure}; see {log}")
+    return orthanc
 
 
 def stop_orthanc(orthanc: Orthanc) -> None:
     """SIGTERM by PID (Orthanc stops cleanly in a few seconds), SIGKILL after 20 s."""
     stop_process(orthanc.proc)
-
-
-def stop_process(proc: subprocess.Popen, grace: float = 20) -> None:
-    """Stop a process started with ``start_new_session=True`` and all its children, by process group."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def upload_series(dicomweb_url: str, folders: list[Path]) -> int:
