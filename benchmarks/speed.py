@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import multiprocessing
-import os
-import platform
 import resource
 import shutil
 import statistics
@@ -46,7 +44,7 @@ from apps.slpt.baselines import full_finetune
 from apps.slpt.config import SLPTConfig
 from apps.slpt.data import image_id, load_phantom_pair, write_studies
 from apps.slpt.phantom import PhantomSpec, make_phantom, phantom_header
-from apps.slpt.reporting import write_report
+from apps.slpt.reporting import machine, write_report
 from apps.slpt.rounds import budget_plan
 from apps.slpt.scoring import embed_scan, organ_box, prompt_uncertainty
 from apps.slpt.selection import coreset_select, diversity_select, random_select, uncertain_diverse_select
@@ -92,16 +90,6 @@ QUICK = SpeedSettings(repeats=2, server_train={"max_epochs": 1, "iterations_per_
 
 def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device()),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "torch": torch.__version__,
-            "platform": platform.platform()}
 
 
 def _sync() -> None:
@@ -414,7 +402,7 @@ def markdown(r: dict) -> str:
 
 
 def run(s: SpeedSettings, backbone_dir: Path, log=lambda m: print(m, flush=True)) -> dict:
-    result = {"settings": dataclasses.asdict(s), "machine": machine()}
+    result = {"settings": dataclasses.asdict(s), "machine": machine(device())}
     t0 = time.perf_counter()
     result["scoring"] = measure_scoring(s, backbone_dir, log)
     result["training"] = measure_training(s, backbone_dir, log)
@@ -432,10 +420,13 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny setting: checks the pipeline, not speed")
     parser.add_argument("--no-server", action="store_true", help="skip the end-to-end server measurement")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--pool-sizes", type=int, nargs="+", help="scale: scoring pool sizes (default 100 300 1000)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = dataclasses.replace(QUICK if args.quick else SpeedSettings(), server=not args.no_server)
+    if args.pool_sizes:
+        settings = dataclasses.replace(settings, pool_sizes=tuple(args.pool_sizes))
     result = {**run(settings, args.backbone.resolve()), "quick": args.quick}
     write_report(args.out, result, markdown(result))
 

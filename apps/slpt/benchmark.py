@@ -38,8 +38,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -54,12 +52,12 @@ from .data import image_id, load_phantom_pair
 from .phantom import TUMOR_PREVALENCE, PhantomSpec, make_phantom
 from .postprocess import task_label
 from .prompts import parameter_report
-from .reporting import write_report
+from .reporting import machine, write_report
 from .rounds import budget_plan
 from .scoring import embed_scan, organ_box
 from .selection import coreset_select, diversity_select, random_select, top_select, uncertain_diverse_select
 from .splits import update_split
-from .tuning import build_model, dice_per_case, fit, predict, sliding_window
+from .tuning import build_model, dice_per_case, fit, model_device, predict, sliding_window
 from .uncertainty import dropout_enabled, ensemble, entropy, mc_dropout_probabilities, scan_uncertainty
 
 POOL_SEEDS = (700_000, 700_200)
@@ -203,16 +201,18 @@ class Benchmark:
         return cfg
 
     def model(self, method: str, cfg: SLPTConfig) -> torch.nn.Module:
+        """A fresh ``method`` model, on the backbone's device."""
         torch.manual_seed(cfg.seed)
         b, heads, width = self.backbone, cfg.head_stages, cfg.head_channels
-        return {
+        build = {
             "scratch": lambda: from_scratch(b, heads, cfg.seed, head_channels=width),
             "full_finetune": lambda: full_finetune(b, heads, head_channels=width),
             "head_only": lambda: head_only(b, heads, head_channels=width),
             "plain_prompts": lambda: build_plain_model(b, cfg),
             "slpt_k1": lambda: build_model(b, cfg),
             "slpt_k3": lambda: build_model(b, cfg),
-        }[method]()
+        }[method]
+        return build().to(model_device(b.network))
 
     def _pair(self, case: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return case["image"], case["label"].long()
@@ -255,7 +255,8 @@ class Benchmark:
 
     def trained_model(self, run: dict) -> torch.nn.Module:
         model = self.model(run["method"], self.config(run["method"], run["seed"]))
-        state = torch.load(self.cache / "runs" / f"{run['key']}.pt", weights_only=True)
+        state = torch.load(self.cache / "runs" / f"{run['key']}.pt", weights_only=True,
+                           map_location=model_device(model))
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith("backbone.") for k in missing):
             raise ValueError(f"cached model {run['key']} does not fit: missing {missing}, unexpected {unexpected}")
@@ -295,14 +296,14 @@ class Benchmark:
         model, cfg = self.trained_model(run), self.config(run["method"], run["seed"])
         out = {}
         for i in candidates:
-            crop = self.pool[i]["image"][(slice(None), *self.boxes[i])]
+            crop = self.pool[i]["image"][(slice(None), *self.boxes[i])].to(model_device(model))
             t = time.perf_counter()
             if mc:
                 out[str(i)] = {"mc_variance": mc_variance(model, crop, self.inferer, self.s.mc_samples,
                                                           seed=run["seed"] * 100_003 + i)}
                 self._time("score_mc_dropout", time.perf_counter() - t)
                 continue
-            probs, pu = ensemble(torch.as_tensor(self.inferer(crop[None], model)), model.num_prompts)
+            probs, pu = ensemble(torch.as_tensor(self.inferer(crop[None], model)).cpu(), model.num_prompts)
             label = task_label(probs[0]).numpy()
             out[str(i)] = {
                 "pu": scan_uncertainty(pu[0].numpy(), label, margin=cfg.uncertainty_margin,
@@ -388,7 +389,7 @@ class Benchmark:
             block["percent_of_full_data_slpt"] = 100.0 * block["dice_tumor"]["mean"] / reference if reference else None
         budget, round_size = budget_plan(len(self.pool), s.budget_fraction, s.rounds)
         return {
-            "settings": dataclasses.asdict(s), "backbone": self.backbone.identity, "machine": machine(),
+            "settings": dataclasses.asdict(s), "backbone": self.backbone.identity, "machine": machine(model_device(self.backbone.network)),
             "pool_size": len(self.pool), "test_size": len(self.test), "budget": budget, "round_size": round_size,
             "pool_types": type_counts([[c["tumor_type"] for c in self.pool]]),
             "test_types": type_counts([[c["tumor_type"] for c in self.test]]),
@@ -489,14 +490,6 @@ def bars(strategies: dict, methods: dict, full: dict) -> dict:
     return out
 
 
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": "cpu",
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "torch": torch.__version__}
-
-
-# -- report ------------------------------------------------------------------------------------------------
 def _ms(stat: dict) -> str:
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
@@ -701,8 +694,8 @@ def estimate(backbone: Backbone, full: BenchmarkSettings, log=print) -> dict:
     t = time.perf_counter()
     _emb, organ = embed_scan(backbone.network, image, SLPTConfig.embed_stage, backbone.labels.get("liver"))
     unit["embed"] = time.perf_counter() - t
-    crop = image[(slice(None), *organ_box(organ, image.shape[1:]))]
-    model = build_model(backbone, SLPTConfig())
+    crop = image[(slice(None), *organ_box(organ, image.shape[1:]))].to(model_device(backbone.network))
+    model = build_model(backbone, SLPTConfig()).to(crop.device)
     t = time.perf_counter()
     ensemble(torch.as_tensor(inferer(crop[None], model.eval())), model.num_prompts)
     unit["score"] = time.perf_counter() - t
@@ -735,10 +728,12 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny setting: checks the pipeline, not quality")
     parser.add_argument("--no-estimate", action="store_true", help="quick mode: skip timing the full run's units")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where training, inference and scoring run (default: cuda when available)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    backbone = load_backbone(args.backbone)
+    backbone = load_backbone(args.backbone, device=args.device)
     t0 = time.perf_counter()
     result = {**Benchmark(QUICK if args.quick else BenchmarkSettings(), backbone, args.out).run(), "quick": args.quick}
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)

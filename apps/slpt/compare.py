@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import functools
 import json
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from .config import SLPTConfig
 from .data import image_id, load_phantom_pair
 from .phantom import make_phantom, phantom_header
 from .prompts import parameter_report
-from .reporting import write_report
+from .reporting import machine, write_report
 from .splits import update_split
 from .tuning import build_model, evaluate, fit, sliding_window
 
@@ -67,29 +68,56 @@ def _train_and_test(name, model, cfg, train, val, test, inferer, log):
     return {**metrics, "train_seconds": round(seconds, 1), **parameter_report(model)}
 
 
-def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(print, flush=True)) -> dict:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    backbone = load_backbone(backbone_dir)
-    pool = np.random.default_rng(SELECTION_SEED).choice(np.arange(*LABELLED_POOL), settings.n_labelled, replace=False)
-    labelled = _pairs(sorted(int(s) for s in pool), backbone.preprocessing)
-    test = list(_pairs(range(*settings.test_seeds), backbone.preprocessing).values())
-    inferer = sliding_window(backbone.roi_size)
-    base = SLPTConfig(epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch)
+@functools.lru_cache(maxsize=1)
+def _data(n_labelled: int, test_seeds: tuple[int, int], backbone_dir: str, device: str):
+    """Backbone, labelled scans and test scans, built once per process."""
+    backbone = load_backbone(backbone_dir, device=device)
+    labelled = _pairs(_labelled_seeds(n_labelled), backbone.preprocessing)
+    test = list(_pairs(range(*test_seeds), backbone.preprocessing).values())
+    return backbone, labelled, test
 
-    runs = []
-    for seed in settings.run_seeds:
-        cfg = dataclasses.replace(base, seed=seed)
-        split = update_split(labelled, {}, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans, seed)
-        train = [labelled[i] for i, side in sorted(split.items()) if side == "train"]
-        val = [labelled[i] for i, side in sorted(split.items()) if side == "val"]
-        torch.manual_seed(seed)
-        slpt = _train_and_test("slpt", build_model(backbone, cfg), cfg, train, val, test, inferer, log)
-        torch.manual_seed(seed)
-        ft_cfg = dataclasses.replace(cfg, learning_rate=settings.finetune_learning_rate, diversity_weight=0.0)
-        ft = _train_and_test("finetune", full_finetune(backbone, cfg.head_stages, head_channels=cfg.head_channels), ft_cfg, train, val, test,
-                             inferer, log)
-        runs.append({"seed": seed, "train_size": len(train), "val_size": len(val), "slpt": slpt, "full_finetune": ft})
-        log(json.dumps(runs[-1]))
+
+def _labelled_seeds(n_labelled: int) -> list[int]:
+    pool = np.random.default_rng(SELECTION_SEED).choice(np.arange(*LABELLED_POOL), n_labelled, replace=False)
+    return sorted(int(s) for s in pool)
+
+
+def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: str, base: SLPTConfig, log) -> dict:
+    """Both methods on one seed's split of the labelled scans."""
+    backbone, labelled, test = _data(settings.n_labelled, tuple(settings.test_seeds), backbone_dir, device)
+    inferer = sliding_window(backbone.roi_size)
+    cfg = dataclasses.replace(base, seed=seed)
+    split = update_split(labelled, {}, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans, seed)
+    train = [labelled[i] for i, side in sorted(split.items()) if side == "train"]
+    val = [labelled[i] for i, side in sorted(split.items()) if side == "val"]
+    torch.manual_seed(seed)
+    slpt = _train_and_test("slpt", build_model(backbone, cfg).to(device), cfg, train, val, test, inferer, log)
+    torch.manual_seed(seed)
+    ft_cfg = dataclasses.replace(cfg, learning_rate=settings.finetune_learning_rate, diversity_weight=0.0)
+    ft_model = full_finetune(backbone, cfg.head_stages, head_channels=cfg.head_channels).to(device)
+    ft = _train_and_test("finetune", ft_model, ft_cfg, train, val, test, inferer, log)
+    run = {"seed": seed, "train_size": len(train), "val_size": len(val), "slpt": slpt, "full_finetune": ft}
+    log(json.dumps(run))
+    return run
+
+
+def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(print, flush=True),
+        device: str = "cpu", overrides: dict | None = None, workers: int = 1) -> dict:
+    """``overrides``: ``SLPTConfig`` fields to use instead of the app's defaults (for both methods);
+    ``workers``: seeds run at once, each in its own process (CUDA cannot be forked)."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    base = SLPTConfig(epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch)
+    base = base.with_overrides(**(overrides or {}))
+    job = functools.partial(_run_seed, settings=settings, backbone_dir=str(backbone_dir), device=device, base=base,
+                            log=log)
+    if workers > 1:
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(settings.run_seeds))) as pool:
+            runs = pool.map(job, settings.run_seeds)
+    else:
+        runs = [job(seed) for seed in settings.run_seeds]
+    backbone = load_backbone(backbone_dir)
+    labelled = [image_id(s) for s in _labelled_seeds(settings.n_labelled)]
+    test_size = settings.test_seeds[1] - settings.test_seeds[0]
 
     def stat(method, key):
         values = [r[method][key] for r in runs]
@@ -97,9 +125,10 @@ def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(pri
 
     summary = {m: {k: stat(m, k) for k in ("dice_tumor", "dice_liver", "train_seconds",
                                            "trainable_percent_of_backbone")} for m in ("slpt", "full_finetune")}
-    return {"settings": dataclasses.asdict(settings), "labelled": sorted(labelled), "test_size": len(test),
+    return {"settings": dataclasses.asdict(settings), "labelled": labelled, "test_size": test_size,
             "tumour_free_test_cases": tumour_free_cases(settings.test_seeds),
-            "backbone": backbone.identity, "slpt_config": base.to_dict(), "runs": runs, "summary": summary}
+            "backbone": backbone.identity, "slpt_config": base.to_dict(), "overrides": overrides or {},
+            "machine": machine(device), "runs": runs, "summary": summary}
 
 
 def tumour_free_cases(test_seeds: tuple[int, int]) -> int:
@@ -119,13 +148,17 @@ def markdown(result: dict) -> str:
                     f"{m['dice_liver']['mean']:.4f} ± {m['dice_liver']['std']:.4f} | "
                     f"{m['trainable_percent_of_backbone']['mean']:.2f} | {m['train_seconds']['mean']:.0f} |")
     verdict = s["slpt"]["dice_tumor"]["mean"] >= s["full_finetune"]["dice_tumor"]["mean"]
-    cfg = result["settings"]
+    cfg, slpt_cfg = result["settings"], result["slpt_config"]
     return "\n".join([
         "# SLPT vs full fine-tuning (written by `python -m apps.slpt.compare`)",
         "",
         f"{cfg['n_labelled']} labelled phantoms (fixed random pick), {result['test_size']} held-out test phantoms, "
-        f"seeds {cfg['run_seeds']}, {cfg['epochs']} epochs x {cfg['iterations_per_epoch']} steps, "
-        "best epoch chosen on the fixed validation split of the labelled scans. Mean ± std over seeds.",
+        f"seeds {cfg['run_seeds']}, {slpt_cfg['epochs']} epochs x {slpt_cfg['iterations_per_epoch']} steps, "
+        "best epoch chosen on the fixed validation split of the labelled scans. Mean ± std over seeds. "
+        f"Run on {result['machine']['device']} ({result['machine']['gpu'] or result['machine']['cpu']}).",
+        "",
+        f"SLPT settings differing from the app's defaults: {json.dumps(result['overrides'])}."
+        if result["overrides"] else "SLPT settings: the app's defaults.",
         "",
         *rows,
         "",
@@ -147,8 +180,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder for result.json and result.md")
     parser.add_argument("--backbone", type=Path, default=Path("models/backbone"))
     parser.add_argument("--quick", action="store_true", help="tiny setting: checks the pipeline, not quality")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, default=1, help="seeds run at once, each in its own process")
+    parser.add_argument("--set", dest="overrides", type=json.loads, default={},
+                        help='JSON object of SLPTConfig fields replacing the app defaults, e.g. \'{"epochs": 120}\'')
     args = parser.parse_args(argv)
-    result = {**run(QUICK if args.quick else CompareSettings(), args.backbone), "quick": args.quick}
+    result = {**run(QUICK if args.quick else CompareSettings(), args.backbone, device=args.device,
+                    overrides=args.overrides, workers=args.workers), "quick": args.quick}
     write_report(args.out, result, markdown(result))
 
 

@@ -8,14 +8,21 @@ is the training length). One JSON line per evaluation goes to stdout:
 
     python -m apps.slpt.explore '[{"name": "default"}, {"name": "ft", "method": "ft"}]'
     python -m apps.slpt.explore '[{"name": "all stages", "stages": ["down_layers.0", ..., "up_layers.2"]}]'
+    python -m apps.slpt.explore "$(cat variants.json)" --workers 8 --device cuda > rows.jsonl
+    python -m apps.slpt.explore --pick rows.jsonl       # the rule in :func:`pick`, as JSON overrides
+
+A variant named ``name@seed`` with a ``seed`` field is one seed of ``name``; :func:`pick` averages them.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import multiprocessing
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,8 +50,10 @@ def _case_rows(model, val, types, inferer) -> list[dict]:
     return rows
 
 
-def run(variants: list[dict], n_val: int, backbone_dir: str) -> None:
-    backbone = load_backbone(backbone_dir)
+@functools.lru_cache(maxsize=1)
+def _data(n_val: int, backbone_dir: str, device: str):
+    """Backbone, training split and validation phantoms, built once per process."""
+    backbone = load_backbone(backbone_dir, device=device)
     pool = np.random.default_rng(SELECTION_SEED).choice(np.arange(*LABELLED_POOL), 10, replace=False)
     labelled = {image_id(int(s)): load_phantom_pair(make_phantom(int(s)), backbone.preprocessing, target="task")
                 for s in sorted(pool)}
@@ -53,42 +62,92 @@ def run(variants: list[dict], n_val: int, backbone_dir: str) -> None:
     seeds = range(VALIDATION_FIRST_SEED, VALIDATION_FIRST_SEED + n_val)
     val = [load_phantom_pair(make_phantom(s), backbone.preprocessing, target="task") for s in seeds]
     types = [phantom_header(s)["tumor_type"] for s in seeds]
+    return backbone, train, val, types
+
+
+def run_variant(variant: dict, n_val: int, backbone_dir: str, device: str = "cpu") -> list[dict]:
+    """Train one variant; one row per evaluation epoch (also printed as it comes)."""
+    torch.set_num_threads(1 if device != "cpu" else torch.get_num_threads())  # workers share the CPU cores
+    backbone, train, val, types = _data(n_val, backbone_dir, device)
     inferer = sliding_window(backbone.roi_size)
-    for variant in variants:
-        variant = dict(variant)
-        name, method, evals = variant.pop("name"), variant.pop("method", "slpt"), variant.pop("evals", [30, 60])
-        cfg = dataclasses.replace(SLPTConfig(epochs=max(evals), val_interval=10**6), **variant)
-        torch.manual_seed(cfg.seed)
-        if method == "ft":
-            model = full_finetune(backbone, cfg.head_stages, head_channels=cfg.head_channels)
-            cfg = dataclasses.replace(cfg, learning_rate=1e-3, diversity_weight=0.0)  # as compare does
-        else:
-            model = build_model(backbone, cfg)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        start = time.time()
+    variant = dict(variant)
+    name, method, evals = variant.pop("name"), variant.pop("method", "slpt"), variant.pop("evals", [30, 60])
+    cfg = dataclasses.replace(SLPTConfig(epochs=max(evals), val_interval=10**6), **variant)
+    torch.manual_seed(cfg.seed)
+    if method == "ft":
+        model = full_finetune(backbone, cfg.head_stages, head_channels=cfg.head_channels)
+        cfg = dataclasses.replace(cfg, learning_rate=1e-3, diversity_weight=0.0)  # as compare does
+    else:
+        model = build_model(backbone, cfg)
+    model = model.to(device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    start, rows = time.time(), []
 
-        def report(epoch_report, model=model, name=name, trainable=trainable, start=start):
-            if epoch_report.epoch not in evals:
-                return
-            rows = _case_rows(model, val, types, inferer)
-            overlap = sum(r["overlap"] for r in rows)
-            total = sum(r["predicted"] + r["true"] for r in rows)
-            print(json.dumps({"name": name, "epoch": epoch_report.epoch, "trainable": trainable,
-                              "seconds": round(time.time() - start), "loss": round(epoch_report.loss, 4),
-                              "tumour_dice_per_case": round(float(np.mean([r["dice"] for r in rows])), 4),
-                              "tumour_dice_global": round(2 * overlap / max(total, 1), 4), "cases": rows}),
-                  flush=True)
+    def report(epoch_report):
+        if epoch_report.epoch not in evals:
+            return
+        cases = _case_rows(model, val, types, inferer)
+        overlap = sum(r["overlap"] for r in cases)
+        total = sum(r["predicted"] + r["true"] for r in cases)
+        rows.append({"name": name, "method": method, "overrides": variant, "epoch": epoch_report.epoch,
+                     "final": epoch_report.epoch == cfg.epochs, "trainable": trainable,
+                     "seconds": round(time.time() - start), "loss": round(epoch_report.loss, 4),
+                     "tumour_dice_per_case": round(float(np.mean([r["dice"] for r in cases])), 4),
+                     "tumour_dice_global": round(2 * overlap / max(total, 1), 4), "cases": cases})
+        print(json.dumps(rows[-1]), flush=True)
 
-        fit(model, train, [], cfg, inferer, on_epoch=report, log=lambda message: None)
+    fit(model, train, [], cfg, inferer, on_epoch=report, log=lambda message: None)
+    return rows
+
+
+def run(variants: list[dict], n_val: int, backbone_dir: str, device: str = "cpu", workers: int = 1) -> list[dict]:
+    """All variants, ``workers`` at a time (fresh processes: CUDA cannot be forked)."""
+    if workers <= 1:
+        return [row for v in variants for row in run_variant(v, n_val, backbone_dir, device)]
+    job = functools.partial(run_variant, n_val=n_val, backbone_dir=backbone_dir, device=device)
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        return [row for rows in pool.imap_unordered(job, variants) for row in rows]
+
+
+def pick(rows: list[dict]) -> dict:
+    """The rule for choosing a default, fixed before looking: among SLPT variants (``name`` without its
+    ``@seed`` suffix) that finished seed 0, the highest final-epoch validation tumour Dice per case, averaged
+    over the seeds all of them finished; ties go to the higher global Dice. Returns its overrides with
+    ``epochs`` made explicit."""
+    final = [r for r in rows if r["final"] and r["method"] == "slpt"]
+    by_name: dict[str, dict[int, dict]] = {}
+    for r in final:
+        by_name.setdefault(r["name"].split("@")[0], {})[r["overrides"].get("seed", 0)] = r
+    by_name = {n: runs for n, runs in by_name.items() if 0 in runs}  # a variant counts once seed 0 finished
+    if not by_name:
+        raise ValueError("no SLPT variant finished seed 0")
+    seeds = set.intersection(*(set(v) for v in by_name.values()))  # seeds every counted variant finished
+
+    def score(runs):
+        return (np.mean([runs[s]["tumour_dice_per_case"] for s in seeds]),
+                np.mean([runs[s]["tumour_dice_global"] for s in seeds]))
+
+    best = max(by_name, key=lambda n: score(by_name[n]))
+    any_run = next(iter(by_name[best].values()))
+    overrides = {k: v for k, v in any_run["overrides"].items() if k != "seed"}
+    return {"name": best, "seeds": sorted(seeds), "score": [float(x) for x in score(by_name[best])],
+            "overrides": {**overrides, "epochs": any_run["epoch"]}}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variants", help="JSON list of variants")
+    parser.add_argument("variants", nargs="?", default="[]", help="JSON list of variants")
     parser.add_argument("--val", type=int, default=12, help="validation phantoms (seeds 600000 onwards)")
     parser.add_argument("--backbone", default="models/backbone")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workers", type=int, default=1, help="variants trained at once, each in its own process")
+    parser.add_argument("--pick", type=Path, help="instead of training: read rows (JSON lines) and print the pick")
     args = parser.parse_args(argv)
-    run(json.loads(args.variants), args.val, args.backbone)
+    if args.pick:
+        rows = [json.loads(line) for line in args.pick.read_text().splitlines() if line.startswith("{")]
+        print(json.dumps(pick(rows)))
+        return
+    run(json.loads(args.variants), args.val, args.backbone, args.device, args.workers)
 
 
 if __name__ == "__main__":

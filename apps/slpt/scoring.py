@@ -52,7 +52,7 @@ def embed_scan(
         ``(embedding [3 * C], organ mask [*S] bool or None)``: the bottleneck's mean and standard deviation
         inside the organ, and its mean over the whole scan.
     """
-    x = image[None].float()
+    x = image[None].float().to(next(network.parameters()).device)
     factor = max(1.0, (x[0, 0].numel() / max_voxels) ** (1 / 3))
     if factor > 1.0:
         x = F.interpolate(x, scale_factor=1 / factor, mode="trilinear", align_corners=False)
@@ -68,7 +68,7 @@ def embed_scan(
     logits = logits[(..., *[slice(0, s) for s in spatial])]
     feature = captured["feature"][0]  # [C, *s]
     organ = None
-    weights = torch.ones(feature.shape[1:])
+    weights = torch.ones(feature.shape[1:], device=feature.device)
     if organ_channel is not None:
         organ_small = logits[0].argmax(0) == organ_channel
         if organ_small.any():
@@ -97,7 +97,7 @@ def prompt_uncertainty(
 ) -> float:
     """Per-scan prompt-based uncertainty of ``image [1, *S]`` computed on ``box`` only."""
     model.eval()
-    crop = image[(slice(None), *box)]
+    crop = image[(slice(None), *box)].to(next(model.parameters()).device)
     logits = inferer(crop[None], model)
     probs, pu = ensemble(torch.as_tensor(logits), model.num_prompts)
     label = task_label(probs[0].cpu()).numpy()

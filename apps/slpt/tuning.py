@@ -19,6 +19,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
 from monai.transforms import RandCropByLabelClasses, SpatialPad
+from monai.transforms.utils import map_classes_to_indices
 
 from .backbone import Backbone
 from .checkpoints import load_into
@@ -127,6 +128,8 @@ class PatchSampler:
             raise ValueError("no labelled scans to train on")
         pad = SpatialPad([patch_size] * 3)
         self.stacks = [pad(torch.cat([img, lab.float()])) for img, lab in pairs]
+        # The voxels of each class, found once per scan rather than once per patch.
+        self.indices = [map_classes_to_indices(stack[1:].long(), num_classes=3) for stack in self.stacks]
         self.crop = RandCropByLabelClasses([patch_size] * 3, ratios=[1, 1, tumour_ratio], num_classes=3,
                                            num_samples=1, warn=False)
         self.rng = rng
@@ -134,11 +137,17 @@ class PatchSampler:
     def __call__(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         patches = []
         for _ in range(batch_size):
-            stack = self.stacks[self.rng.integers(len(self.stacks))]
+            n = self.rng.integers(len(self.stacks))
+            stack = self.stacks[n]
             self.crop.set_random_state(int(self.rng.integers(2**31)))
-            patches.append(torch.as_tensor(self.crop(stack, label=stack[1:].long())[0]))
+            patches.append(torch.as_tensor(self.crop(stack, label=stack[1:].long(), indices=self.indices[n])[0]))
         batch = torch.stack(patches)
         return batch[:, :1].float(), batch[:, 1:].round().long()
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model`` runs: inputs are moved there, results come back to the CPU."""
+    return next(model.parameters()).device
 
 
 def sliding_window(roi_size, overlap: float = 0.25) -> SlidingWindowInferer:
@@ -149,9 +158,9 @@ def sliding_window(roi_size, overlap: float = 0.25) -> SlidingWindowInferer:
 def predict(model: PromptedSegmenter, image: torch.Tensor, inferer: Inferer) -> tuple[torch.Tensor, torch.Tensor]:
     """``image [1, *S]`` -> ``(ensemble probabilities [C, *S], PU map [*S])``."""
     model.eval()
-    logits = inferer(image[None], model)
+    logits = inferer(image[None].to(model_device(model)), model)
     probs, pu = ensemble(torch.as_tensor(logits), model.num_prompts)
-    return probs[0], pu[0]
+    return probs[0].cpu(), pu[0].cpu()
 
 
 def dice_per_case(prediction: torch.Tensor, label: torch.Tensor, num_classes: int = 3) -> torch.Tensor:
@@ -213,6 +222,9 @@ def fit(
     log(format_parameter_report(parameter_report(model)))
     optimizer = optimizer or prompt_optimizer(model, cfg)
     seg_loss = seg_loss or task_loss(cfg)
+    device = model_device(model)  # patches are cut on the CPU and trained on wherever the model is
+    if isinstance(seg_loss, torch.nn.Module):
+        seg_loss = seg_loss.to(device)  # its class weights
     steps = cfg.epochs * cfg.iterations_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate, total_steps=steps,
                                                     pct_start=0.1)
@@ -225,7 +237,8 @@ def fit(
         losses, segs, divs = [], [], []
         for _ in range(cfg.iterations_per_epoch):
             x, y = sampler(cfg.batch_size)
-            logits = model.forward_views(augmented_views(x, model.num_prompts, rng))
+            logits = model.forward_views(augmented_views(x, model.num_prompts, rng).to(device))
+            y = y.to(device)
             loss, parts = dvpt_loss(logits, y, model.num_prompts, seg_loss, cfg.diversity_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
