@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import functools
 import json
-import multiprocessing
 import time
 from pathlib import Path
 
@@ -102,19 +101,12 @@ def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: s
 
 
 def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(print, flush=True),
-        device: str = "cpu", overrides: dict | None = None, workers: int = 1) -> dict:
-    """``overrides``: ``SLPTConfig`` fields to use instead of the app's defaults (for both methods);
-    ``workers``: seeds run at once, each in its own process (CUDA cannot be forked)."""
+        device: str = "cpu", overrides: dict | None = None) -> dict:
+    """``overrides``: ``SLPTConfig`` fields to use instead of the app's defaults (for both methods)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base = SLPTConfig(epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch)
     base = base.with_overrides(**(overrides or {}))
-    job = functools.partial(_run_seed, settings=settings, backbone_dir=str(backbone_dir), device=device, base=base,
-                            log=log)
-    if workers > 1:
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(settings.run_seeds))) as pool:
-            runs = pool.map(job, settings.run_seeds)
-    else:
-        runs = [job(seed) for seed in settings.run_seeds]
+    runs = [_run_seed(seed, settings, str(backbone_dir), device, base, log) for seed in settings.run_seeds]
     backbone = load_backbone(backbone_dir)
     labelled = [image_id(s) for s in _labelled_seeds(settings.n_labelled)]
     test_size = settings.test_seeds[1] - settings.test_seeds[0]
@@ -181,12 +173,11 @@ def main(argv=None) -> None:
     parser.add_argument("--backbone", type=Path, default=Path("models/backbone"))
     parser.add_argument("--quick", action="store_true", help="tiny setting: checks the pipeline, not quality")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workers", type=int, default=1, help="seeds run at once, each in its own process")
     parser.add_argument("--set", dest="overrides", type=json.loads, default={},
                         help='JSON object of SLPTConfig fields replacing the app defaults, e.g. \'{"epochs": 120}\'')
     args = parser.parse_args(argv)
     result = {**run(QUICK if args.quick else CompareSettings(), args.backbone, device=args.device,
-                    overrides=args.overrides, workers=args.workers), "quick": args.quick}
+                    overrides=args.overrides), "quick": args.quick}
     write_report(args.out, result, markdown(result))
 
 

@@ -8,7 +8,7 @@ is the training length). One JSON line per evaluation goes to stdout:
 
     python -m apps.slpt.explore '[{"name": "default"}, {"name": "ft", "method": "ft"}]'
     python -m apps.slpt.explore '[{"name": "all stages", "stages": ["down_layers.0", ..., "up_layers.2"]}]'
-    python -m apps.slpt.explore "$(cat variants.json)" --workers 8 --device cuda > rows.jsonl
+    python -m apps.slpt.explore "$(cat variants.json)" --device cuda > rows.jsonl
     python -m apps.slpt.explore --pick rows.jsonl       # the rule in :func:`pick`, as JSON overrides
 
 A variant named ``name@seed`` with a ``seed`` field is one seed of ``name``; :func:`pick` averages them.
@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import multiprocessing
 import time
 from pathlib import Path
 
@@ -67,7 +66,6 @@ def _data(n_val: int, backbone_dir: str, device: str):
 
 def run_variant(variant: dict, n_val: int, backbone_dir: str, device: str = "cpu") -> list[dict]:
     """Train one variant; one row per evaluation epoch (also printed as it comes)."""
-    torch.set_num_threads(1 if device != "cpu" else torch.get_num_threads())  # workers share the CPU cores
     backbone, train, val, types = _data(n_val, backbone_dir, device)
     inferer = sliding_window(backbone.roi_size)
     variant = dict(variant)
@@ -100,13 +98,10 @@ def run_variant(variant: dict, n_val: int, backbone_dir: str, device: str = "cpu
     return rows
 
 
-def run(variants: list[dict], n_val: int, backbone_dir: str, device: str = "cpu", workers: int = 1) -> list[dict]:
-    """All variants, ``workers`` at a time (fresh processes: CUDA cannot be forked)."""
-    if workers <= 1:
-        return [row for v in variants for row in run_variant(v, n_val, backbone_dir, device)]
-    job = functools.partial(run_variant, n_val=n_val, backbone_dir=backbone_dir, device=device)
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        return [row for rows in pool.imap_unordered(job, variants) for row in rows]
+def run(variants: list[dict], n_val: int, backbone_dir: str, device: str = "cpu") -> list[dict]:
+    """All variants, one after another: on a GPU a training step is launch-bound, and processes sharing
+    the GPU slowed each other down eightfold (benchmarks/gpu_session.sh)."""
+    return [row for v in variants for row in run_variant(v, n_val, backbone_dir, device)]
 
 
 def pick(rows: list[dict]) -> dict:
@@ -140,14 +135,13 @@ def main(argv=None) -> None:
     parser.add_argument("--val", type=int, default=12, help="validation phantoms (seeds 600000 onwards)")
     parser.add_argument("--backbone", default="models/backbone")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workers", type=int, default=1, help="variants trained at once, each in its own process")
     parser.add_argument("--pick", type=Path, help="instead of training: read rows (JSON lines) and print the pick")
     args = parser.parse_args(argv)
     if args.pick:
         rows = [json.loads(line) for line in args.pick.read_text().splitlines() if line.startswith("{")]
         print(json.dumps(pick(rows)))
         return
-    run(json.loads(args.variants), args.val, args.backbone, args.device, args.workers)
+    run(json.loads(args.variants), args.val, args.backbone, args.device)
 
 
 if __name__ == "__main__":

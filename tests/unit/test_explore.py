@@ -1,0 +1,31 @@
+"""The rule that picks a default from exploration rows (apps.slpt.explore.pick), on hand-made rows."""
+
+import pytest
+
+from apps.slpt.explore import pick
+
+
+def row(name, seed, per_case, global_=0.0, epoch=60, final=True, method="slpt", **overrides):
+    return {"name": f"{name}@{seed}", "method": method, "overrides": {**overrides, "seed": seed}, "epoch": epoch,
+            "final": final, "tumour_dice_per_case": per_case, "tumour_dice_global": global_}
+
+
+def test_pick_averages_the_seeds_every_variant_finished():
+    rows = [row("a", 0, 0.30), row("a", 1, 0.00),  # mean 0.15
+            row("b", 0, 0.20, hidden_ratio=1.0), row("b", 1, 0.20, hidden_ratio=1.0)]  # mean 0.20
+    chosen = pick(rows)
+    assert chosen["name"] == "b" and chosen["seeds"] == [0, 1]
+    assert chosen["overrides"] == {"hidden_ratio": 1.0, "epochs": 60}  # the seed is not a setting
+
+
+def test_pick_ignores_full_finetuning_unfinished_runs_and_missing_seed_0():
+    rows = [row("slow", 0, 0.90, epoch=20, final=False), row("ft", 0, 0.99, method="ft"),
+            row("late", 1, 0.95), row("a", 0, 0.10), row("a", 1, 0.10)]
+    chosen = pick(rows)
+    assert chosen["name"] == "a" and chosen["seeds"] == [0, 1]
+
+
+def test_pick_uses_global_dice_to_break_ties_and_refuses_an_empty_table():
+    assert pick([row("a", 0, 0.1, 0.2), row("b", 0, 0.1, 0.3)])["name"] == "b"
+    with pytest.raises(ValueError, match="seed 0"):
+        pick([row("ft", 0, 0.5, method="ft")])
