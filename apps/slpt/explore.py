@@ -10,6 +10,7 @@ is the training length). One JSON line per evaluation goes to stdout:
     python -m apps.slpt.explore '[{"name": "all stages", "stages": ["down_layers.0", ..., "up_layers.2"]}]'
     python -m apps.slpt.explore "$(cat variants.json)" --device cuda > rows.jsonl
     python -m apps.slpt.explore --pick rows.jsonl       # the rule in :func:`pick`, as JSON overrides
+    python -m apps.slpt.explore --table rows.jsonl      # the rows and the pick as markdown
 
 A variant named ``name@seed`` with a ``seed`` field is one seed of ``name``; :func:`pick` averages them.
 """
@@ -129,6 +130,25 @@ def pick(rows: list[dict]) -> dict:
             "overrides": {**overrides, "epochs": any_run["epoch"]}}
 
 
+def table(rows: list[dict]) -> str:
+    """Markdown: every evaluation row, and the pick by :func:`pick` when there is one."""
+    lines = ["| variant | epoch | trainable | tumour Dice per case | global tumour Dice | tumour cases with a true positive |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        tumour_cases = [c for c in r["cases"] if c["true"]]
+        hits = sum(c["overlap"] > 0 for c in tumour_cases)
+        lines.append(f"| {r['name']} ({r['method']}) | {r['epoch']}{'' if r['final'] else ' (not final)'} | "
+                     f"{r['trainable']:,} | {r['tumour_dice_per_case']:.4f} | {r['tumour_dice_global']:.4f} | "
+                     f"{hits} of {len(tumour_cases)} |")
+    try:
+        chosen = pick(rows)
+        lines += ["", f"Pick (rule in `apps.slpt.explore.pick`): **{chosen['name']}**, overrides "
+                      f"`{json.dumps(chosen['overrides'])}`, seeds {chosen['seeds']}."]
+    except ValueError as e:
+        lines += ["", f"No pick: {e}."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("variants", nargs="?", default="[]", help="JSON list of variants")
@@ -136,10 +156,11 @@ def main(argv=None) -> None:
     parser.add_argument("--backbone", default="models/backbone")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--pick", type=Path, help="instead of training: read rows (JSON lines) and print the pick")
+    parser.add_argument("--table", type=Path, help="instead of training: read rows and print them as markdown")
     args = parser.parse_args(argv)
-    if args.pick:
-        rows = [json.loads(line) for line in args.pick.read_text().splitlines() if line.startswith("{")]
-        print(json.dumps(pick(rows)))
+    if args.pick or args.table:
+        rows = [json.loads(line) for line in (args.pick or args.table).read_text().splitlines() if line.startswith("{")]
+        print(table(rows) if args.table else json.dumps(pick(rows)))
         return
     run(json.loads(args.variants), args.val, args.backbone, args.device)
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from apps.slpt.backbone import load_backbone
-from apps.slpt.benchmark import METHODS, QUICK, STRATEGIES, Benchmark, write_outputs
+from apps.slpt.benchmark import METHODS, QUICK, STRATEGIES, Benchmark
+from apps.slpt.benchmark_report import write_outputs
 from benchmarks import speed
 
 

@@ -209,6 +209,16 @@ def test_annotation_loop_in_ohif(chain, driver, tmp_path):
         time.sleep(1)  # let the overlay draw before the picture
         ui.snapshot("suggested-study-with-slpt-overlay.png")
 
+    # Read before saving: saving B completes the round, and the training it starts may replace the checkpoint.
+    with step("what slpt sent the browser for B (its /infer answer, from Chromium's network log)", log):
+        assert server.get("/info/").json()["models"]["slpt"]["prompt_checkpoint"]["version"] == version
+        predicted = infer_answer(driver, tmp_path / "pred.nrrd")
+        if predicted is None:  # the same checkpoint answers the same again, just slower
+            r = server.post(f"/infer/slpt?image={b}&output=image")
+            assert r.status_code == 200, r.text
+            (tmp_path / "pred.nii.gz").write_bytes(r.content)
+            predicted = np.asarray(nib.load(tmp_path / "pred.nii.gz").dataobj).astype(np.uint8)
+
     with step("one tumour brush stroke across the axial view", log):
         from selenium.webdriver.common.action_chains import ActionChains
 
@@ -224,15 +234,6 @@ def test_annotation_loop_in_ohif(chain, driver, tmp_path):
                 timeout=120)
         assert ui.text("slpt-status").startswith(f"Saved as final label of series {b}"), ui.text("slpt-status")
         ui.snapshot("saved-label.png")
-
-    with step("what slpt sent the browser for B (its /infer answer, from Chromium's network log)", log):
-        assert server.get("/info/").json()["models"]["slpt"]["prompt_checkpoint"]["version"] == version
-        predicted = infer_answer(driver, tmp_path / "pred.nrrd")
-        if predicted is None:  # the same checkpoint answers the same again, just slower
-            r = server.post(f"/infer/slpt?image={b}&output=image")
-            assert r.status_code == 200, r.text
-            (tmp_path / "pred.nii.gz").write_bytes(r.content)
-            predicted = np.asarray(nib.load(tmp_path / "pred.nii.gz").dataobj).astype(np.uint8)
 
     with step("the API and the PACS have B's label, with the browser's values", log):
         stats = server.get("/info/").json()["slpt"]["datastore"]

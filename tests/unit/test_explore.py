@@ -2,7 +2,7 @@
 
 import pytest
 
-from apps.slpt.explore import pick
+from apps.slpt.explore import pick, table
 
 
 def row(name, seed, per_case, global_=0.0, epoch=60, final=True, method="slpt", **overrides):
@@ -29,3 +29,11 @@ def test_pick_uses_global_dice_to_break_ties_and_refuses_an_empty_table():
     assert pick([row("a", 0, 0.1, 0.2), row("b", 0, 0.1, 0.3)])["name"] == "b"
     with pytest.raises(ValueError, match="seed 0"):
         pick([row("ft", 0, 0.5, method="ft")])
+
+
+def test_table_counts_tumour_cases_found_and_names_the_pick():
+    cases = [{"true": 10, "overlap": 3}, {"true": 10, "overlap": 0}, {"true": 0, "overlap": 0}]
+    rows = [dict(row("a", 0, 0.25, 0.5), trainable=1234, cases=cases)]
+    text = table(rows)
+    assert "| a@0 (slpt) | 60 | 1,234 | 0.2500 | 0.5000 | 1 of 2 |" in text
+    assert "**a**" in text

@@ -1,0 +1,237 @@
+"""The label-efficiency benchmark's numbers and pictures: per-model summaries, mean ± std over seeds, the
+issue's bars, the markdown table, the learning curve and the grid of test predictions.
+
+Everything here reads the result dictionary that :class:`apps.slpt.benchmark.Benchmark` builds, so a
+table can be redrawn from ``result.json`` without training anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .phantom import TUMOR_PREVALENCE
+from .reporting import write_report
+
+
+def summarise_cases(cases: list[dict]) -> dict:
+    """Mean per-case Dice, global tumour Dice and mean tumour Dice per tumour type of one trained model."""
+    inter = sum(c["tumor_intersection"] for c in cases)
+    size = sum(c["tumor_predicted"] + c["tumor_true"] for c in cases)
+    per_type = {}
+    for kind in TUMOR_PREVALENCE:
+        values = [c["dice_tumor"] for c in cases if c["tumor_type"] == kind]
+        if values:
+            per_type[kind] = float(np.mean(values))
+    return {"dice_tumor": float(np.mean([c["dice_tumor"] for c in cases])),
+            "dice_tumor_global": 2.0 * inter / size if size else 1.0,
+            "dice_liver": float(np.mean([c["dice_liver"] for c in cases])), "dice_tumor_per_type": per_type}
+
+
+def _stat(values) -> dict:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": [float(v) for v in values]}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Mean ± std over seeds of one (strategy or method, budget) cell."""
+    types = sorted({k for r in runs for k in r["dice_tumor_per_type"]}, key=list(TUMOR_PREVALENCE).index)
+    return {
+        "seeds": [r["seed"] for r in runs],
+        **{k: _stat([r[k] for r in runs]) for k in ("dice_tumor", "dice_tumor_global", "dice_liver", "train_seconds")},
+        "dice_tumor_per_type": {t: _stat([r["dice_tumor_per_type"][t] for r in runs if t in r["dice_tumor_per_type"]])
+                                for t in types},
+        "trainable_percent_of_backbone": runs[0]["parameters"]["trainable_percent_of_backbone"],
+        "runs": [r["key"] for r in runs],
+    }
+
+
+def type_counts(groups: list[list[str]]) -> dict[str, float]:
+    """Mean count of each tumour type over groups (e.g. the scans one strategy picked, per seed)."""
+    return {t: float(np.mean([g.count(t) for g in groups])) for t in TUMOR_PREVALENCE}
+
+
+def bars(strategies: dict, methods: dict, full: dict) -> dict:
+    """The issue's bars, computed (the markdown says which hold)."""
+    def final(name):
+        return strategies[name]["rounds"][-1]["dice_tumor"]["mean"] if name in strategies else None
+    out = {}
+    tesla, ref = final("tesla"), full["slpt_k3"]["dice_tumor"]["mean"]
+    if tesla is not None:
+        out["tesla_slpt_percent_of_full_data"] = {"value": 100.0 * tesla / ref if ref else None, "bar": 96.0,
+                                                  "holds": bool(ref and 100.0 * tesla / ref >= 96.0)}
+        others = {n: final(n) for n in ("random", "top_uncertainty", "mc_dropout", "coreset") if n in strategies}
+        out["tesla_beats"] = {n: {"tesla": tesla, "other": v, "holds": tesla > v} for n, v in others.items()}
+    if {"slpt_k3", "full_finetune"} <= set(methods):
+        slpt, ft = methods["slpt_k3"], methods["full_finetune"]
+        out["slpt_vs_full_finetune"] = {
+            "slpt": slpt["dice_tumor"]["mean"], "full_finetune": ft["dice_tumor"]["mean"],
+            "trainable_percent": slpt["trainable_percent_of_backbone"],
+            "holds": slpt["dice_tumor"]["mean"] >= ft["dice_tumor"]["mean"] and slpt["trainable_percent_of_backbone"] <= 6.0}
+    ablations = {"feature_aware_updater": ("slpt_k3", "plain_prompts", methods),
+                 "k_greater_than_1": ("slpt_k3", "slpt_k1", methods),
+                 "stage_1": ("tesla", "tesla_stage2", None), "stage_2": ("tesla", "tesla_stage1", None)}
+    for name, (with_, without, table) in ablations.items():
+        a = table[with_]["dice_tumor"]["mean"] if table is not None and with_ in table else final(with_)
+        b = table[without]["dice_tumor"]["mean"] if table is not None and without in table else final(without)
+        if a is not None and b is not None:
+            out[f"ablation_{name}"] = {"with": a, "without": b, "earns_its_place": a > b}
+    return out
+
+
+def _ms(stat: dict) -> str:
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.1f}%"
+
+
+def markdown(result: dict) -> str:
+    s, quick = result["settings"], result.get("quick")
+    types = list(TUMOR_PREVALENCE)
+    lines = [
+        "# Label-efficiency benchmark (written by `python -m apps.slpt.benchmark`)",
+        "",
+        *(["**Quick mode: a pipeline check on a tiny setting; these numbers say nothing about quality.**", ""]
+          if quick else []),
+        (f"Pool of {result['pool_size']} phantoms (seeds {s['pool_seeds'][0]}-{s['pool_seeds'][1] - 1}), "
+        f"{result['test_size']} test phantoms (seeds {s['test_seeds'][0]}-{s['test_seeds'][1] - 1}); budget "
+        f"{result['budget']} scans ({100 * s['budget_fraction']:.0f}% of the pool) in {s['rounds']} rounds of up to "
+        f"{result['round_size']}. Seeds {s['run_seeds']}; {s['epochs']} epochs x {s['iterations_per_epoch']} steps; "
+        "best epoch on a fixed validation split of each labelled set; the test set is used for nothing else. "
+        "Tumour Dice per case counts an empty prediction on a tumour-free case as 1 (LiTS). Mean ± std over seeds. "
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['device']}."),
+        "",
+        "## Selection strategies (each followed by SLPT K=3 tuning)",
+        "",
+        "| strategy | labelled | tumour Dice per case | tumour global Dice | liver Dice | % of full-data SLPT |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for v in result["strategies"].values():
+        for r in v["rounds"]:
+            lines.append(f"| {v['label']} | {r['labelled']} ({r['percent_labelled']:.1f}%) | {_ms(r['dice_tumor'])} | "
+                         f"{_ms(r['dice_tumor_global'])} | {_ms(r['dice_liver'])} | {_pct(r['percent_of_full_data_slpt'])} |")
+    lines += ["", "Tumour types picked (mean count per seed over the whole budget; pool shares in the header):", "",
+              "| strategy | " + " | ".join(f"{t} ({result['pool_types'][t]:.0f})" for t in types) + " |",
+              "| --- |" + " --- |" * len(types)]
+    for v in result["strategies"].values():
+        lines.append(f"| {v['label']} | " + " | ".join(f"{v['selected_types'][t]:.1f}" for t in types) + " |")
+    lines += ["", f"## Tuning methods on TESLA's {result['budget']} labelled scans", "",
+              ("| method | trainable % of backbone | tumour Dice per case | tumour global Dice | liver Dice | "
+              "% of full-data SLPT | train time (s) |"), "| --- | --- | --- | --- | --- | --- | --- |"]
+    for block in (result["methods"], result["full_data"]):
+        for m in block.values():
+            label = m["label"] + (" — 100% of the pool" if block is result["full_data"] else "")
+            lines.append(f"| {label} | {m['trainable_percent_of_backbone']:.2f} | {_ms(m['dice_tumor'])} | "
+                         f"{_ms(m['dice_tumor_global'])} | {_ms(m['dice_liver'])} | "
+                         f"{_pct(m['percent_of_full_data_slpt'])} | {m['train_seconds']['mean']:.0f} |")
+    lines += ["", "## Tumour Dice per case by tumour type (test cases per type in the header)", "",
+              "| run | " + " | ".join(f"{t} ({result['test_types'][t]:.0f})" for t in types) + " |",
+              "| --- |" + " --- |" * len(types)]
+    rows = [(f"{v['label']} @ {v['rounds'][-1]['labelled']}", v["rounds"][-1]) for v in result["strategies"].values()]
+    rows += [(f"TESLA + {m['label']}", m) for m in result["methods"].values()]
+    rows += [(f"100%: {m['label']}", m) for m in result["full_data"].values()]
+    for label, block in rows:
+        per = block["dice_tumor_per_type"]
+        lines.append(f"| {label} | " + " | ".join(f"{per[t]['mean']:.3f}" if t in per else "—" for t in types) + " |")
+    lines += ["", "## Bars (issue 5)", ""]
+    lines += bar_lines(result["bars"], quick)
+    lines += ["", "Learning curve: `learning_curve.png`; predictions on test scans: `predictions.png`.", ""]
+    if result.get("estimate"):
+        e = result["estimate"]
+        lines += [(f"Estimated cost of the full run on this machine: about {e['hours']:.1f} h "
+                  f"({e['trainings']} trainings; unit costs measured at the full settings by the quick run)."), ""]
+    return "\n".join(lines)
+
+
+def bar_lines(b: dict, quick: bool) -> list[str]:
+    if quick:
+        return ["Not judged in quick mode."]
+
+    def verdict(ok):
+        return "holds" if ok else "does NOT hold"
+    lines = []
+    if "tesla_slpt_percent_of_full_data" in b:
+        v = b["tesla_slpt_percent_of_full_data"]
+        lines.append(f"- TESLA + SLPT at the budget reaches {_pct(v['value'])} of full-data SLPT tumour Dice per case "
+                     f"(bar >= 96%): {verdict(v['holds'])}.")
+    if "slpt_vs_full_finetune" in b:
+        v = b["slpt_vs_full_finetune"]
+        lines.append(f"- SLPT {v['slpt']:.4f} vs full fine-tuning {v['full_finetune']:.4f} at the budget, with "
+                     f"{v['trainable_percent']:.2f}% trainable (bar: >= and <= 6%): {verdict(v['holds'])}.")
+    for name, v in b.get("tesla_beats", {}).items():
+        lines.append(f"- TESLA {v['tesla']:.4f} vs {name} {v['other']:.4f}: {verdict(v['holds'])}.")
+    for key, v in b.items():
+        if key.startswith("ablation_"):
+            lines.append(f"- ablation {key[len('ablation_'):]}: with {v['with']:.4f}, without {v['without']:.4f}: "
+                         f"{'earns its place' if v['earns_its_place'] else 'does NOT earn its place'}.")
+    return lines
+
+
+def plot_learning_curve(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for v in result["strategies"].values():
+        x = [r["percent_labelled"] for r in v["rounds"]]
+        ax.errorbar(x, [r["dice_tumor"]["mean"] for r in v["rounds"]], yerr=[r["dice_tumor"]["std"] for r in v["rounds"]],
+                    marker="o", capsize=3, label=v["label"])
+    for (name, m), style in zip(result["full_data"].items(), ("-", "--")):
+        ax.axhline(m["dice_tumor"]["mean"], color="black", linestyle=style, linewidth=1, label=f"100% labelled: {m['label']}")
+    ax.set_xlabel("% of the pool labelled")
+    ax.set_ylabel("test tumour Dice per case (SLPT K=3)")
+    ax.set_title("Label efficiency" + (" — QUICK MODE, not a result" if result.get("quick") else ""), fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_grid(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    def axial(sl) -> np.ndarray:  # backbone space is RAS: anterior up, the patient's right on the image's left
+        return np.asarray(sl).T[::-1, ::-1]
+
+    rows = result["grid"]["rows"]
+    names = ["image", "ground truth", *(rows[0]["predictions"] if rows else [])]
+    fig, axes = plt.subplots(max(1, len(rows)), len(names), figsize=(2.2 * len(names), 2.2 * max(1, len(rows))),
+                             squeeze=False)
+    labels = ListedColormap([(0, 0, 0, 0), (0.2, 0.9, 0.2, 0.45), (1.0, 0.1, 0.1, 0.8)])
+    for r, row in enumerate(rows):
+        image = axial(row["image"])
+        maps = [None, row["truth"], *row["predictions"].values()]
+        for c, (name, lab) in enumerate(zip(names, maps)):
+            ax = axes[r, c]
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+            if lab is not None:
+                ax.imshow(axial(lab), cmap=labels, vmin=0, vmax=2, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{row['seed']}\n{row['tumor_type']}", fontsize=7)
+    fig.suptitle("Test predictions, seed-0 runs: liver green, tumour red"
+                 + (" — QUICK MODE" if result.get("quick") else ""), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# -- cost estimate -------------------------------------------------------------------------------------
+
+
+def write_outputs(out: Path, result: dict) -> None:
+    write_report(out, result, markdown(result))
+    plot_learning_curve(result, out / "learning_curve.png")
+    plot_grid(result, out / "predictions.png")
