@@ -58,7 +58,7 @@ class HeadSegmenter(nn.Module):
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.state_dict().items()
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.state_dict().items()
                 if self.frozen is False or not k.startswith("backbone.")}
 
 

@@ -124,7 +124,8 @@ class SLPTTrainer(BasicTrainTask):
         train = [pairs[i] for i, side in sorted(split.items()) if side == "train"]
         val = [pairs[i] for i, side in sorted(split.items()) if side == "val"]
 
-        context.network = self.network(context)
+        # BasicTrainTask.__call__ has mapped the request's device ("cuda" by default) to "cpu" where no GPU is.
+        context.network = self.network(context).to(request.get("device") or "cpu")
         params = parameter_report(context.network)
         version = None
         stats = {"name": "slpt", "start_ts": int(start), "split": split_text, **self._counts,
