@@ -52,13 +52,13 @@ from .config import SLPTConfig
 from .data import image_id, load_phantom_pair
 from .phantom import PhantomSpec, make_phantom
 from .postprocess import task_label
-from .prompts import parameter_report
+from .prompts import model_device, parameter_report
 from .reporting import machine
 from .rounds import budget_plan
 from .scoring import embed_scan, organ_box
 from .selection import coreset_select, diversity_select, random_select, top_select, uncertain_diverse_select
 from .splits import update_split
-from .tuning import build_model, dice_per_case, fit, model_device, predict, sliding_window
+from .tuning import build_model, dice_per_case, fit, predict, sliding_window
 from .uncertainty import dropout_enabled, ensemble, entropy, mc_dropout_probabilities, scan_uncertainty
 
 POOL_SEEDS = (700_000, 700_200)

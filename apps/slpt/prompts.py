@@ -137,7 +137,7 @@ def stage_channels(network: nn.Module, stages: Sequence[str], in_channels: int =
     tap = StageTap(resolve_stages(network, stages))
     try:
         with torch.no_grad():
-            network(torch.zeros(1, in_channels, size, size, size, device=next(network.parameters()).device))
+            network(torch.zeros(1, in_channels, size, size, size, device=model_device(network)))
         return {name: out.shape[1] for name, out in tap.outputs.items()}
     finally:
         tap.remove()
@@ -306,6 +306,11 @@ def freeze(module: nn.Module) -> None:
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` runs: callers move inputs there and bring results back to the CPU."""
+    return next(model.parameters()).device
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

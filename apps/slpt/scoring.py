@@ -19,7 +19,7 @@ from monai.inferers import Inferer
 from torch import nn
 
 from .postprocess import task_label
-from .prompts import resolve_stages
+from .prompts import model_device, resolve_stages
 from .uncertainty import ensemble, scan_uncertainty
 
 
@@ -52,7 +52,7 @@ def embed_scan(
         ``(embedding [3 * C], organ mask [*S] bool or None)``: the bottleneck's mean and standard deviation
         inside the organ, and its mean over the whole scan.
     """
-    x = image[None].float().to(next(network.parameters()).device)
+    x = image[None].float().to(model_device(network))
     factor = max(1.0, (x[0, 0].numel() / max_voxels) ** (1 / 3))
     if factor > 1.0:
         x = F.interpolate(x, scale_factor=1 / factor, mode="trilinear", align_corners=False)
@@ -97,7 +97,7 @@ def prompt_uncertainty(
 ) -> float:
     """Per-scan prompt-based uncertainty of ``image [1, *S]`` computed on ``box`` only."""
     model.eval()
-    crop = image[(slice(None), *box)].to(next(model.parameters()).device)
+    crop = image[(slice(None), *box)].to(model_device(model))
     logits = inferer(crop[None], model)
     probs, pu = ensemble(torch.as_tensor(logits), model.num_prompts)
     label = task_label(probs[0].cpu()).numpy()

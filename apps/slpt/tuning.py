@@ -25,7 +25,7 @@ from .backbone import Backbone
 from .checkpoints import load_into
 from .config import SLPTConfig
 from .postprocess import task_label
-from .prompts import PromptedSegmenter, format_parameter_report, parameter_report
+from .prompts import PromptedSegmenter, format_parameter_report, model_device, parameter_report
 from .uncertainty import ensemble, mutual_information, prompt_probabilities
 
 TASK_CLASSES = {"background": 0, "liver": 1, "tumor": 2}
@@ -143,11 +143,6 @@ class PatchSampler:
             patches.append(torch.as_tensor(self.crop(stack, label=stack[1:].long(), indices=self.indices[n])[0]))
         batch = torch.stack(patches)
         return batch[:, :1].float(), batch[:, 1:].round().long()
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """Where ``model`` runs: inputs are moved there, results come back to the CPU."""
-    return next(model.parameters()).device
 
 
 def sliding_window(roi_size, overlap: float = 0.25) -> SlidingWindowInferer:
