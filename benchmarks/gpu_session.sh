@@ -10,7 +10,7 @@
 # One 60-epoch variant with 40 validation phantoms takes about 50 s there: pick VARIANTS to fit
 # EXPLORE_LIMIT.
 # The machine has PyTorch but not MONAI or nibabel: their wheels travel in .whl/
-# (see README "Benchmarks"). SMOKE=1 shrinks every stage to seconds, to try the script first.
+# (see README "On a GPU"). SMOKE=1 shrinks every stage to seconds, to try the script first.
 set -u
 OUT=${OUT:-logs/gpu}
 mkdir -p "$OUT"
