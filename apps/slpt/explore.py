@@ -51,7 +51,7 @@ def _case_rows(model, val, types, inferer) -> list[dict]:
 
 
 @functools.lru_cache(maxsize=1)
-def _data(n_val: int, backbone_dir: str, device: str):
+def exploration_data(n_val: int, backbone_dir: str, device: str):
     """Backbone, training split and validation phantoms, built once per process."""
     backbone = load_backbone(backbone_dir, device=device)
     pool = np.random.default_rng(SELECTION_SEED).choice(np.arange(*LABELLED_POOL), 10, replace=False)
@@ -67,7 +67,7 @@ def _data(n_val: int, backbone_dir: str, device: str):
 
 def run_variant(variant: dict, n_val: int, backbone_dir: str, device: str = "cpu") -> list[dict]:
     """Train one variant; one row per evaluation epoch (also printed as it comes)."""
-    backbone, train, val, types = _data(n_val, backbone_dir, device)
+    backbone, train, val, types = exploration_data(n_val, backbone_dir, device)
     inferer = sliding_window(backbone.roi_size)
     variant = dict(variant)
     name, method, evals = variant.pop("name"), variant.pop("method", "slpt"), variant.pop("evals", [30, 60])
@@ -132,8 +132,8 @@ def pick(rows: list[dict]) -> dict:
 
 def table(rows: list[dict]) -> str:
     """Markdown: every evaluation row, and the pick by :func:`pick` when there is one."""
-    lines = ["| variant | epoch | trainable | tumour Dice per case | global tumour Dice | tumour cases with a true positive |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| variant | epoch | trainable | tumour Dice per case | global tumour Dice "
+             "| tumour cases with a true positive |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         tumour_cases = [c for c in r["cases"] if c["true"]]
         hits = sum(c["overlap"] > 0 for c in tumour_cases)
