@@ -5,8 +5,8 @@ tuning must reach a tumour Dice per case at least as high as full fine-tuning, w
 trainable parameters. Both use the app's protocol: a fixed 20% validation split of the labelled scans
 for best-epoch selection, then evaluation on held-out test phantoms never used for any choice.
 
-    python -m apps.slpt.compare --out docs/results/slpt_vs_finetune        # full run (2 shared CPU cores: about an hour)
-    python -m apps.slpt.compare --out /tmp/quick --quick                   # the pipeline on a tiny setting
+    python -m apps.slpt.compare --out docs/results/slpt_vs_finetune  # full run: about an hour on 2 shared CPU cores
+    python -m apps.slpt.compare --out /tmp/quick --quick  # the pipeline on a tiny setting
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ QUICK = CompareSettings(n_labelled=3, test_seeds=(400_000, 400_002), run_seeds=(
                         iterations_per_epoch=1)
 
 
-def _pairs(seeds, preprocessing):
+def phantom_pairs(seeds, preprocessing) -> dict:
+    """``{image id: (image, task label)}`` of the phantoms ``seeds``, in backbone space."""
     return {image_id(s): load_phantom_pair(make_phantom(s), preprocessing, target="task") for s in seeds}
 
 
@@ -71,12 +72,13 @@ def _train_and_test(name, model, cfg, train, val, test, inferer, log):
 def _data(n_labelled: int, test_seeds: tuple[int, int], backbone_dir: str, device: str):
     """Backbone, labelled scans and test scans, built once per process."""
     backbone = load_backbone(backbone_dir, device=device)
-    labelled = _pairs(_labelled_seeds(n_labelled), backbone.preprocessing)
-    test = list(_pairs(range(*test_seeds), backbone.preprocessing).values())
+    labelled = phantom_pairs(labelled_seeds(n_labelled), backbone.preprocessing)
+    test = list(phantom_pairs(range(*test_seeds), backbone.preprocessing).values())
     return backbone, labelled, test
 
 
-def _labelled_seeds(n_labelled: int) -> list[int]:
+def labelled_seeds(n_labelled: int) -> list[int]:
+    """The fixed random pick of labelled phantoms (explore trains on the same ones)."""
     pool = np.random.default_rng(SELECTION_SEED).choice(np.arange(*LABELLED_POOL), n_labelled, replace=False)
     return sorted(int(s) for s in pool)
 
@@ -107,8 +109,8 @@ def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(pri
     base = SLPTConfig(epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch)
     base = base.with_overrides(**(overrides or {}))
     runs = [_run_seed(seed, settings, str(backbone_dir), device, base, log) for seed in settings.run_seeds]
-    backbone = load_backbone(backbone_dir)
-    labelled = [image_id(s) for s in _labelled_seeds(settings.n_labelled)]
+    backbone = _data(settings.n_labelled, tuple(settings.test_seeds), str(backbone_dir), device)[0]  # cached
+    labelled = [image_id(s) for s in labelled_seeds(settings.n_labelled)]
     test_size = settings.test_seeds[1] - settings.test_seeds[0]
 
     def stat(method, key):

@@ -29,10 +29,9 @@ import torch
 
 from .backbone import load_backbone
 from .baselines import full_finetune
-from .compare import LABELLED_POOL, SELECTION_SEED
+from .compare import CompareSettings, labelled_seeds, phantom_pairs
 from .config import SLPTConfig
-from .data import image_id, load_phantom_pair
-from .phantom import make_phantom, phantom_header
+from .phantom import phantom_header
 from .postprocess import task_label
 from .splits import update_split
 from .tuning import build_model, dice_per_case, fit, predict, sliding_window
@@ -54,13 +53,12 @@ def _case_rows(model, val, types, inferer) -> list[dict]:
 def exploration_data(n_val: int, backbone_dir: str, device: str):
     """Backbone, training split and validation phantoms, built once per process."""
     backbone = load_backbone(backbone_dir, device=device)
-    pool = np.random.default_rng(SELECTION_SEED).choice(np.arange(*LABELLED_POOL), 10, replace=False)
-    labelled = {image_id(int(s)): load_phantom_pair(make_phantom(int(s)), backbone.preprocessing, target="task")
-                for s in sorted(pool)}
-    split = update_split(labelled, {}, 0.2, 1, 2, 0)
+    labelled = phantom_pairs(labelled_seeds(CompareSettings.n_labelled), backbone.preprocessing)
+    cfg = SLPTConfig()
+    split = update_split(labelled, {}, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans, 0)
     train = [labelled[i] for i, side in sorted(split.items()) if side == "train"]
     seeds = range(VALIDATION_FIRST_SEED, VALIDATION_FIRST_SEED + n_val)
-    val = [load_phantom_pair(make_phantom(s), backbone.preprocessing, target="task") for s in seeds]
+    val = list(phantom_pairs(seeds, backbone.preprocessing).values())
     types = [phantom_header(s)["tumor_type"] for s in seeds]
     return backbone, train, val, types
 
