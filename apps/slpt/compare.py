@@ -30,7 +30,7 @@ from .phantom import make_phantom, phantom_header
 from .prompts import parameter_report
 from .reporting import machine, write_report
 from .splits import update_split
-from .tuning import build_model, evaluate, fit, sliding_window
+from .tuning import build_model, evaluate, fit, task_inferer
 
 LABELLED_POOL = (300_000, 300_200)  # the 10 labelled scans are drawn from here
 TEST_SEEDS = (400_000, 400_030)
@@ -86,8 +86,8 @@ def labelled_seeds(n_labelled: int) -> list[int]:
 def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: str, base: SLPTConfig, log) -> dict:
     """Both methods on one seed's split of the labelled scans."""
     backbone, labelled, test = _data(settings.n_labelled, tuple(settings.test_seeds), backbone_dir, device)
-    inferer = sliding_window(backbone.roi_size)
     cfg = dataclasses.replace(base, seed=seed)
+    inferer = task_inferer(cfg)  # both methods train on cfg.patch_size patches
     split = update_split(labelled, {}, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans, seed)
     train = [labelled[i] for i, side in sorted(split.items()) if side == "train"]
     val = [labelled[i] for i, side in sorted(split.items()) if side == "val"]
@@ -148,7 +148,8 @@ def markdown(result: dict) -> str:
         "",
         f"{cfg['n_labelled']} labelled phantoms (fixed random pick), {result['test_size']} held-out test phantoms, "
         f"seeds {cfg['run_seeds']}, {slpt_cfg['epochs']} epochs x {slpt_cfg['iterations_per_epoch']} steps, "
-        "best epoch chosen on the fixed validation split of the labelled scans. Mean ± std over seeds. "
+        "best epoch chosen on the fixed validation split of the labelled scans; both infer in sliding windows of "
+        f"the training patch size ({slpt_cfg['patch_size']} voxels). Mean ± std over seeds. "
         f"Run on {result['machine']['device']} ({result['machine']['gpu'] or result['machine']['cpu']}).",
         "",
         f"SLPT settings differing from the app's defaults: {json.dumps(result['overrides'])}."

@@ -34,7 +34,7 @@ from .config import SLPTConfig
 from .phantom import phantom_header
 from .postprocess import task_label
 from .splits import update_split
-from .tuning import build_model, dice_per_case, fit, predict, sliding_window
+from .tuning import build_model, dice_per_case, fit, predict, task_inferer
 
 VALIDATION_FIRST_SEED = 600_000
 
@@ -66,10 +66,10 @@ def exploration_data(n_val: int, backbone_dir: str, device: str):
 def run_variant(variant: dict, n_val: int, backbone_dir: str, device: str = "cpu") -> list[dict]:
     """Train one variant; one row per evaluation epoch (also printed as it comes)."""
     backbone, train, val, types = exploration_data(n_val, backbone_dir, device)
-    inferer = sliding_window(backbone.roi_size)
     variant = dict(variant)
     name, method, evals = variant.pop("name"), variant.pop("method", "slpt"), variant.pop("evals", [30, 60])
     cfg = dataclasses.replace(SLPTConfig(epochs=max(evals), val_interval=10**6), **variant)
+    inferer = task_inferer(cfg)
     torch.manual_seed(cfg.seed)
     if method == "ft":
         model = full_finetune(backbone, cfg.head_stages, head_channels=cfg.head_channels)
