@@ -31,6 +31,7 @@ def main() -> None:
     t = time.time()
     fit(model, train, [], cfg, sliding_window(backbone.roi_size), log=lambda m: None)
     print(json.dumps({"trained_seconds": round(time.time() - t)}), flush=True)
+    # The backbone's window, as when the committed output was measured (before tuning.task_inferer).
     inferer = sliding_window(backbone.roi_size)
     probs = [predict(model, image, inferer)[0] for image, _ in val]
     for threshold in (0.0, 0.5, 0.7, 0.9):

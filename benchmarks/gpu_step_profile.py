@@ -30,7 +30,7 @@ from apps.slpt.tuning import (
     dvpt_loss,
     predict,
     prompt_optimizer,
-    sliding_window,
+    task_inferer,
     task_loss,
 )
 
@@ -89,7 +89,7 @@ def main(argv=None) -> None:
     sort = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=12))
     image, _ = load_phantom_pair(make_phantom(600001), backbone.preprocessing, target="task")
-    inferer = sliding_window(backbone.roi_size)
+    inferer = task_inferer(cfg)
     for _ in range(2):  # the first pass pays for CUDA/cuDNN set-up
         t = time.perf_counter()
         probs, _ = predict(model, image, inferer)

@@ -55,7 +55,7 @@ from apps.slpt.tuning import (
     dvpt_loss,
     predict,
     prompt_optimizer,
-    sliding_window,
+    task_inferer,
     task_loss,
 )
 from apps.slpt.uncertainty import dropout_enabled, mc_dropout_probabilities
@@ -126,7 +126,7 @@ def measure_scoring(s: SpeedSettings, backbone_dir: Path, log) -> dict:
     spec = PhantomSpec(**s.demo_spec) if s.demo_spec else None
     image, _ = load_phantom_pair(make_phantom(demo_seed(s.demo_spec), spec), backbone.preprocessing, target="task")
     image = image.to(dev)
-    inferer = sliding_window(backbone.roi_size, cfg.sw_overlap)
+    inferer = task_inferer(cfg)
     model = build_model(backbone, cfg).to(dev).eval()  # untrained prompts cost exactly what trained ones do
     liver = backbone.labels.get("liver")
     _, organ = embed_scan(backbone.network, image, cfg.embed_stage, liver)
@@ -221,7 +221,7 @@ def _score_pool_child(n: int, s: SpeedSettings, backbone_dir: str, threads: int,
     dev = device()
     backbone = load_backbone(backbone_dir, device=dev)
     cfg = SLPTConfig()
-    inferer = sliding_window(backbone.roi_size, cfg.sw_overlap)
+    inferer = task_inferer(cfg)
     model = build_model(backbone, cfg).to(dev).eval()
     spec, liver = PhantomSpec(**s.small_spec), backbone.labels.get("liver")
     if dev.type == "cuda":

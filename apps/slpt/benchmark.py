@@ -98,7 +98,7 @@ class BenchmarkSettings:
     patch_size: int = SLPTConfig.patch_size
     finetune_learning_rate: float = 1e-3  # whole-network training needs a smaller step than prompts (as compare)
     mc_samples: int = 5
-    roi_size: tuple[int, ...] | None = None  # sliding window; None: the backbone's own
+    roi_size: tuple[int, ...] | None = None  # sliding window; None: the training patch size (tuning.task_inferer)
     phantom_spec: dict | None = None  # PhantomSpec overrides (quick mode: small volumes); None: the defaults
     grid_cases: int = 4
     strategies: tuple[str, ...] = tuple(STRATEGIES)
@@ -128,7 +128,7 @@ class Benchmark:
             (self.cache / sub).mkdir(parents=True, exist_ok=True)
         self._check_settings()
         self.spec = PhantomSpec(**settings.phantom_spec) if settings.phantom_spec else None
-        self.inferer = sliding_window(settings.roi_size or backbone.roi_size, SLPTConfig.sw_overlap)
+        self.inferer = sliding_window(settings.roi_size or (settings.patch_size,) * 3, SLPTConfig.sw_overlap)
         self.timings: dict[str, list[float]] = {}
         self.pool_seeds = list(range(*settings.pool_seeds))
         self.test_seeds = list(range(*settings.test_seeds))
@@ -461,7 +461,7 @@ def estimate(backbone: Backbone, full: BenchmarkSettings, log=print) -> dict:
     """Time one unit of each kind of work at ``full``'s settings on a full-size phantom; extrapolate the plan."""
     pool_size = full.pool_seeds[1] - full.pool_seeds[0]
     test_size = full.test_seeds[1] - full.test_seeds[0]
-    inferer = sliding_window(full.roi_size or backbone.roi_size, SLPTConfig.sw_overlap)
+    inferer = sliding_window(full.roi_size or (full.patch_size,) * 3, SLPTConfig.sw_overlap)
     t = time.perf_counter()
     ph = make_phantom(full.pool_seeds[0])
     image, label = load_phantom_pair(ph, backbone.preprocessing, target="task")

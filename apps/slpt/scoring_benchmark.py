@@ -27,7 +27,7 @@ from .data import load_phantom_pair
 from .phantom import make_phantom
 from .reporting import write_report
 from .scoring import embed_scan, organ_box, prompt_uncertainty
-from .tuning import build_model, fit, predict, sliding_window
+from .tuning import build_model, fit, predict, task_inferer
 from .uncertainty import scan_uncertainty
 
 POOL_FIRST_SEED = 500_000
@@ -36,7 +36,7 @@ TRAIN_SEEDS = range(510_000, 510_008)
 
 def run(pool: int, compare: int, backbone_dir: Path, cfg: SLPTConfig, log=print) -> dict:
     backbone = load_backbone(backbone_dir)
-    inferer = sliding_window(backbone.roi_size, cfg.sw_overlap)
+    inferer = task_inferer(cfg)
     train = [load_phantom_pair(make_phantom(s), backbone.preprocessing, target="task") for s in TRAIN_SEEDS]
     model = build_model(backbone, cfg)
     t0 = time.time()

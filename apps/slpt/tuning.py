@@ -50,9 +50,8 @@ def build_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = len(TASK
 
 
 # The fields that define a prompt checkpoint's architecture; a checkpoint is rebuilt with its own values.
-# ``patch_size`` is there because it also sets the inference window (:func:`task_inferer`).
 PROMPT_FIELDS = ("stages", "head_stages", "num_prompts", "prompt_channels", "prompt_size", "hidden_ratio",
-                 "head_channels", "share_updaters", "seed", "patch_size")
+                 "head_channels", "share_updaters", "seed")
 
 
 def checkpoint_config(payload: dict, cfg: SLPTConfig) -> SLPTConfig:
@@ -160,6 +159,12 @@ def task_inferer(cfg: SLPTConfig) -> SlidingWindowInferer:
     (``benchmarks/window_probe.py``).
     """
     return sliding_window((cfg.patch_size,) * 3, cfg.sw_overlap)
+
+
+def checkpoint_inferer(payload: dict, cfg: SLPTConfig) -> SlidingWindowInferer:
+    """:func:`task_inferer` in windows of the patch size the checkpoint was trained with."""
+    saved = payload["metadata"].get("config", {})
+    return task_inferer(dataclasses.replace(cfg, patch_size=int(saved.get("patch_size", cfg.patch_size))))
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from apps.slpt.backbone import Backbone, file_sha256
 from apps.slpt.checkpoints import CheckpointError, PromptCheckpointStore
 from apps.slpt.config import SLPTConfig
 from apps.slpt.scoring import embed_scan, organ_box, prompt_uncertainty
-from apps.slpt.tuning import model_from_checkpoint, sliding_window
+from apps.slpt.tuning import checkpoint_inferer, model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 INFO_KEY = "slpt_tesla"
@@ -42,14 +42,15 @@ class TeslaScoring(ScoringMethod):
     def __call__(self, request, datastore: Datastore):
         start = time.time()
         version = self.store.current()
-        model = None
+        model = inferer = None
         if version is not None:
             try:
-                model = model_from_checkpoint(self.backbone, self.store.read(version), self.cfg).eval()
+                payload = self.store.read(version)
+                model = model_from_checkpoint(self.backbone, payload, self.cfg).eval()
+                inferer = checkpoint_inferer(payload, self.cfg)
             except CheckpointError as e:
                 logger.warning("TESLA scores embeddings only: %s", e)
                 version = None
-        inferer = sliding_window(self.backbone.roi_size, self.cfg.sw_overlap)
         organ_channel = self.backbone.labels.get("liver")
         counts = {"embedded": 0, "scored": 0, "unchanged": 0, "failed": 0}
         for image_id in sorted(datastore.get_unlabeled_images()):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from fastapi import HTTPException
-from monai.inferers import SlidingWindowInferer
 from monai.transforms import CastToTyped, Compose, Invertd, LoadImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
@@ -14,7 +13,7 @@ from apps.slpt.backbone import Backbone
 from apps.slpt.checkpoints import CheckpointError, PromptCheckpointStore
 from apps.slpt.config import SLPTConfig
 from apps.slpt.transforms import PromptEnsembled
-from apps.slpt.tuning import TASK_CLASSES, model_from_checkpoint
+from apps.slpt.tuning import TASK_CLASSES, checkpoint_inferer, model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ class SLPTSegmentation(BasicInferTask):
             labels={k: v for k, v in TASK_CLASSES.items() if v},
             dimension=3,
             description="SLPT: frozen backbone + prompts, liver and tumour (K-prompt ensemble)",
-            roi_size=backbone.roi_size,
+            roi_size=(config.patch_size,) * 3,  # until a checkpoint is served: then its own
             config={"slpt_output": list(PromptEnsembled.OUTPUTS)},
         )
         self.backbone, self.cfg = backbone, config
@@ -53,7 +52,9 @@ class SLPTSegmentation(BasicInferTask):
         return [LoadImaged(keys="image"), *self.backbone.preprocessing]
 
     def inferer(self, data=None):
-        return SlidingWindowInferer(roi_size=self.roi_size, sw_batch_size=1, overlap=self.cfg.sw_overlap)
+        # Windows of the served checkpoint's training patch size (tuning.task_inferer says why); run_inferer
+        # loads the checkpoint first, so its settings are known here.
+        return data["slpt_inferer"]
 
     def __call__(self, request, callbacks=None):
         output = request.get("slpt_output", "label")
@@ -75,10 +76,13 @@ class SLPTSegmentation(BasicInferTask):
         ]
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+        self._get_network(device, data)  # before super() builds the inferer from the checkpoint's settings
+        data["slpt_inferer"] = self._networks[device][2]
         data = super().run_inferer(data, convert_to_batch, device)
-        network, (version, _) = self._networks[device]
+        network, (version, _), _ = self._networks[device]
         data["slpt_num_prompts"] = network.num_prompts
         data.setdefault("result", {})["prompt_checkpoint_version"] = version
+        data["result"]["roi_size"] = list(data["slpt_inferer"].roi_size)  # the checkpoint's training patch size
         return data
 
     def _get_network(self, device, data):
@@ -92,7 +96,8 @@ class SLPTSegmentation(BasicInferTask):
         if cached and cached[1] == stamp:
             return cached[0]
         try:
-            network = model_from_checkpoint(self.backbone, self.store.read(version), self.cfg)
+            payload = self.store.read(version)
+            network = model_from_checkpoint(self.backbone, payload, self.cfg)
         except (CheckpointError, ValueError, TypeError, KeyError) as e:
             # All about this file: besides a bad format, its metadata can name an unknown stage or hold a
             # mistyped setting, which fail while the model is rebuilt.
@@ -101,7 +106,7 @@ class SLPTSegmentation(BasicInferTask):
                                      "roll back with `python -m apps.slpt.checkpoints --model-dir "
                                      f"{self.store.directory} rollback` or train again") from e
         network.to(device).eval()
-        self._networks[device] = (network, stamp)
+        self._networks[device] = (network, stamp, checkpoint_inferer(payload, self.cfg))
         logger.info("SLPT infer serves prompt checkpoint v%d", version)
         return network
 

@@ -31,7 +31,7 @@ from apps.slpt.tuning import (
     fit,
     model_from_checkpoint,
     prompt_optimizer,
-    sliding_window,
+    task_inferer,
     task_loss,
 )
 
@@ -98,7 +98,7 @@ class SLPTTrainer(BasicTrainTask):
         return []
 
     def val_inferer(self, context: Context):
-        return sliding_window(self.backbone.roi_size, context.config.sw_overlap)
+        return task_inferer(context.config)
 
     def train(self, rank, world_size, request, datalist):
         """One round: fixed split, load scans, train prompts, checkpoint every improvement."""

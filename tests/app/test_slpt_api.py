@@ -3,7 +3,9 @@ infer before training, label, train, then infer."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -64,6 +66,9 @@ def test_slpt_infer_returns_task_labels_in_the_input_geometry(server, ids, orien
 def test_slpt_infer_reports_version_uncertainty_and_latencies(server, ids):
     result = server.post(f"/infer/slpt?image={ids['RAS']}&output=json").json()
     assert result["prompt_checkpoint_version"] == 1
+    # Windows of the training patch size (32 in the training request above), not the backbone's own.
+    backbone_roi = json.loads(Path("models/backbone/configs/inference.json").read_text())["inferer"]["roi_size"]
+    assert result["roi_size"] == [32, 32, 32] != backbone_roi
     assert result["prompt_uncertainty"] >= 0.0
     assert {"pre", "infer", "invert", "post", "write", "total"} <= set(result["latencies"])
     assert "PromptEnsembled" in result["latencies"]["transform"]["post"]

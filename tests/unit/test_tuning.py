@@ -9,7 +9,17 @@ from monai.networks.nets import SegResNet
 from apps.slpt.baselines import HeadSegmenter
 from apps.slpt.config import SLPTConfig
 from apps.slpt.prompts import PromptedSegmenter, count_parameters
-from apps.slpt.tuning import PatchSampler, augmented_views, dvpt_loss, evaluate, fit, sliding_window, task_loss
+from apps.slpt.tuning import (
+    PatchSampler,
+    augmented_views,
+    checkpoint_inferer,
+    dvpt_loss,
+    evaluate,
+    fit,
+    sliding_window,
+    task_inferer,
+    task_loss,
+)
 
 
 def tiny_net():
@@ -112,3 +122,13 @@ def test_task_loss_weights_tumour_errors_more():
     miss[:, 0] = 4.0  # says background everywhere: misses the tumour
     light, heavy = SLPTConfig(tumour_weight=1.0), SLPTConfig(tumour_weight=5.0)
     assert task_loss(heavy)(miss, label) > task_loss(light)(miss, label)
+
+
+def test_models_trained_by_fit_infer_in_windows_of_their_training_patch_size():
+    cfg = SLPTConfig(patch_size=48, sw_overlap=0.5)
+    assert task_inferer(cfg).roi_size == (48, 48, 48) and task_inferer(cfg).overlap == 0.5
+    # A served checkpoint keeps the window it was trained for, whatever the app's setting is now.
+    payload = {"metadata": {"config": SLPTConfig(patch_size=16).to_dict()}}
+    assert checkpoint_inferer(payload, cfg).roi_size == (16, 16, 16)
+    assert checkpoint_inferer({"metadata": {}}, cfg).roi_size == (48, 48, 48)
+
