@@ -154,9 +154,8 @@ def task_inferer(cfg: SLPTConfig) -> SlidingWindowInferer:
 
     The backbone's GroupNorm normalises each window over its whole extent, so a stage feature depends on
     the window it was computed in. Prompts and head learnt on ``patch_size``-cubed patches read features
-    like those only in windows of that size: on the validation phantoms, the default model's tumour Dice
-    per case was 0.159 in 32-voxel windows, 0.119 in the backbone's own 64 and 0.062 in 48
-    (``benchmarks/window_probe.py``).
+    like those only in windows of that size. ``benchmarks/window_probe.py`` measures it on validation
+    phantoms (``docs/results/explore/window_probe.jsonl``): the training size found the most tumours.
     """
     return sliding_window((cfg.patch_size,) * 3, cfg.sw_overlap)
 
