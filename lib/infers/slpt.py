@@ -98,6 +98,7 @@ class SLPTSegmentation(BasicInferTask):
         try:
             payload = self.store.read(version)
             network = model_from_checkpoint(self.backbone, payload, self.cfg)
+            inferer = checkpoint_inferer(payload, self.cfg)
         except (CheckpointError, ValueError, TypeError, KeyError) as e:
             # All about this file: besides a bad format, its metadata can name an unknown stage or hold a
             # mistyped setting, which fail while the model is rebuilt.
@@ -106,7 +107,7 @@ class SLPTSegmentation(BasicInferTask):
                                      "roll back with `python -m apps.slpt.checkpoints --model-dir "
                                      f"{self.store.directory} rollback` or train again") from e
         network.to(device).eval()
-        self._networks[device] = (network, stamp, checkpoint_inferer(payload, self.cfg))
+        self._networks[device] = (network, stamp, inferer)
         logger.info("SLPT infer serves prompt checkpoint v%d", version)
         return network
 
