@@ -13,11 +13,10 @@ import dataclasses
 import json
 import time
 
-import numpy as np
 import torch
 
 from apps.slpt.config import SLPTConfig
-from apps.slpt.explore import _case_rows, exploration_data
+from apps.slpt.explore import case_rows, exploration_data, tumour_dice
 from apps.slpt.tuning import build_model, fit, sliding_window
 
 WINDOWS = (64, 32, 48)
@@ -33,13 +32,11 @@ def main() -> None:
     print(json.dumps({"trained_seconds": round(time.time() - t), "patch_size": cfg.patch_size}), flush=True)
     for roi in WINDOWS:
         t = time.time()
-        cases = _case_rows(model, val, types, sliding_window((roi,) * 3, cfg.sw_overlap))
-        overlap = sum(c["overlap"] for c in cases)
-        total = sum(c["predicted"] + c["true"] for c in cases)
+        cases = case_rows(model, val, types, sliding_window((roi,) * 3, cfg.sw_overlap))
+        dice = tumour_dice(cases)
         print(json.dumps({
             "roi": roi, "seconds": round(time.time() - t),
-            "per_case": round(float(np.mean([c["dice"] for c in cases])), 4),
-            "global": round(2 * overlap / max(total, 1), 4),
+            "per_case": dice["tumour_dice_per_case"], "global": dice["tumour_dice_global"],
             "hits": sum(c["overlap"] > 0 for c in cases if c["true"]),
             "free_clean": sum(c["predicted"] == 0 for c in cases if not c["true"]),
             "predicted": sum(c["predicted"] for c in cases), "cases": cases,

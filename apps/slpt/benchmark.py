@@ -58,7 +58,7 @@ from .rounds import budget_plan
 from .scoring import embed_scan, organ_box
 from .selection import coreset_select, diversity_select, random_select, top_select, uncertain_diverse_select
 from .splits import update_split
-from .tuning import build_model, dice_per_case, fit, predict, sliding_window
+from .tuning import build_model, dice_per_case, fit, predict, sliding_window, task_inferer
 from .uncertainty import dropout_enabled, ensemble, entropy, mc_dropout_probabilities, scan_uncertainty
 
 POOL_SEEDS = (700_000, 700_200)
@@ -113,6 +113,13 @@ QUICK = BenchmarkSettings(
     grid_cases=2)
 
 
+def benchmark_inferer(settings: BenchmarkSettings):
+    """``settings.roi_size`` windows when set (quick mode), else the training patch size, as the app infers."""
+    if settings.roi_size:
+        return sliding_window(settings.roi_size, SLPTConfig.sw_overlap)
+    return task_inferer(SLPTConfig(patch_size=settings.patch_size))
+
+
 def _digest(values) -> str:
     return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:12]
 
@@ -128,7 +135,7 @@ class Benchmark:
             (self.cache / sub).mkdir(parents=True, exist_ok=True)
         self._check_settings()
         self.spec = PhantomSpec(**settings.phantom_spec) if settings.phantom_spec else None
-        self.inferer = sliding_window(settings.roi_size or (settings.patch_size,) * 3, SLPTConfig.sw_overlap)
+        self.inferer = benchmark_inferer(settings)
         self.timings: dict[str, list[float]] = {}
         self.pool_seeds = list(range(*settings.pool_seeds))
         self.test_seeds = list(range(*settings.test_seeds))
@@ -461,7 +468,7 @@ def estimate(backbone: Backbone, full: BenchmarkSettings, log=print) -> dict:
     """Time one unit of each kind of work at ``full``'s settings on a full-size phantom; extrapolate the plan."""
     pool_size = full.pool_seeds[1] - full.pool_seeds[0]
     test_size = full.test_seeds[1] - full.test_seeds[0]
-    inferer = sliding_window(full.roi_size or (full.patch_size,) * 3, SLPTConfig.sw_overlap)
+    inferer = benchmark_inferer(full)
     t = time.perf_counter()
     ph = make_phantom(full.pool_seeds[0])
     image, label = load_phantom_pair(ph, backbone.preprocessing, target="task")

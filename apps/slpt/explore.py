@@ -39,7 +39,8 @@ from .tuning import build_model, dice_per_case, fit, predict, task_inferer
 VALIDATION_FIRST_SEED = 600_000
 
 
-def _case_rows(model, val, types, inferer) -> list[dict]:
+def case_rows(model, val, types, inferer) -> list[dict]:
+    """Per validation phantom: its tumour type, tumour Dice, and predicted / true / overlapping tumour voxels."""
     rows = []
     for (image, label), kind in zip(val, types):
         probs, _ = predict(model, image, inferer)
@@ -47,6 +48,14 @@ def _case_rows(model, val, types, inferer) -> list[dict]:
         rows.append({"type": kind, "dice": round(float(dice_per_case(pred.long(), truth.long(), 2)[0]), 4),
                      "predicted": int(pred.sum()), "true": int(truth.sum()), "overlap": int((pred & truth).sum())})
     return rows
+
+
+def tumour_dice(cases: list[dict]) -> dict[str, float]:
+    """Tumour Dice per case (mean of :func:`case_rows`' Dice) and global (all voxels pooled)."""
+    overlap = sum(c["overlap"] for c in cases)
+    total = sum(c["predicted"] + c["true"] for c in cases)
+    return {"tumour_dice_per_case": round(float(np.mean([c["dice"] for c in cases])), 4),
+            "tumour_dice_global": round(2 * overlap / max(total, 1), 4)}
 
 
 @functools.lru_cache(maxsize=1)
@@ -83,14 +92,11 @@ def run_variant(variant: dict, n_val: int, backbone_dir: str, device: str = "cpu
     def report(epoch_report):
         if epoch_report.epoch not in evals:
             return
-        cases = _case_rows(model, val, types, inferer)
-        overlap = sum(r["overlap"] for r in cases)
-        total = sum(r["predicted"] + r["true"] for r in cases)
+        cases = case_rows(model, val, types, inferer)
         rows.append({"name": name, "method": method, "overrides": variant, "epoch": epoch_report.epoch,
                      "final": epoch_report.epoch == cfg.epochs, "trainable": trainable,
                      "seconds": round(time.time() - start), "loss": round(epoch_report.loss, 4),
-                     "tumour_dice_per_case": round(float(np.mean([r["dice"] for r in cases])), 4),
-                     "tumour_dice_global": round(2 * overlap / max(total, 1), 4), "cases": cases})
+                     **tumour_dice(cases), "cases": cases})
         print(json.dumps(rows[-1]), flush=True)
 
     fit(model, train, [], cfg, inferer, on_epoch=report, log=lambda message: None)

@@ -33,7 +33,6 @@ class SLPTSegmentation(BasicInferTask):
             labels={k: v for k, v in TASK_CLASSES.items() if v},
             dimension=3,
             description="SLPT: frozen backbone + prompts, liver and tumour (K-prompt ensemble)",
-            roi_size=(config.patch_size,) * 3,  # until a checkpoint is served: then its own
             config={"slpt_output": list(PromptEnsembled.OUTPUTS)},
         )
         self.backbone, self.cfg = backbone, config

@@ -13,6 +13,8 @@ import pytest
 
 from tests.app.helpers import load_response_image
 
+APP_DIR = Path(__file__).resolve().parents[2]
+
 
 def test_infer_before_any_training_is_a_clear_client_error(server, ids):
     r = server.post(f"/infer/slpt?image={ids['RAS']}")
@@ -67,7 +69,7 @@ def test_slpt_infer_reports_version_uncertainty_and_latencies(server, ids):
     result = server.post(f"/infer/slpt?image={ids['RAS']}&output=json").json()
     assert result["prompt_checkpoint_version"] == 1
     # Windows of the training patch size (32 in the training request above), not the backbone's own.
-    backbone_roi = json.loads(Path("models/backbone/configs/inference.json").read_text())["inferer"]["roi_size"]
+    backbone_roi = json.loads((APP_DIR / "models/backbone/configs/inference.json").read_text())["inferer"]["roi_size"]
     assert result["roi_size"] == [32, 32, 32] != backbone_roi
     assert result["prompt_uncertainty"] >= 0.0
     assert {"pre", "infer", "invert", "post", "write", "total"} <= set(result["latencies"])
