@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 CONF_PREFIX = "slpt_"
-SEGRESNET_STAGES = ("down_layers.1", "down_layers.2", "down_layers.3", "up_layers.0", "up_layers.1")
+# Every encoder and decoder stage of MONAI's SegResNet. On validation phantoms, prompting all seven with
+# full-width FPUs (hidden_ratio 1) beat prompting the inner five with quarter-width ones
+# (docs/results/explore/rows-cpu-window32-seed0.jsonl, picked by apps.slpt.explore.pick).
+SEGRESNET_STAGES = ("down_layers.0", "down_layers.1", "down_layers.2", "down_layers.3",
+                    "up_layers.0", "up_layers.1", "up_layers.2")
 
 
 def _f(default, help_: str, **kw):
@@ -36,7 +40,7 @@ class SLPTConfig:
     num_prompts: int = _f(3, "K, the number of diversified prompt sets")
     prompt_channels: int = _f(4, "channels of each prompt tensor")
     prompt_size: int = _f(4, "spatial size of each learnable prompt cube")
-    hidden_ratio: float = _f(0.25, "FPU hidden width as a fraction of the stage channels")
+    hidden_ratio: float = _f(1.0, "FPU hidden width as a fraction of the stage channels")
     share_updaters: bool = _f(True, "share the FPUs between the K prompt sets")
     # Training
     epochs: int = _f(60, "training epochs per round")

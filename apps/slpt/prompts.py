@@ -169,7 +169,7 @@ class PromptedSegmenter(nn.Module):
         num_prompts: int = 3,
         prompt_channels: int = 4,
         prompt_size: int = 4,
-        hidden_ratio: float = 0.25,
+        hidden_ratio: float = 1.0,
         head_channels: int = 16,
         share_updaters: bool = True,
         seed: int = 0,

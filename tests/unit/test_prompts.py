@@ -13,14 +13,12 @@ from apps.slpt.prompts import (
     StageTap,
     TaskHead,
     count_parameters,
-    resolve_stages,
-    stage_channels,
     format_parameter_report,
     parameter_report,
+    resolve_stages,
     split_prompts,
+    stage_channels,
 )
-
-ALL_STAGES = (*SEGRESNET_STAGES, "up_layers.2")
 
 
 def segresnet(init_filters=8, out_channels=8):
@@ -30,8 +28,10 @@ def segresnet(init_filters=8, out_channels=8):
 
 
 def prompted(net=None, stages=SEGRESNET_STAGES, k=3, **kw):
-    return PromptedSegmenter(net or segresnet(), stages, SLPTConfig().head_stages, num_classes=3, num_prompts=k,
-                             **kw)
+    """The app's default prompt architecture on ``net``, with ``kw`` overriding it."""
+    cfg = SLPTConfig()
+    kw = {"hidden_ratio": cfg.hidden_ratio, "head_channels": cfg.head_channels, **kw}
+    return PromptedSegmenter(net or segresnet(), stages, cfg.head_stages, num_classes=3, num_prompts=k, **kw)
 
 
 def _perturb_updaters(model):
@@ -47,7 +47,7 @@ def test_untrained_prompts_reproduce_the_frozen_network(k):
     x = torch.randn(2, 1, 32, 32, 32)
     with torch.no_grad():
         frozen = net(x)
-    model = prompted(net, ALL_STAGES, k=k)
+    model = prompted(net, k=k)  # every stage prompted
     torch.testing.assert_close(model.backbone_output(x), frozen, rtol=0, atol=1e-6)
     _perturb_updaters(model)  # sanity: the comparison above can fail
     assert not torch.allclose(model.backbone_output(x), frozen, atol=1e-3)
