@@ -7,6 +7,9 @@ for best-epoch selection, then evaluation on held-out test phantoms never used f
 
     python -m apps.slpt.compare --out docs/results/slpt_vs_finetune  # full run: about an hour on 2 shared CPU cores
     python -m apps.slpt.compare --out /tmp/quick --quick  # the pipeline on a tiny setting
+
+Each finished seed is kept in ``<out>/runs/``, so a run that is stopped resumes at the first unfinished
+seed when started again with the same ``--out`` (and refuses an ``--out`` holding other settings).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 
 from .backbone import load_backbone
 from .baselines import full_finetune
+from .checkpoints import atomic_write_json
 from .config import SLPTConfig
 from .data import image_id, load_phantom_pair
 from .phantom import make_phantom, phantom_header
@@ -102,14 +106,47 @@ def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: s
     return run
 
 
+class SeedRuns:
+    """Finished seeds under ``<out>/runs/``, valid only for the settings, SLPT config and backbone they ran with."""
+
+    def __init__(self, folder: Path, settings: CompareSettings, base: SLPTConfig, backbone_identity: dict):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        current = json.loads(json.dumps({"settings": dataclasses.asdict(settings), "slpt_config": base.to_dict(),
+                                         "backbone": backbone_identity["sha256"]}))
+        path = folder / "settings.json"
+        if path.exists() and json.loads(path.read_text()) != current:
+            raise ValueError(f"{folder} holds runs of other settings, SLPT config or backbone; "
+                             "use another --out folder (or delete that one) to start afresh")
+        atomic_write_json(path, current)
+
+    def get(self, seed: int) -> dict | None:
+        path = self.folder / f"seed{seed}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def put(self, seed: int, run: dict) -> None:
+        atomic_write_json(self.folder / f"seed{seed}.json", run)
+
+
 def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(print, flush=True),
-        device: str = "cpu", overrides: dict | None = None) -> dict:
-    """``overrides``: ``SLPTConfig`` fields to use instead of the app's defaults (for both methods)."""
+        device: str = "cpu", overrides: dict | None = None, out: Path | None = None) -> dict:
+    """``overrides``: ``SLPTConfig`` fields to use instead of the app's defaults (for both methods).
+    ``out``: keep each finished seed under ``out/runs`` and reuse the ones already there."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base = SLPTConfig(epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch)
     base = base.with_overrides(**(overrides or {}))
-    runs = [_run_seed(seed, settings, str(backbone_dir), device, base, log) for seed in settings.run_seeds]
     backbone = _data(settings.n_labelled, tuple(settings.test_seeds), str(backbone_dir), device)[0]  # cached
+    finished = SeedRuns(out / "runs", settings, base, backbone.identity) if out else None
+    runs = []
+    for seed in settings.run_seeds:
+        kept = finished.get(seed) if finished else None
+        if kept:
+            log(f"seed {seed}: finished earlier, kept in {finished.folder}")
+        else:
+            kept = _run_seed(seed, settings, str(backbone_dir), device, base, log)
+            if finished:
+                finished.put(seed, kept)
+        runs.append(kept)
     labelled = [image_id(s) for s in labelled_seeds(settings.n_labelled)]
     test_size = settings.test_seeds[1] - settings.test_seeds[0]
 
@@ -180,7 +217,7 @@ def main(argv=None) -> None:
                         help='JSON object of SLPTConfig fields replacing the app defaults, e.g. \'{"epochs": 120}\'')
     args = parser.parse_args(argv)
     result = {**run(QUICK if args.quick else CompareSettings(), args.backbone, device=args.device,
-                    overrides=args.overrides), "quick": args.quick}
+                    overrides=args.overrides, out=args.out), "quick": args.quick}
     write_report(args.out, result, markdown(result))
 
 
