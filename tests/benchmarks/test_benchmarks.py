@@ -11,20 +11,11 @@ import json
 
 import matplotlib.image
 import pytest
-import torch
 
 from apps.slpt.backbone import load_backbone
 from apps.slpt.benchmark import METHODS, QUICK, STRATEGIES, Benchmark
 from apps.slpt.benchmark_report import write_outputs
 from benchmarks import speed
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

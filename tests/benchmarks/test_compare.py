@@ -5,17 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 
 from apps.slpt import compare
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_finished_seeds_are_kept_and_reused_only_for_the_same_settings(root, tmp_path, one_thread):
