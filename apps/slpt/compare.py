@@ -5,7 +5,7 @@ tuning must reach a tumour Dice per case at least as high as full fine-tuning, w
 trainable parameters. Both use the app's protocol: a fixed 20% validation split of the labelled scans
 for best-epoch selection, then evaluation on held-out test phantoms never used for any choice.
 
-    python -m apps.slpt.compare --out docs/results/slpt_vs_finetune  # full run: about an hour on 2 shared CPU cores
+    python -m apps.slpt.compare --out docs/results/slpt_vs_finetune  # full run: about half an hour per seed on 2 CPU cores
     python -m apps.slpt.compare --out /tmp/quick --quick  # the pipeline on a tiny setting
 
 Each finished seed is kept in ``<out>/runs/``, so a run that is stopped resumes at the first unfinished
