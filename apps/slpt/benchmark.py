@@ -10,8 +10,8 @@ labelled in two rounds: pick, label, prompt-tune, re-score, pick again.
   greedy on backbone embeddings); ``tesla`` (stage 1 diversity, then stage 2 prompt uncertainty + diversity);
   ``tesla_stage1`` (diversity in every round) and ``tesla_stage2`` (a random first round, then stage 2).
   Strategies that need a task model start with a random first round (the common cold start); their second
-  round is scored by the SLPT model trained on the first round's labels. Every score is computed on the scan's
-  liver box (what the app's ``tesla`` scoring does), for every strategy alike.
+  round is scored by the SLPT model trained on the first round's labels. Every score is computed in the
+  sliding windows that touch the scan's liver (what the app's ``tesla`` scoring does), for every strategy alike.
 * **Tuning methods** on TESLA's labelled set: from scratch, full fine-tuning, head only, prompts without the
   feature-aware updater, SLPT K=1, SLPT K=3.
 * **Upper bound:** SLPT K=3 and full fine-tuning on 100% of the pool.
@@ -55,7 +55,7 @@ from .postprocess import task_label
 from .prompts import model_device, parameter_report
 from .reporting import machine
 from .rounds import budget_plan
-from .scoring import embed_scan, organ_box
+from .scoring import OrganWindows, embed_scan
 from .selection import coreset_select, diversity_select, random_select, top_select, uncertain_diverse_select
 from .splits import update_split
 from .tuning import build_model, dice_per_case, fit, predict, sliding_window, task_inferer
@@ -142,7 +142,7 @@ class Benchmark:
         self.pool = self._load(self.pool_seeds, "pool")
         self.test = self._load(self.test_seeds, "test")
         self.grid = self._grid_cases()
-        self.embeddings, self.boxes = self._embed_pool()
+        self.embeddings, self.organs = self._embed_pool()
 
     # -- setup ---------------------------------------------------------------------------------------
     def _check_settings(self) -> None:
@@ -180,21 +180,24 @@ class Benchmark:
         return picks
 
     def _embed_pool(self) -> tuple[np.ndarray, list]:
+        """Backbone embeddings and liver masks (``None`` where no liver was found) of the pool, cached."""
         path = self.cache / "embeddings.npz"
         if path.exists():
             data = np.load(path)
-            return data["embeddings"], [tuple(slice(int(a), int(b)) for a, b in box) for box in data["boxes"]]
-        cfg, embeddings, boxes = SLPTConfig(), [], []
+            organs = [data[f"organ_{i}"] if f"organ_{i}" in data else None for i in range(len(self.pool))]
+            return data["embeddings"], organs
+        cfg, embeddings, organs = SLPTConfig(), [], []
         for case in self.pool:
             t = time.perf_counter()
             emb, organ = embed_scan(self.backbone.network, case["image"], cfg.embed_stage,
                                     self.backbone.labels.get("liver"))
             self._time("embed_scan", time.perf_counter() - t)
             embeddings.append(emb)
-            boxes.append(organ_box(organ, case["image"].shape[1:]))
+            organs.append(organ)
         embeddings = np.stack(embeddings)
-        np.savez(path, embeddings=embeddings, boxes=np.array([[(b.start, b.stop) for b in box] for box in boxes]))
-        return embeddings, boxes
+        np.savez_compressed(path, embeddings=embeddings,
+                            **{f"organ_{i}": organ for i, organ in enumerate(organs) if organ is not None})
+        return embeddings, organs
 
     # -- models --------------------------------------------------------------------------------------
     def config(self, method: str, seed: int) -> SLPTConfig:
@@ -292,8 +295,8 @@ class Benchmark:
     # -- scoring and selection -----------------------------------------------------------------------
     @torch.no_grad()
     def scores(self, run: dict, candidates: list[int], mc: bool) -> dict[str, dict[str, float]]:
-        """Per candidate (pool index), on the scan's liver box: prompt uncertainty and ensemble entropy, or
-        (``mc``) the MC-dropout variance.
+        """Per candidate (pool index), in the windows that touch the scan's liver: prompt uncertainty and
+        ensemble entropy, or (``mc``) the MC-dropout variance.
 
         PU is exactly what the app's scorer computes (:func:`apps.slpt.scoring.prompt_uncertainty`); the
         entropy is aggregated over the same lesion-relevant region.
@@ -304,14 +307,15 @@ class Benchmark:
         model, cfg = self.trained_model(run), self.config(run["method"], run["seed"])
         out = {}
         for i in candidates:
-            crop = self.pool[i]["image"][(slice(None), *self.boxes[i])].to(model_device(model))
+            image, organ = self.pool[i]["image"].to(model_device(model)), self.organs[i]
             t = time.perf_counter()
             if mc:
-                out[str(i)] = {"mc_variance": mc_variance(model, crop, self.inferer, self.s.mc_samples,
+                out[str(i)] = {"mc_variance": mc_variance(model, image, organ, self.inferer, self.s.mc_samples,
                                                           seed=run["seed"] * 100_003 + i)}
                 self._time("score_mc_dropout", time.perf_counter() - t)
                 continue
-            probs, pu = ensemble(torch.as_tensor(self.inferer(crop[None], model)).cpu(), model.num_prompts)
+            logits = OrganWindows(self.inferer, organ)(image[None], model)
+            probs, pu = ensemble(torch.as_tensor(logits).cpu(), model.num_prompts)
             label = task_label(probs[0]).numpy()
             out[str(i)] = {
                 "pu": scan_uncertainty(pu[0].numpy(), label, margin=cfg.uncertainty_margin,
@@ -425,13 +429,18 @@ class Benchmark:
         return {"run_seed": seed, "rows": rows}
 
 
-def mc_variance(model: torch.nn.Module, crop: torch.Tensor, inferer, samples: int, seed: int) -> float:
-    """MONAI Label-style epistemic score: the backbone's dropout on, ``samples`` passes of the ensemble mean,
-    variance over samples of the foreground class probabilities, summed over classes, averaged over the crop."""
+def mc_variance(model: torch.nn.Module, image: torch.Tensor, organ: np.ndarray | None, inferer, samples: int,
+                seed: int) -> float:
+    """MONAI Label-style epistemic score: the backbone's dropout on, ``samples`` passes of the ensemble mean in
+    the windows that touch ``organ``, variance over samples of the foreground class probabilities, summed over
+    classes, averaged over the organ (the whole scan without one)."""
     wrapped = EnsembleMean(model).eval()
     with dropout_enabled(wrapped):
-        probs = mc_dropout_probabilities(wrapped, crop, inferer, samples=samples, seed=seed)  # [S, 1, C, *s]
-    return float(probs[:, 0, 1:].var(0, unbiased=False).sum(0).mean())
+        probs = mc_dropout_probabilities(wrapped, image, OrganWindows(inferer, organ), samples=samples,
+                                         seed=seed)  # [S, 1, C, *S]
+    variance = probs[:, 0, 1:].var(0, unbiased=False).sum(0).cpu()
+    inside = organ is not None and organ.any()
+    return float(variance[torch.as_tensor(organ)].mean() if inside else variance.mean())
 
 
 def plan(settings: BenchmarkSettings, pool_size: int) -> dict:
@@ -488,13 +497,13 @@ def estimate(backbone: Backbone, full: BenchmarkSettings, log=print) -> dict:
     t = time.perf_counter()
     _emb, organ = embed_scan(backbone.network, image, SLPTConfig.embed_stage, backbone.labels.get("liver"))
     unit["embed"] = time.perf_counter() - t
-    crop = image[(slice(None), *organ_box(organ, image.shape[1:]))].to(model_device(backbone.network))
-    model = build_model(backbone, SLPTConfig()).to(crop.device)
+    image = image.to(model_device(backbone.network))
+    model = build_model(backbone, SLPTConfig()).to(image.device)
     t = time.perf_counter()
-    ensemble(torch.as_tensor(inferer(crop[None], model.eval())), model.num_prompts)
+    ensemble(torch.as_tensor(OrganWindows(inferer, organ)(image[None], model.eval())), model.num_prompts)
     unit["score"] = time.perf_counter() - t
     t = time.perf_counter()
-    mc_variance(model, crop, inferer, full.mc_samples, seed=0)
+    mc_variance(model, image, organ, inferer, full.mc_samples, seed=0)
     unit["mc"] = time.perf_counter() - t
     p = plan(full, pool_size)
     steps = full.epochs * full.iterations_per_epoch

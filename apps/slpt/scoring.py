@@ -1,13 +1,16 @@
 """Per-scan quantities TESLA ranks by: a frozen-backbone embedding and the prompt-based uncertainty.
 
-Scoring is made cheaper than a full-resolution K-prompt pass in two ways:
+Scoring is made cheaper than a full K-prompt pass in two ways:
 
-* the **embedding** (and the organ's bounding box) comes from one prompt-free backbone pass, computed
-  once per image content and cached: it never changes when the prompts do;
-* the **prompt-based uncertainty** is computed by the K-prompt model on the organ's bounding box only
-  (plus a margin), at full resolution, once per prompt-checkpoint version. Lesions live in the liver,
-  so the crop keeps everything the score looks at (``uncertainty.scan_uncertainty`` aggregates over the
-  liver and the predicted tumour) and drops most of the volume.
+* the **embedding** and the organ mask come from one prompt-free backbone pass over the whole scan (no
+  sliding window), which never depends on the prompts;
+* the **prompt-based uncertainty** is computed by the K-prompt model only in the sliding windows that touch
+  the organ (:class:`OrganWindows`), on the very window grid that ``/infer/slpt`` uses. Lesions live in
+  the liver and ``uncertainty.scan_uncertainty`` only looks at the predicted liver and tumour, so the
+  skipped windows hold nothing it reads. Because the grid is the same, every organ voxel gets exactly the
+  logits a full pass would give it: the backbone's GroupNorm normalises each window over its own extent,
+  so a crop on another grid (an earlier design scored a bounding-box crop) changes the predictions and
+  with them the ranking.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.inferers import Inferer
+from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from .postprocess import task_label
@@ -81,24 +84,55 @@ def embed_scan(
     return torch.cat([mean_in, std_in, feature.flatten(1).mean(1)]).cpu().numpy(), organ
 
 
-def organ_box(organ: np.ndarray | None, shape, margin: int = 8) -> tuple[slice, ...]:
-    """Bounding box of ``organ`` grown by ``margin`` voxels; the whole volume when there is no organ."""
-    if organ is None or not organ.any():
-        return tuple(slice(0, s) for s in shape)
-    idx = np.argwhere(organ)
-    lo, hi = np.maximum(idx.min(0) - margin, 0), np.minimum(idx.max(0) + margin + 1, shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+class OrganWindows:
+    """Sliding-window inference that runs the network only on windows touching ``organ``.
+
+    MONAI's :class:`~monai.inferers.SlidingWindowInferer` cuts a ``condition`` tensor into the same windows
+    as the input; the organ mask rides along as that condition, and a window without organ voxels is
+    answered with zero logits instead of a forward pass. A voxel is covered only by windows that contain
+    it, so organ voxels are stitched from computed windows alone and equal the full pass exactly.
+
+    Args:
+        inferer: the sliding-window inferer whose grid is kept (the app's ``task_inferer``).
+        organ: boolean ``[*S]`` mask of the input's spatial size, or ``None`` to compute every window.
+    """
+
+    def __init__(self, inferer: SlidingWindowInferer, organ: np.ndarray | torch.Tensor | None):
+        self.inferer = inferer
+        self.organ = None if organ is None else torch.as_tensor(np.asarray(organ, dtype=bool))
+        self.computed = self.skipped = 0
+
+    def __call__(self, inputs: torch.Tensor, network) -> torch.Tensor:
+        """``inputs [1, C, *S]`` -> the network's stitched output, computed in organ windows only."""
+        self.computed = self.skipped = 0
+        if self.organ is None:
+            return self.inferer(inputs, network)
+        if self.organ.shape != inputs.shape[2:]:
+            raise ValueError(f"organ mask {tuple(self.organ.shape)} does not match the input {tuple(inputs.shape[2:])}")
+        channels = None
+
+        def predictor(window: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+            nonlocal channels
+            if channels is not None and not condition.any():
+                self.skipped += 1
+                return window.new_zeros((window.shape[0], channels, *window.shape[2:]))
+            out = network(window)  # the first window always runs: it tells the output's channels
+            channels = out.shape[1]
+            self.computed += 1
+            return out
+
+        condition = self.organ.to(inputs.device, inputs.dtype).expand_as(inputs)  # MONAI wants the input's shape
+        return self.inferer(inputs, predictor, condition=condition)
 
 
 @torch.no_grad()
 def prompt_uncertainty(
-    model: nn.Module, image: torch.Tensor, box: tuple[slice, ...], inferer: Inferer, margin: int = 2,
-    top_fraction: float = 0.01,
+    model: nn.Module, image: torch.Tensor, organ: np.ndarray | None, inferer: SlidingWindowInferer,
+    margin: int = 2, top_fraction: float = 0.01,
 ) -> float:
-    """Per-scan prompt-based uncertainty of ``image [1, *S]`` computed on ``box`` only."""
+    """Per-scan prompt-based uncertainty of ``image [1, *S]``, from the windows that touch ``organ [*S]``."""
     model.eval()
-    crop = image[(slice(None), *box)].to(model_device(model))
-    logits = inferer(crop[None], model)
+    logits = OrganWindows(inferer, organ)(image[None].to(model_device(model)), model)
     probs, pu = ensemble(torch.as_tensor(logits), model.num_prompts)
     label = task_label(probs[0].cpu()).numpy()
     return scan_uncertainty(pu[0].cpu().numpy(), label, margin=margin, top_fraction=top_fraction)

@@ -18,7 +18,7 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from apps.slpt.backbone import Backbone, file_sha256
 from apps.slpt.checkpoints import CheckpointError, PromptCheckpointStore
 from apps.slpt.config import SLPTConfig
-from apps.slpt.scoring import embed_scan, organ_box, prompt_uncertainty
+from apps.slpt.scoring import embed_scan, prompt_uncertainty
 from apps.slpt.tuning import checkpoint_inferer, model_from_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def needs_scoring(info: dict, version: int | None) -> bool:
 
 
 class TeslaScoring(ScoringMethod):
-    """Frozen-backbone embedding (once per image) + K-prompt uncertainty on the liver box (once per version)."""
+    """Frozen-backbone embedding (once per image) + K-prompt uncertainty in the liver's windows (once per version)."""
 
     def __init__(self, backbone: Backbone, config: SLPTConfig):
         super().__init__("TESLA scoring: backbone embedding + prompt-based uncertainty in the liver")
@@ -64,15 +64,14 @@ class TeslaScoring(ScoringMethod):
                     counts["unchanged"] += 1
                     continue
                 image = self.load({"image": path})["image"].as_tensor().float()
+                # One prompt-free backbone pass gives the embedding and the liver mask the uncertainty needs.
+                embedding, organ = embed_scan(self.backbone.network, image, self.cfg.embed_stage, organ_channel)
                 if need_embedding:
-                    embedding, organ = embed_scan(self.backbone.network, image, self.cfg.embed_stage, organ_channel)
-                    box = organ_box(organ, image.shape[1:])
                     info = {"content_sha256": digest, "embedding": [round(float(v), 5) for v in embedding],
-                            "organ_box": [[s.start, s.stop] for s in box]}
+                            "organ_voxels": 0 if organ is None else int(organ.sum())}
                     counts["embedded"] += 1
                 if need_score:
-                    box = tuple(slice(a, b) for a, b in info["organ_box"])
-                    info["uncertainty"] = prompt_uncertainty(model, image, box, inferer, self.cfg.uncertainty_margin,
+                    info["uncertainty"] = prompt_uncertainty(model, image, organ, inferer, self.cfg.uncertainty_margin,
                                                              self.cfg.uncertainty_top_fraction)
                     info["checkpoint_version"] = version
                     counts["scored"] += 1

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from monai.networks.nets import SegResNet
 
 from apps.slpt.prompts import PromptedSegmenter
-from apps.slpt.scoring import embed_scan, organ_box, prompt_uncertainty
+from apps.slpt.scoring import OrganWindows, embed_scan, prompt_uncertainty
 from apps.slpt.tuning import sliding_window
 
 
@@ -35,23 +36,50 @@ def test_large_scans_are_downsampled_but_the_organ_mask_keeps_the_input_shape():
     assert organ is None or organ.shape == (48, 48, 48)
 
 
-def test_organ_box_grows_by_the_margin_and_defaults_to_everything():
-    organ = np.zeros((20, 20, 20), bool)
-    organ[5:8, 6:9, 10:12] = True
-    assert organ_box(organ, organ.shape, margin=2) == (slice(3, 10), slice(4, 11), slice(8, 14))
-    assert organ_box(None, (4, 5, 6)) == (slice(0, 4), slice(0, 5), slice(0, 6))
-
-
-def test_prompt_uncertainty_on_a_box_is_a_non_negative_score():
+def disagreeing_model():
     model = PromptedSegmenter(tiny_net(), ["down_layers.2", "up_layers.0"], ("up_layers.2",), 3, num_prompts=3)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "to_feature" in name:
                 p.normal_(0, 0.2)  # make the prompt sets disagree
+    return model.eval()
+
+
+def test_organ_windows_skip_windows_without_organ_and_keep_organ_voxels_exact():
+    model, inferer = disagreeing_model(), sliding_window((32, 32, 32))
+    image = torch.rand(1, 1, 64, 56, 48)
+    organ = np.zeros(image.shape[2:], bool)
+    organ[50:60, 40:50, 30:40] = True  # the far corner: one window of the grid holds it
+    windows = OrganWindows(inferer, organ)
+    with torch.no_grad():
+        full, only_organ = inferer(image, model), windows(image, model)
+    total = windows.computed + windows.skipped
+    assert windows.computed < total / 2
+    # Same grid, same windows for every organ voxel: the logits there are the full pass's.
+    inside = torch.as_tensor(organ)
+    torch.testing.assert_close(only_organ[:, :, inside], full[:, :, inside])
+    assert not torch.allclose(only_organ, full)  # elsewhere windows were skipped
+
+
+def test_without_an_organ_every_window_is_computed():
+    model, inferer = disagreeing_model(), sliding_window((32, 32, 32))
+    image = torch.rand(1, 1, 40, 40, 40)
+    windows = OrganWindows(inferer, None)
+    with torch.no_grad():
+        torch.testing.assert_close(windows(image, model), inferer(image, model))
+
+
+def test_an_organ_mask_of_another_shape_is_refused():
+    windows = OrganWindows(sliding_window((32, 32, 32)), np.ones((8, 8, 8), bool))
+    with pytest.raises(ValueError, match="organ mask"):
+        windows(torch.rand(1, 1, 16, 16, 16), disagreeing_model())
+
+
+def test_prompt_uncertainty_in_the_organ_windows_is_a_non_negative_score():
     image = torch.rand(1, 32, 32, 32)
-    box = (slice(0, 32), slice(0, 32), slice(0, 16))
-    score = prompt_uncertainty(model, image, box, sliding_window((32, 32, 32)))
-    assert score > 0.0
+    organ = np.zeros((32, 32, 32), bool)
+    organ[8:24, 8:24, 8:24] = True
+    assert prompt_uncertainty(disagreeing_model(), image, organ, sliding_window((32, 32, 32))) > 0.0
 
 
 def test_a_scan_needs_scoring_without_an_embedding_or_with_an_older_checkpoints_uncertainty():
