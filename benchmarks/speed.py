@@ -145,11 +145,9 @@ def measure_scoring(s: SpeedSettings, backbone_dir: Path, log) -> dict:
         with dropout_enabled(wrapped):
             mc_dropout_probabilities(wrapped, image, inferer, samples=s.mc_samples)
 
-    windows = OrganWindows(inferer, organ)
-    with torch.no_grad():
-        windows(image[None], model.eval())
+    computed, total = OrganWindows(inferer, organ).count(image[None])
     out = {"volume": list(image.shape[1:]), "organ_fraction": 0.0 if organ is None else float(organ.mean()),
-           "windows_computed": windows.computed, "windows_total": windows.computed + windows.skipped}
+           "windows_computed": computed, "windows_total": total}
     for name, fn in (("slpt_inference", lambda: predict(model, image, inferer)),
                      ("tesla_scoring", scoring), ("tesla_uncertainty", uncertainty_only),
                      (f"mc_dropout_{s.mc_samples}", mc)):

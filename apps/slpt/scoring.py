@@ -124,6 +124,11 @@ class OrganWindows:
         condition = self.organ.to(inputs.device, inputs.dtype).expand_as(inputs)  # MONAI wants the input's shape
         return self.inferer(inputs, predictor, condition=condition)
 
+    def count(self, inputs: torch.Tensor) -> tuple[int, int]:
+        """``(computed, total)`` windows for ``inputs``, found without running a network."""
+        self(inputs, lambda window: window[:, :1] * 0)
+        return self.computed, self.computed + self.skipped
+
 
 @torch.no_grad()
 def prompt_uncertainty(

@@ -55,11 +55,9 @@ def run(pool: int, compare: int, backbone_dir: Path, cfg: SLPTConfig, log=print)
         t = time.perf_counter()
         roi_pu = prompt_uncertainty(model, image, organ, inferer, cfg.uncertainty_margin, cfg.uncertainty_top_fraction)
         t_roi = time.perf_counter() - t
-        windows = OrganWindows(inferer, organ)
-        with torch.no_grad():
-            windows(image[None], model.eval())
+        computed, total = OrganWindows(inferer, organ).count(image[None])
         row = {"seed": seed, "tumor_type": ph.info["tumor_type"], "embed_s": t_embed, "roi_pu_s": t_roi,
-               "roi_pu": roi_pu, "window_fraction": windows.computed / max(windows.computed + windows.skipped, 1)}
+               "roi_pu": roi_pu, "window_fraction": computed / total}
         if n < compare:
             t = time.perf_counter()
             probs, pu = predict(model, image, inferer)

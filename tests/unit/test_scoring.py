@@ -55,6 +55,7 @@ def test_organ_windows_skip_windows_without_organ_and_keep_organ_voxels_exact():
         full, only_organ = inferer(image, model), windows(image, model)
     total = windows.computed + windows.skipped
     assert windows.computed < total / 2
+    assert windows.count(image) == (windows.computed, total)  # counted without a network
     # Same grid, same windows for every organ voxel: the logits there are the full pass's.
     inside = torch.as_tensor(organ)
     torch.testing.assert_close(only_organ[:, :, inside], full[:, :, inside])
