@@ -1,8 +1,9 @@
 """MONAI Label scoring method ``tesla``: embeddings and prompt-based uncertainty per unlabelled scan.
 
 Results go into each image's datastore info under ``slpt_tesla``; the strategy only reads them. An
-embedding is keyed by the image file's SHA-256 (an unchanged scan is never embedded twice); an uncertainty
-by the prompt-checkpoint version (a new checkpoint re-scores). Each scan is written as soon as it is
+embedding is keyed by the image file's SHA-256; an uncertainty by the prompt-checkpoint version (a new
+checkpoint re-scores). Re-scoring repeats the backbone pass for its liver mask (about a tenth of the K-prompt
+pass) rather than keep a full-size mask per scan in the datastore info. Each scan is written as soon as it is
 scored, so a killed scoring run keeps everything it finished.
 """
 
