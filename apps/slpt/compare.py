@@ -8,8 +8,9 @@ for best-epoch selection, then evaluation on held-out test phantoms never used f
     python -m apps.slpt.compare --out docs/results/slpt_vs_finetune  # full run: about half an hour per seed on 2 CPU cores
     python -m apps.slpt.compare --out /tmp/quick --quick  # the pipeline on a tiny setting
 
-Each finished seed is kept in ``<out>/runs/``, so a run that is stopped resumes at the first unfinished
-seed when started again with the same ``--out`` (and refuses an ``--out`` holding other settings).
+Each finished seed and method is kept in ``<out>/runs/`` with the inputs it ran with: a stopped run
+resumes where it stopped when started again with the same ``--out``, and a change to a prompt-only
+setting (e.g. a new SLPT default) trains SLPT again but keeps full fine-tuning's runs.
 """
 
 from __future__ import annotations
@@ -87,66 +88,85 @@ def labelled_seeds(n_labelled: int) -> list[int]:
     return sorted(int(s) for s in pool)
 
 
-def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: str, base: SLPTConfig, log) -> dict:
-    """Both methods on one seed's split of the labelled scans."""
+# Settings full fine-tuning never reads: changing one re-runs SLPT alone and keeps fine-tuning's runs.
+PROMPT_ONLY_FIELDS = ("stages", "num_prompts", "prompt_channels", "prompt_size", "hidden_ratio", "share_updaters")
+METHODS = ("slpt", "full_finetune")
+
+
+def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: str, base: SLPTConfig, log,
+              finished: SeedRuns | None) -> dict:
+    """Both methods on one seed's split of the labelled scans (each reused from ``finished`` when it ran
+    with the same inputs)."""
     backbone, labelled, test = _data(settings.n_labelled, tuple(settings.test_seeds), backbone_dir, device)
     cfg = dataclasses.replace(base, seed=seed)
     inferer = task_inferer(cfg)  # both methods train on cfg.patch_size patches
     split = update_split(labelled, {}, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans, seed)
     train = [labelled[i] for i, side in sorted(split.items()) if side == "train"]
     val = [labelled[i] for i, side in sorted(split.items()) if side == "val"]
-    torch.manual_seed(seed)
-    slpt = _train_and_test("slpt", build_model(backbone, cfg).to(device), cfg, train, val, test, inferer, log)
-    torch.manual_seed(seed)
-    ft_cfg = dataclasses.replace(cfg, learning_rate=settings.finetune_learning_rate, diversity_weight=0.0)
-    ft_model = full_finetune(backbone, cfg.head_stages, head_channels=cfg.head_channels).to(device)
-    ft = _train_and_test("finetune", ft_model, ft_cfg, train, val, test, inferer, log)
-    run = {"seed": seed, "train_size": len(train), "val_size": len(val), "slpt": slpt, "full_finetune": ft}
+    configs = {"slpt": cfg, "full_finetune": dataclasses.replace(
+        cfg, learning_rate=settings.finetune_learning_rate, diversity_weight=0.0)}
+    builders = {"slpt": lambda: build_model(backbone, cfg),
+                "full_finetune": lambda: full_finetune(backbone, cfg.head_stages, head_channels=cfg.head_channels)}
+    results = {}
+    for method in METHODS:
+        inputs = _inputs(method, configs[method], settings, backbone.identity)
+        results[method] = finished.get(seed, method, inputs) if finished else None
+        if results[method]:
+            log(f"seed {seed} {method}: finished earlier with the same inputs, kept in {finished.folder}")
+            continue
+        torch.manual_seed(seed)
+        model = builders[method]().to(device)
+        results[method] = _train_and_test(method, model, configs[method], train, val, test, inferer, log)
+        if finished:
+            finished.put(seed, method, inputs, results[method])
+    run = {"seed": seed, "train_size": len(train), "val_size": len(val), **results}
     log(json.dumps(run))
     return run
 
 
-class SeedRuns:
-    """Finished seeds under ``<out>/runs/``, valid only for the settings, SLPT config and backbone they ran with."""
+def _inputs(method: str, cfg: SLPTConfig, settings: CompareSettings, backbone_identity: dict) -> dict:
+    """Everything a method's result depends on, as plain JSON."""
+    config = cfg.to_dict()
+    if method == "full_finetune":
+        config = {k: v for k, v in config.items() if k not in PROMPT_ONLY_FIELDS}
+    return json.loads(json.dumps({"settings": dataclasses.asdict(settings), "config": config,
+                                  "backbone": backbone_identity["sha256"]}))
 
-    def __init__(self, folder: Path, settings: CompareSettings, base: SLPTConfig, backbone_identity: dict):
+
+class SeedRuns:
+    """Finished runs under ``<out>/runs/``, one file per seed and method, each kept with its inputs.
+
+    A run is reused only for identical inputs (:func:`_inputs`); otherwise it is trained again and
+    replaces the old file, so a stopped comparison resumes where it stopped, and a change to SLPT's
+    defaults does not repeat fine-tuning.
+    """
+
+    def __init__(self, folder: Path):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
-        current = json.loads(json.dumps({"settings": dataclasses.asdict(settings), "slpt_config": base.to_dict(),
-                                         "backbone": backbone_identity["sha256"]}))
-        path = folder / "settings.json"
-        if path.exists() and json.loads(path.read_text()) != current:
-            raise ValueError(f"{folder} holds runs of other settings, SLPT config or backbone; "
-                             "use another --out folder (or delete that one) to start afresh")
-        atomic_write_json(path, current)
 
-    def get(self, seed: int) -> dict | None:
-        path = self.folder / f"seed{seed}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+    def _path(self, seed: int, method: str) -> Path:
+        return self.folder / f"seed{seed}-{method}.json"
 
-    def put(self, seed: int, run: dict) -> None:
-        atomic_write_json(self.folder / f"seed{seed}.json", run)
+    def get(self, seed: int, method: str, inputs: dict) -> dict | None:
+        path = self._path(seed, method)
+        kept = json.loads(path.read_text()) if path.exists() else None
+        return kept["result"] if kept and kept["inputs"] == inputs else None
+
+    def put(self, seed: int, method: str, inputs: dict, result: dict) -> None:
+        atomic_write_json(self._path(seed, method), {"inputs": inputs, "result": result})
 
 
 def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(print, flush=True),
         device: str = "cpu", overrides: dict | None = None, out: Path | None = None) -> dict:
     """``overrides``: ``SLPTConfig`` fields to use instead of the app's defaults (for both methods).
-    ``out``: keep each finished seed under ``out/runs`` and reuse the ones already there."""
+    ``out``: keep each finished run under ``out/runs`` and reuse the ones that ran with the same inputs."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base = SLPTConfig(epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch)
     base = base.with_overrides(**(overrides or {}))
     backbone = _data(settings.n_labelled, tuple(settings.test_seeds), str(backbone_dir), device)[0]  # cached
-    finished = SeedRuns(out / "runs", settings, base, backbone.identity) if out else None
-    runs = []
-    for seed in settings.run_seeds:
-        kept = finished.get(seed) if finished else None
-        if kept:
-            log(f"seed {seed}: finished earlier, kept in {finished.folder}")
-        else:
-            kept = _run_seed(seed, settings, str(backbone_dir), device, base, log)
-            if finished:
-                finished.put(seed, kept)
-        runs.append(kept)
+    finished = SeedRuns(out / "runs") if out else None
+    runs = [_run_seed(seed, settings, str(backbone_dir), device, base, log, finished) for seed in settings.run_seeds]
     labelled = [image_id(s) for s in labelled_seeds(settings.n_labelled)]
     test_size = settings.test_seeds[1] - settings.test_seeds[0]
 
@@ -155,7 +175,7 @@ def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(pri
         return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
 
     summary = {m: {k: stat(m, k) for k in ("dice_tumor", "dice_liver", "train_seconds",
-                                           "trainable_percent_of_backbone")} for m in ("slpt", "full_finetune")}
+                                           "trainable_percent_of_backbone")} for m in METHODS}
     return {"settings": dataclasses.asdict(settings), "labelled": labelled, "test_size": test_size,
             "tumour_free_test_cases": tumour_free_cases(settings.test_seeds),
             "backbone": backbone.identity, "slpt_config": base.to_dict(), "overrides": overrides or {},

@@ -1,28 +1,37 @@
-"""The SLPT-vs-fine-tuning comparison keeps each finished seed, so a stopped run resumes instead of restarting."""
+"""The SLPT-vs-fine-tuning comparison keeps each finished run with its inputs, so a stopped run resumes,
+and a new SLPT setting does not repeat full fine-tuning."""
 
 from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
 from apps.slpt import compare
 
+TRAINING = ("[slpt]", "[full_finetune]")
 
-def test_finished_seeds_are_kept_and_reused_only_for_the_same_settings(root, tmp_path, one_thread):
+
+def test_finished_runs_are_reused_only_for_the_same_inputs(root, tmp_path, one_thread):
     backbone = root / "models" / "backbone"
     messages: list[str] = []
     first = compare.run(compare.QUICK, backbone, log=messages.append, out=tmp_path)
-    assert (tmp_path / "runs" / "seed0.json").exists()
-    assert any(m.startswith("[slpt]") for m in messages) and any(m.startswith("[finetune]") for m in messages)
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"seed0-slpt.json", "seed0-full_finetune.json"}
+    assert all(any(m.startswith(prefix) for m in messages) for prefix in TRAINING)
 
     messages.clear()
     again = compare.run(compare.QUICK, backbone, log=messages.append, out=tmp_path)
     assert again["runs"] == first["runs"]
-    assert not any(m.startswith(("[slpt]", "[finetune]")) for m in messages)  # nothing trained twice
-    assert any("finished earlier" in m for m in messages)
+    assert not any(m.startswith(TRAINING) for m in messages)  # nothing trained twice
+    assert sum("finished earlier" in m for m in messages) == 2
 
-    longer = dataclasses.replace(compare.QUICK, epochs=2)
-    with pytest.raises(ValueError, match="other settings"):
-        compare.run(longer, backbone, log=messages.append, out=tmp_path)
-    assert (tmp_path / "runs" / "seed0.json").exists()  # the refused run leaves the kept seed alone
+    # A prompt-only setting trains SLPT again; full fine-tuning never reads it and is kept.
+    messages.clear()
+    wider = compare.run(compare.QUICK, backbone, log=messages.append, out=tmp_path, overrides={"hidden_ratio": 0.5})
+    assert any(m.startswith("[slpt]") for m in messages)
+    assert not any(m.startswith("[full_finetune]") for m in messages)
+    assert wider["runs"][0]["full_finetune"] == first["runs"][0]["full_finetune"]
+    assert wider["runs"][0]["slpt"]["trainable"] != first["runs"][0]["slpt"]["trainable"]
+
+    # A setting both methods read trains both again.
+    messages.clear()
+    compare.run(dataclasses.replace(compare.QUICK, epochs=2), backbone, log=messages.append, out=tmp_path)
+    assert all(any(m.startswith(prefix) for m in messages) for prefix in TRAINING)
