@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     def step(parts: dict) -> None:
         with timed(parts, "data"):
             x, y = sampler(cfg.batch_size)
-            views, y = augmented_views(x, cfg.num_prompts, rng).to(dev), y.to(dev)
+            views, y = augmented_views(x, cfg.num_prompts, rng, cfg.view_jitter).to(dev), y.to(dev)
         with timed(parts, "forward"):
             logits = model.forward_views(views)
         with timed(parts, "loss"):

@@ -49,6 +49,7 @@ class SLPTConfig:
     batch_size: int = _f(4, "patches per optimiser step (each seen by all K prompt sets)")
     patch_size: int = _f(32, "training patch edge in backbone voxels (multiple of 8)")
     learning_rate: float = _f(1e-2, "AdamW learning rate for prompts, updaters and head")
+    view_jitter: float = _f(1.0, "strength of the intensity jitter of the K-1 augmented training views (0: none)")
     diversity_weight: float = _f(0.1, "weight of the prompt-diversity term in the loss")
     tumour_weight: float = _f(5.0, "loss weight of the tumour class (Dice and cross-entropy); tumour is ~1% of voxels")
     tumour_patch_ratio: float = _f(4.0, "tumour-centred training patches per background- and per liver-centred one")
@@ -83,6 +84,7 @@ class SLPTConfig:
             (self.batch_size >= 1, "slpt_batch_size must be >= 1"),
             (self.patch_size >= 16 and self.patch_size % 8 == 0, "slpt_patch_size must be a multiple of 8, >= 16"),
             (self.learning_rate > 0, "slpt_learning_rate must be > 0"),
+            (0.0 <= self.view_jitter <= 1.0, "slpt_view_jitter must be in [0, 1]"),
             (self.diversity_weight >= 0, "slpt_diversity_weight must be >= 0"),
             (self.tumour_weight > 0, "slpt_tumour_weight must be > 0"),
             (self.tumour_patch_ratio >= 0, "slpt_tumour_patch_ratio must be >= 0"),

@@ -97,14 +97,17 @@ def dvpt_loss(
     return total, {"seg": seg.item(), "diversity": diversity.item()}
 
 
-def augmented_views(x: torch.Tensor, num_prompts: int, rng: np.random.Generator) -> torch.Tensor:
+def augmented_views(x: torch.Tensor, num_prompts: int, rng: np.random.Generator, jitter: float = 1.0) -> torch.Tensor:
     """``[B, 1, *S]`` -> ``[K * B, 1, *S]``: view 0 is clean, the others get their own intensity jitter.
 
-    Intensity-only augmentation keeps the label valid for every view.
+    At ``jitter`` 1 a view's intensities are scaled by up to ±10%, shifted by up to ±0.05 (±25 HU in the
+    backbone's window) and given noise of σ up to 0.03; ``jitter`` scales all three. Intensity-only
+    augmentation keeps the label valid for every view.
     """
     views = [x]
     for _ in range(num_prompts - 1):
-        scale, shift, noise = rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05), rng.uniform(0.0, 0.03)
+        scale = rng.uniform(1 - 0.1 * jitter, 1 + 0.1 * jitter)
+        shift, noise = rng.uniform(-0.05 * jitter, 0.05 * jitter), rng.uniform(0.0, 0.03 * jitter)
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         views.append(x * scale + shift + noise * torch.randn(x.shape, generator=gen))
     return torch.cat(views)
@@ -249,7 +252,7 @@ def fit(
         losses, segs, divs = [], [], []
         for _ in range(cfg.iterations_per_epoch):
             x, y = sampler(cfg.batch_size)
-            logits = model.forward_views(augmented_views(x, model.num_prompts, rng).to(device))
+            logits = model.forward_views(augmented_views(x, model.num_prompts, rng, cfg.view_jitter).to(device))
             y = y.to(device)
             loss, parts = dvpt_loss(logits, y, model.num_prompts, seg_loss, cfg.diversity_weight)
             optimizer.zero_grad(set_to_none=True)

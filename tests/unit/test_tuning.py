@@ -51,6 +51,13 @@ def test_augmented_views_keep_view_zero_clean():
     assert torch.equal(views[:2], x) and not torch.equal(views[2:4], x)
 
 
+def test_view_jitter_scales_how_far_augmented_views_move():
+    x = torch.rand(2, 1, 8, 8, 8)
+    distance = {j: (augmented_views(x, 3, np.random.default_rng(0), jitter=j)[2:] - x.repeat(2, 1, 1, 1, 1)).abs().mean()
+                for j in (0.0, 0.25, 1.0)}
+    assert distance[0.0] == 0 and 0 < distance[0.25] < distance[1.0]
+
+
 def test_dvpt_loss_has_no_diversity_for_one_prompt_and_rewards_it_for_several():
     label = torch.ones(1, 1, 4, 4, 4, dtype=torch.long)
     seg = DiceCELoss(to_onehot_y=True, softmax=True)
