@@ -203,7 +203,8 @@ def _train_child(method: str, s: SpeedSettings, backbone_dir: str, threads: int,
         model.train()
         for _ in range(cfg.iterations_per_epoch):
             x, y = sampler(cfg.batch_size)
-            views = augmented_views(x, model.num_prompts, rng, cfg.view_jitter).to(dev)  # tuning.fit's step, on the device
+            # tuning.fit's step, on the device
+            views = augmented_views(x, model.num_prompts, rng, cfg.view_jitter).to(dev)
             loss, _ = dvpt_loss(model.forward_views(views), y.to(dev), model.num_prompts, loss_fn, cfg.diversity_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -53,8 +53,9 @@ def test_augmented_views_keep_view_zero_clean():
 
 def test_view_jitter_scales_how_far_augmented_views_move():
     x = torch.rand(2, 1, 8, 8, 8)
-    distance = {j: (augmented_views(x, 3, np.random.default_rng(0), jitter=j)[2:] - x.repeat(2, 1, 1, 1, 1)).abs().mean()
-                for j in (0.0, 0.25, 1.0)}
+    moved = {j: augmented_views(x, 3, np.random.default_rng(0), jitter=j)[2:] - x.repeat(2, 1, 1, 1, 1)
+             for j in (0.0, 0.25, 1.0)}
+    distance = {j: m.abs().mean() for j, m in moved.items()}
     assert distance[0.0] == 0 and 0 < distance[0.25] < distance[1.0]
 
 
