@@ -36,7 +36,8 @@ class SLPTConfig:
     head_stages: tuple[str, ...] = _f(("up_layers.2", "down_layers.0"),
                                       "backbone stages read by the new task head: the last decoder stage, and the "
                                       "first encoder stage that still sees the faint tumour contrast")
-    head_channels: int = _f(16, "width of the task head's 3x3x3 conv")
+    head_channels: int = _f(16, "width of the task head's 3x3x3 convs")
+    head_layers: int = _f(1, "3x3x3 convs in the task head (dilations 1, 2, 4, ...: each widens its context)")
     num_prompts: int = _f(3, "K, the number of diversified prompt sets")
     prompt_channels: int = _f(4, "channels of each prompt tensor")
     prompt_size: int = _f(4, "spatial size of each learnable prompt cube")
@@ -79,6 +80,7 @@ class SLPTConfig:
             (len(self.stages) >= 1, "slpt_stages needs at least one stage"),
             (len(self.head_stages) >= 1, "slpt_head_stages needs at least one stage"),
             (self.head_channels >= 1, "slpt_head_channels must be >= 1"),
+            (self.head_layers >= 1, "slpt_head_layers must be >= 1"),
             (self.epochs >= 1 and self.iterations_per_epoch >= 1, "slpt_epochs and iterations must be >= 1"),
             (self.val_interval >= 1, "slpt_val_interval must be >= 1"),
             (self.batch_size >= 1, "slpt_batch_size must be >= 1"),

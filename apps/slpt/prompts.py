@@ -59,23 +59,29 @@ class FeatureAwarePromptUpdater(nn.Module):
 class TaskHead(nn.Module):
     """The new task head: stage features, resized to the first one's grid and stacked, -> class logits.
 
-    A 3x3x3 conv (not 1x1x1) lets the head compare a voxel with its neighbours, which is what tells a
-    low-contrast lesion from noise.
+    3x3x3 convs (not 1x1x1) let the head compare a voxel with its neighbours, which is what tells a
+    low-contrast lesion from noise. Each further layer doubles its dilation, widening the context the head
+    sees (e.g. whether a dark voxel lies inside the liver or on its partial-volume edge) at the cost of
+    one more conv.
 
     Args:
         in_channels: channels of the stacked stage features.
         num_classes: task classes, background included.
-        hidden_channels: width of the 3x3x3 conv.
+        hidden_channels: width of the 3x3x3 convs.
+        layers: number of 3x3x3 convs (dilations 1, 2, 4, ...).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, hidden_channels: int = 16):
+    def __init__(self, in_channels: int, num_classes: int, hidden_channels: int = 16, layers: int = 1):
         super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv3d(in_channels, hidden_channels, kernel_size=3, padding=1),
-            nn.GroupNorm(min(8, hidden_channels), hidden_channels),
-            nn.ReLU(),
-            nn.Conv3d(hidden_channels, num_classes, kernel_size=1),
-        )
+        blocks = []
+        for i in range(layers):
+            blocks += [
+                nn.Conv3d(in_channels if i == 0 else hidden_channels, hidden_channels, kernel_size=3,
+                          padding=2**i, dilation=2**i),
+                nn.GroupNorm(min(8, hidden_channels), hidden_channels),
+                nn.ReLU(),
+            ]
+        self.layers = nn.Sequential(*blocks, nn.Conv3d(hidden_channels, num_classes, kernel_size=1))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         size = features[0].shape[2:]
@@ -155,7 +161,8 @@ class PromptedSegmenter(nn.Module):
         prompt_channels: channels of each prompt tensor.
         prompt_size: spatial size of each learnable prompt (a cube), resized to each feature.
         hidden_ratio: FPU hidden width as a fraction of the stage channels (at least 4).
-        head_channels: width of the task head's 3x3x3 conv.
+        head_channels: width of the task head's 3x3x3 convs.
+        head_layers: number of the task head's 3x3x3 convs.
         share_updaters: one FPU per stage shared by all prompt sets, or one per set.
         seed: initialises the prompt sets differently but reproducibly.
     """
@@ -171,6 +178,7 @@ class PromptedSegmenter(nn.Module):
         prompt_size: int = 4,
         hidden_ratio: float = 1.0,
         head_channels: int = 16,
+        head_layers: int = 1,
         share_updaters: bool = True,
         seed: int = 0,
         in_channels: int = 1,
@@ -206,7 +214,7 @@ class PromptedSegmenter(nn.Module):
         self.updaters = nn.ModuleDict({
             _key(stage): nn.ModuleList(updater(channels[stage]) for _ in range(copies)) for stage in self.stages
         })
-        self.head = TaskHead(sum(channels[s] for s in self.head_stages), num_classes, head_channels)
+        self.head = TaskHead(sum(channels[s] for s in self.head_stages), num_classes, head_channels, head_layers)
         self._handles: list = []
         self._carried: torch.Tensor | None = None
         self._active = True

@@ -44,6 +44,7 @@ def build_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = len(TASK
         prompt_size=cfg.prompt_size,
         hidden_ratio=cfg.hidden_ratio,
         head_channels=cfg.head_channels,
+        head_layers=cfg.head_layers,
         share_updaters=cfg.share_updaters,
         seed=cfg.seed,
     )
@@ -51,7 +52,7 @@ def build_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = len(TASK
 
 # The fields that define a prompt checkpoint's architecture; a checkpoint is rebuilt with its own values.
 PROMPT_FIELDS = ("stages", "head_stages", "num_prompts", "prompt_channels", "prompt_size", "hidden_ratio",
-                 "head_channels", "share_updaters", "seed")
+                 "head_channels", "head_layers", "share_updaters", "seed")
 
 
 def checkpoint_config(payload: dict, cfg: SLPTConfig) -> SLPTConfig:
