@@ -163,3 +163,23 @@ def test_a_head_reading_the_image_gets_one_more_input_channel():
 def test_the_image_cannot_be_prompted():
     with pytest.raises(ValueError, match="cannot be prompted"):
         PromptedSegmenter(segresnet(), (IMAGE, "down_layers.1"), ("up_layers.2",), num_classes=3)
+
+
+@pytest.mark.parametrize("layers, reach", [(1, 1), (2, 3), (3, 7)])
+def test_each_head_layer_doubles_its_dilation_and_widens_what_a_voxel_sees(layers, reach):
+    torch.manual_seed(0)
+    head = TaskHead(in_channels=2, num_classes=3, hidden_channels=8, layers=layers).eval()
+    x = torch.randn(1, 2, 33, 33, 33)
+    assert head([x]).shape == (1, 3, 33, 33, 33)
+
+    def centre_change(offset: int) -> float:
+        y = x.clone()
+        y[0, :, 16 + offset, 16, 16] += 10.0
+        with torch.no_grad():
+            return float((head([x]) - head([y]))[0, :, 16, 16, 16].abs().max())
+
+    # GroupNorm couples every voxel faintly (a voxel far outside the reach shows that level); inside the
+    # reach of the 3x3x3 convs with dilations 1, 2, 4, ... the change is an order of magnitude larger.
+    coupling = centre_change(15)
+    assert centre_change(reach) > 10 * coupling
+    assert centre_change(reach + 1) < 5 * coupling
