@@ -190,7 +190,7 @@ def _train_child(method: str, s: SpeedSettings, backbone_dir: str, threads: int,
     if method == "slpt":
         model = build_model(backbone, cfg).to(dev)
     else:
-        model = full_finetune(backbone, cfg.head_stages, head_channels=cfg.head_channels).to(dev)
+        model = full_finetune(backbone, cfg).to(dev)
         cfg = dataclasses.replace(cfg, learning_rate=1e-3, diversity_weight=0.0)
     rng = np.random.default_rng(0)
     sampler, loss_fn, optimizer = PatchSampler([pair], cfg.patch_size, rng), task_loss(cfg).to(dev), prompt_optimizer(model, cfg)

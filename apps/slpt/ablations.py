@@ -14,7 +14,6 @@ They wrap or subclass the method's own classes, so the method code stays as it i
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -65,8 +64,8 @@ def build_plain_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = 3)
     return PlainPromptedSegmenter(
         copy.deepcopy(backbone.network), stages=cfg.stages, head_stages=cfg.head_stages, num_classes=num_classes,
         num_prompts=cfg.num_prompts, prompt_channels=cfg.prompt_channels, prompt_size=cfg.prompt_size,
-        hidden_ratio=cfg.hidden_ratio, head_channels=cfg.head_channels, share_updaters=cfg.share_updaters,
-        seed=cfg.seed)
+        hidden_ratio=cfg.hidden_ratio, head_channels=cfg.head_channels, head_layers=cfg.head_layers,
+        share_updaters=cfg.share_updaters, seed=cfg.seed)
 
 
 def reinitialise(network: nn.Module, seed: int) -> nn.Module:
@@ -83,11 +82,11 @@ def reinitialise(network: nn.Module, seed: int) -> nn.Module:
     return fresh
 
 
-def from_scratch(backbone: Backbone, head_stages: Sequence[str], seed: int, num_classes: int = 3,
-                 head_channels: int = 16) -> HeadSegmenter:
-    """The backbone's architecture without its pre-trained weights, fully trainable, with SLPT's task head."""
-    return HeadSegmenter(reinitialise(backbone.network, seed), head_stages, num_classes, freeze_backbone=False,
-                         head_channels=head_channels)
+def from_scratch(backbone: Backbone, cfg: SLPTConfig, num_classes: int = 3) -> HeadSegmenter:
+    """The backbone's architecture without its pre-trained weights (re-initialised with ``cfg.seed``), fully
+    trainable, with SLPT's task head."""
+    return HeadSegmenter(reinitialise(backbone.network, cfg.seed), cfg.head_stages, num_classes,
+                         freeze_backbone=False, head_channels=cfg.head_channels, head_layers=cfg.head_layers)
 
 
 class EnsembleMean(nn.Module):

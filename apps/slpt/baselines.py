@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .backbone import Backbone
+from .config import SLPTConfig
 from .prompts import StageTap, TaskHead, freeze, resolve_stages, stage_channels
 
 
@@ -24,13 +25,14 @@ class HeadSegmenter(nn.Module):
         head_stages: modules whose outputs feed the head, as in SLPT.
         num_classes: task classes, background included.
         freeze_backbone: ``True`` for head-only tuning, ``False`` for full fine-tuning.
-        head_channels: width of the head's 3x3x3 conv, as in SLPT.
+        head_channels: width of the head's 3x3x3 convs, as in SLPT.
+        head_layers: number of the head's 3x3x3 convs, as in SLPT.
     """
 
     num_prompts = 1
 
     def __init__(self, backbone: nn.Module, head_stages: Sequence[str], num_classes: int, freeze_backbone: bool,
-                 head_channels: int = 16):
+                 head_channels: int = 16, head_layers: int = 1):
         super().__init__()
         self.backbone = copy.deepcopy(backbone)
         self.frozen = freeze_backbone
@@ -41,7 +43,7 @@ class HeadSegmenter(nn.Module):
                 p.requires_grad_(True)
         self.head_stages = list(head_stages)
         channels = stage_channels(self.backbone, self.head_stages)
-        self.head = TaskHead(sum(channels.values()), num_classes, head_channels)
+        self.head = TaskHead(sum(channels.values()), num_classes, head_channels, head_layers)
         self._tap = StageTap(resolve_stages(self.backbone, self.head_stages))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,11 +64,13 @@ class HeadSegmenter(nn.Module):
                 if self.frozen is False or not k.startswith("backbone.")}
 
 
-def full_finetune(backbone: Backbone, head_stages: Sequence[str], num_classes: int = 3,
-                  head_channels: int = 16) -> HeadSegmenter:
-    return HeadSegmenter(backbone.network, head_stages, num_classes, freeze_backbone=False, head_channels=head_channels)
+def full_finetune(backbone: Backbone, cfg: SLPTConfig, num_classes: int = 3) -> HeadSegmenter:
+    """The whole backbone trained, with the task head ``cfg`` gives SLPT."""
+    return HeadSegmenter(backbone.network, cfg.head_stages, num_classes, freeze_backbone=False,
+                         head_channels=cfg.head_channels, head_layers=cfg.head_layers)
 
 
-def head_only(backbone: Backbone, head_stages: Sequence[str], num_classes: int = 3,
-              head_channels: int = 16) -> HeadSegmenter:
-    return HeadSegmenter(backbone.network, head_stages, num_classes, freeze_backbone=True, head_channels=head_channels)
+def head_only(backbone: Backbone, cfg: SLPTConfig, num_classes: int = 3) -> HeadSegmenter:
+    """The frozen backbone with only the task head ``cfg`` gives SLPT trained."""
+    return HeadSegmenter(backbone.network, cfg.head_stages, num_classes, freeze_backbone=True,
+                         head_channels=cfg.head_channels, head_layers=cfg.head_layers)

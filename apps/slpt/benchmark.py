@@ -214,11 +214,11 @@ class Benchmark:
     def model(self, method: str, cfg: SLPTConfig) -> torch.nn.Module:
         """A fresh ``method`` model, on the backbone's device."""
         torch.manual_seed(cfg.seed)
-        b, heads, width = self.backbone, cfg.head_stages, cfg.head_channels
+        b = self.backbone
         build = {
-            "scratch": lambda: from_scratch(b, heads, cfg.seed, head_channels=width),
-            "full_finetune": lambda: full_finetune(b, heads, head_channels=width),
-            "head_only": lambda: head_only(b, heads, head_channels=width),
+            "scratch": lambda: from_scratch(b, cfg),
+            "full_finetune": lambda: full_finetune(b, cfg),
+            "head_only": lambda: head_only(b, cfg),
             "plain_prompts": lambda: build_plain_model(b, cfg),
             "slpt_k1": lambda: build_model(b, cfg),
             "slpt_k3": lambda: build_model(b, cfg),

@@ -89,7 +89,8 @@ def labelled_seeds(n_labelled: int) -> list[int]:
 
 
 # Settings full fine-tuning never reads: changing one re-runs SLPT alone and keeps fine-tuning's runs.
-PROMPT_ONLY_FIELDS = ("stages", "num_prompts", "prompt_channels", "prompt_size", "hidden_ratio", "share_updaters")
+PROMPT_ONLY_FIELDS = ("stages", "num_prompts", "prompt_channels", "prompt_size", "hidden_ratio", "share_updaters",
+                      "view_jitter")
 METHODS = ("slpt", "full_finetune")
 
 
@@ -106,7 +107,7 @@ def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: s
     configs = {"slpt": cfg, "full_finetune": dataclasses.replace(
         cfg, learning_rate=settings.finetune_learning_rate, diversity_weight=0.0)}
     builders = {"slpt": lambda: build_model(backbone, cfg),
-                "full_finetune": lambda: full_finetune(backbone, cfg.head_stages, head_channels=cfg.head_channels)}
+                "full_finetune": lambda: full_finetune(backbone, cfg)}
     results = {}
     for method in METHODS:
         inputs = _inputs(method, configs[method], settings, backbone.identity)

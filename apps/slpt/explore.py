@@ -81,7 +81,7 @@ def run_variant(variant: dict, n_val: int, backbone_dir: str, device: str = "cpu
     inferer = task_inferer(cfg)
     torch.manual_seed(cfg.seed)
     if method == "ft":
-        model = full_finetune(backbone, cfg.head_stages, head_channels=cfg.head_channels)
+        model = full_finetune(backbone, cfg)
         cfg = dataclasses.replace(cfg, learning_rate=1e-3, diversity_weight=0.0)  # as compare does
     else:
         model = build_model(backbone, cfg)
