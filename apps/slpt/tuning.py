@@ -55,9 +55,13 @@ PROMPT_FIELDS = ("stages", "head_stages", "num_prompts", "prompt_channels", "pro
                  "head_channels", "head_layers", "share_updaters", "seed")
 
 
+# Prompt fields added after checkpoints had been written, with the value that rebuilds those checkpoints.
+FIELDS_ADDED_LATER = {"head_layers": 1}
+
+
 def checkpoint_config(payload: dict, cfg: SLPTConfig) -> SLPTConfig:
     """``cfg`` with the prompt architecture a checkpoint was trained with (the app config may have moved on)."""
-    saved = payload["metadata"].get("config", {})
+    saved = {**FIELDS_ADDED_LATER, **payload["metadata"].get("config", {})}
     return dataclasses.replace(cfg, **{k: tuple(saved[k]) if k in ("stages", "head_stages") else saved[k]
                                        for k in PROMPT_FIELDS if k in saved})
 
