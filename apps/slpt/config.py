@@ -37,7 +37,9 @@ class SLPTConfig:
                                       "backbone stages read by the new task head: the last decoder stage, and the "
                                       "first encoder stage that still sees the faint tumour contrast")
     head_channels: int = _f(16, "width of the task head's 3x3x3 convs")
-    head_layers: int = _f(1, "3x3x3 convs in the task head (dilations 1, 2, 4, ...: each widens its context)")
+    # Three dilated convs (context of 15 voxels) lifted validation tumour Dice per case well above one conv
+    # (docs/results/explore/rows-cpu-window32-seed0.jsonl, picked by apps.slpt.explore.pick).
+    head_layers: int = _f(3, "3x3x3 convs in the task head (dilations 1, 2, 4, ...: each widens its context)")
     num_prompts: int = _f(3, "K, the number of diversified prompt sets")
     prompt_channels: int = _f(4, "channels of each prompt tensor")
     prompt_size: int = _f(4, "spatial size of each learnable prompt cube")
