@@ -142,12 +142,11 @@ def test_models_trained_by_fit_infer_in_windows_of_their_training_patch_size():
     assert checkpoint_inferer({"metadata": {}}, cfg).roi_size == (48, 48, 48)
 
 
-
 def test_a_checkpoint_is_rebuilt_with_its_own_head_even_from_before_head_layers_existed():
     app = SLPTConfig(head_layers=3, hidden_ratio=0.5)
     older = {"metadata": {"config": {"hidden_ratio": 1.0, "stages": ["up_layers.0"]}}}  # written without the field
     newer = {"metadata": {"config": {"hidden_ratio": 1.0, "stages": ["up_layers.0"], "head_layers": 2}}}
-    assert checkpoint_config(older, app).head_layers == 1
-    assert checkpoint_config(newer, app).head_layers == 2
     rebuilt = checkpoint_config(older, app)
+    assert rebuilt.head_layers == 1
     assert rebuilt.stages == ("up_layers.0",) and rebuilt.hidden_ratio == 1.0
+    assert checkpoint_config(newer, app).head_layers == 2
