@@ -41,7 +41,7 @@ import torch
 
 from apps.slpt.ablations import EnsembleMean
 from apps.slpt.backbone import load_backbone
-from apps.slpt.baselines import full_finetune
+from apps.slpt.baselines import finetune_config, full_finetune
 from apps.slpt.config import SLPTConfig
 from apps.slpt.data import image_id, load_phantom_pair, write_studies
 from apps.slpt.phantom import PhantomSpec, make_phantom, phantom_header
@@ -191,7 +191,7 @@ def _train_child(method: str, s: SpeedSettings, backbone_dir: str, threads: int,
         model = build_model(backbone, cfg).to(dev)
     else:
         model = full_finetune(backbone, cfg).to(dev)
-        cfg = dataclasses.replace(cfg, learning_rate=1e-3, diversity_weight=0.0)
+        cfg = finetune_config(cfg)
     rng = np.random.default_rng(0)
     sampler, loss_fn, optimizer = PatchSampler([pair], cfg.patch_size, rng), task_loss(cfg).to(dev), prompt_optimizer(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

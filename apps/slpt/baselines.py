@@ -7,6 +7,7 @@ They expose the same interface as :class:`~apps.slpt.prompts.PromptedSegmenter` 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -74,3 +75,12 @@ def head_only(backbone: Backbone, cfg: SLPTConfig, num_classes: int = 3) -> Head
     """The frozen backbone with only the task head ``cfg`` gives SLPT trained."""
     return HeadSegmenter(backbone.network, cfg.head_stages, num_classes, freeze_backbone=True,
                          head_channels=cfg.head_channels, head_layers=cfg.head_layers)
+
+
+FINETUNE_LEARNING_RATE = 1e-3  # training the whole network needs a smaller step than training prompts
+
+
+def finetune_config(cfg: SLPTConfig) -> SLPTConfig:
+    """``cfg`` as the whole-network baselines (full fine-tuning, from scratch) train with: a smaller step
+    than prompts take, and no diversity term, since they make one prediction."""
+    return dataclasses.replace(cfg, learning_rate=FINETUNE_LEARNING_RATE, diversity_weight=0.0)

@@ -46,7 +46,7 @@ import torch
 
 from .ablations import EnsembleMean, build_plain_model, from_scratch
 from .backbone import Backbone, load_backbone
-from .baselines import full_finetune, head_only
+from .baselines import finetune_config, full_finetune, head_only
 from .benchmark_report import aggregate, bars, summarise_cases, type_counts, write_outputs
 from .config import SLPTConfig
 from .data import image_id, load_phantom_pair
@@ -96,7 +96,6 @@ class BenchmarkSettings:
     iterations_per_epoch: int = SLPTConfig.iterations_per_epoch
     batch_size: int = SLPTConfig.batch_size
     patch_size: int = SLPTConfig.patch_size
-    finetune_learning_rate: float = 1e-3  # whole-network training needs a smaller step than prompts (as compare)
     mc_samples: int = 5
     roi_size: tuple[int, ...] | None = None  # sliding window; None: the training patch size (tuning.task_inferer)
     phantom_spec: dict | None = None  # PhantomSpec overrides (quick mode: small volumes); None: the defaults
@@ -204,7 +203,7 @@ class Benchmark:
         cfg = SLPTConfig(epochs=self.s.epochs, iterations_per_epoch=self.s.iterations_per_epoch,
                          batch_size=self.s.batch_size, patch_size=self.s.patch_size, seed=seed)
         if method in ("scratch", "full_finetune"):
-            return dataclasses.replace(cfg, learning_rate=self.s.finetune_learning_rate, diversity_weight=0.0)
+            return finetune_config(cfg)
         if method == "head_only":
             return dataclasses.replace(cfg, diversity_weight=0.0)
         if method == "slpt_k1":

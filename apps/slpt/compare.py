@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .backbone import load_backbone
-from .baselines import full_finetune
+from .baselines import finetune_config, full_finetune
 from .checkpoints import atomic_write_json
 from .config import SLPTConfig
 from .data import image_id, load_phantom_pair
@@ -50,7 +50,6 @@ class CompareSettings:
     # The app's own defaults: the bar is about what a hospital gets without tuning anything.
     epochs: int = SLPTConfig.epochs
     iterations_per_epoch: int = SLPTConfig.iterations_per_epoch
-    finetune_learning_rate: float = 1e-3  # whole-network fine-tuning needs a smaller step than prompts
 
 
 QUICK = CompareSettings(n_labelled=3, test_seeds=(400_000, 400_002), run_seeds=(0,), epochs=1,
@@ -104,8 +103,7 @@ def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: s
     split = update_split(labelled, {}, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans, seed)
     train = [labelled[i] for i, side in sorted(split.items()) if side == "train"]
     val = [labelled[i] for i, side in sorted(split.items()) if side == "val"]
-    configs = {"slpt": cfg, "full_finetune": dataclasses.replace(
-        cfg, learning_rate=settings.finetune_learning_rate, diversity_weight=0.0)}
+    configs = {"slpt": cfg, "full_finetune": finetune_config(cfg)}
     builders = {"slpt": lambda: build_model(backbone, cfg),
                 "full_finetune": lambda: full_finetune(backbone, cfg)}
     results = {}

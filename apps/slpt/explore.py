@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .backbone import load_backbone
-from .baselines import full_finetune
+from .baselines import finetune_config, full_finetune
 from .compare import CompareSettings, labelled_seeds, phantom_pairs
 from .config import SLPTConfig
 from .phantom import phantom_header
@@ -82,7 +82,7 @@ def run_variant(variant: dict, n_val: int, backbone_dir: str, device: str = "cpu
     torch.manual_seed(cfg.seed)
     if method == "ft":
         model = full_finetune(backbone, cfg)
-        cfg = dataclasses.replace(cfg, learning_rate=1e-3, diversity_weight=0.0)  # as compare does
+        cfg = finetune_config(cfg)
     else:
         model = build_model(backbone, cfg)
     model = model.to(device)
