@@ -5,8 +5,14 @@ tuning must reach a tumour Dice per case at least as high as full fine-tuning, w
 trainable parameters. Both use the app's protocol: a fixed 20% validation split of the labelled scans
 for best-epoch selection, then evaluation on held-out test phantoms never used for any choice.
 
-    python -m apps.slpt.compare --out docs/results/slpt_vs_finetune  # full run: about half an hour per seed on 2 CPU cores
+    python -m apps.slpt.compare --out docs/results/slpt_vs_finetune  # full run: hours on 2 CPU cores
     python -m apps.slpt.compare --out /tmp/quick --quick  # the pipeline on a tiny setting
+
+Seeds can train in parallel processes, each keeping its runs; a last call without ``--seed`` reuses them
+and writes the report:
+
+    for s in 0 1 2; do OMP_NUM_THREADS=1 python -m apps.slpt.compare --out OUT --seed $s & done; wait
+    python -m apps.slpt.compare --out OUT
 
 Each finished seed and method is kept in ``<out>/runs/`` with the inputs it ran with: a stopped run
 resumes where it stopped when started again with the same ``--out``, and a change to a prompt-only
@@ -21,6 +27,7 @@ import dataclasses
 import functools
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -157,14 +164,21 @@ class SeedRuns:
 
 
 def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(print, flush=True),
-        device: str = "cpu", overrides: dict | None = None, out: Path | None = None) -> dict:
+        device: str = "cpu", overrides: dict | None = None, out: Path | None = None,
+        seeds: Sequence[int] | None = None) -> dict:
     """``overrides``: ``SLPTConfig`` fields to use instead of the app's defaults (for both methods).
-    ``out``: keep each finished run under ``out/runs`` and reuse the ones that ran with the same inputs."""
+    ``out``: keep each finished run under ``out/runs`` and reuse the ones that ran with the same inputs.
+    ``seeds``: train only these of ``settings.run_seeds`` and return their runs alone (no summary)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base = SLPTConfig(epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch)
     base = base.with_overrides(**(overrides or {}))
     backbone = _data(settings.n_labelled, tuple(settings.test_seeds), str(backbone_dir), device)[0]  # cached
     finished = SeedRuns(out / "runs") if out else None
+    if seeds is not None:
+        unknown = sorted(set(seeds) - set(settings.run_seeds))
+        if unknown:
+            raise ValueError(f"seeds {unknown} are not among the compare's seeds {list(settings.run_seeds)}")
+        return {"runs": [_run_seed(seed, settings, str(backbone_dir), device, base, log, finished) for seed in seeds]}
     runs = [_run_seed(seed, settings, str(backbone_dir), device, base, log, finished) for seed in settings.run_seeds]
     labelled = [image_id(s) for s in labelled_seeds(settings.n_labelled)]
     test_size = settings.test_seeds[1] - settings.test_seeds[0]
@@ -234,10 +248,14 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--set", dest="overrides", type=json.loads, default={},
                         help='JSON object of SLPTConfig fields replacing the app defaults, e.g. \'{"epochs": 120}\'')
+    parser.add_argument("--seed", dest="seeds", type=int, action="append",
+                        help="train only this seed (repeatable) and keep its runs under OUT/runs, without a report")
     args = parser.parse_args(argv)
-    result = {**run(QUICK if args.quick else CompareSettings(), args.backbone, device=args.device,
-                    overrides=args.overrides, out=args.out), "quick": args.quick}
-    write_report(args.out, result, markdown(result))
+    settings = QUICK if args.quick else CompareSettings()
+    result = run(settings, args.backbone, device=args.device, overrides=args.overrides, out=args.out, seeds=args.seeds)
+    if args.seeds is None:
+        result["quick"] = args.quick
+        write_report(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

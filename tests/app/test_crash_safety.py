@@ -29,7 +29,7 @@ from lib.datastore import ValidatingDatastore
 from tests.app.conftest import start_server, stop_server
 from tests.app.helpers import next_sample, tesla_infos, wait
 
-SEEDS = range(910, 915)  # 2 labelled, 3 unlabelled: a scoring run lasts long enough to be caught half-way
+SEEDS = range(910, 917)  # 2 labelled, 5 unlabelled: a scoring run lasts long enough to be caught half-way
 TINY = {"iterations_per_epoch": 1, "patch_size": 32}
 LONG_EPOCHS = 400  # a round that is still running when it is killed
 # Training only on request (never triggered by a label), so every round in this module is one we started.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from apps.slpt import compare
 
 TRAINING = ("[slpt]", "[full_finetune]")
@@ -35,3 +37,19 @@ def test_finished_runs_are_reused_only_for_the_same_inputs(root, tmp_path, one_t
     messages.clear()
     compare.run(dataclasses.replace(compare.QUICK, epochs=2), backbone, log=messages.append, out=tmp_path)
     assert all(any(m.startswith(prefix) for m in messages) for prefix in TRAINING)
+
+
+def test_a_seed_trained_on_its_own_is_reused_by_the_report(root, tmp_path, one_thread, capsys):
+    args = ["--out", str(tmp_path), "--quick", "--backbone", str(root / "models" / "backbone")]
+    compare.main([*args, "--seed", "0"])
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"seed0-slpt.json", "seed0-full_finetune.json"}
+    assert not (tmp_path / "result.md").exists()  # one seed alone makes no report
+    capsys.readouterr()
+
+    compare.main(args)
+    out = capsys.readouterr().out
+    assert out.count("finished earlier") == 2 and "[slpt]" not in out
+    assert (tmp_path / "result.md").exists()
+
+    with pytest.raises(ValueError, match=r"seeds \[7\] are not among"):
+        compare.main([*args, "--seed", "7"])
