@@ -159,17 +159,21 @@ def test_kill_9_during_training_keeps_the_previous_checkpoint_served(crash):
 
 def test_kill_9_during_scoring_keeps_scores_and_tesla_state(crash):
     srv, version = crash.server, crash.store.current()
-    # The round just trained re-scores the pool in the background; kill that run once it has re-scored
-    # one scan and before it has re-scored them all.
-    child = wait(lambda: task_process(srv, "scoring"), every=0.1)
+    # The round just trained re-scores the pool in the background, possibly queued behind the server's
+    # catch-up run for the killed round's checkpoint. Kill the run scoring for this round once it has
+    # re-scored one scan and before it has re-scored them all: it is the scoring process running then.
     wait(lambda: any(v.get("checkpoint_version") == version for v in tesla_infos(srv).values()), every=0.2)
+    child = task_process(srv, "scoring")
     # Scores just before the kill: earlier rounds (and the server's own catch-up scoring) may have moved
     # them on since the first round.
     before = tesla_infos(srv)
+    too_late = "the scoring run finished before it could be killed; use more or larger phantoms"
+    if child is None:
+        pytest.fail(too_late)
     try:
         kill9(child)
     except psutil.NoSuchProcess:
-        pytest.fail("the scoring run finished before it could be killed; use more or larger phantoms")
+        pytest.fail(too_late)
     assert finished(srv, "scoring") == "ERROR"
 
     # MONAI Label's datastore file and TESLA's state both parse.
