@@ -174,12 +174,13 @@ def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(pri
     base = base.with_overrides(**(overrides or {}))
     backbone = _data(settings.n_labelled, tuple(settings.test_seeds), str(backbone_dir), device)[0]  # cached
     finished = SeedRuns(out / "runs") if out else None
+    unknown = sorted(set(seeds or ()) - set(settings.run_seeds))
+    if unknown:
+        raise ValueError(f"seeds {unknown} are not among the compare's seeds {list(settings.run_seeds)}")
+    runs = [_run_seed(seed, settings, str(backbone_dir), device, base, log, finished)
+            for seed in (settings.run_seeds if seeds is None else seeds)]
     if seeds is not None:
-        unknown = sorted(set(seeds) - set(settings.run_seeds))
-        if unknown:
-            raise ValueError(f"seeds {unknown} are not among the compare's seeds {list(settings.run_seeds)}")
-        return {"runs": [_run_seed(seed, settings, str(backbone_dir), device, base, log, finished) for seed in seeds]}
-    runs = [_run_seed(seed, settings, str(backbone_dir), device, base, log, finished) for seed in settings.run_seeds]
+        return {"runs": runs}
     labelled = [image_id(s) for s in labelled_seeds(settings.n_labelled)]
     test_size = settings.test_seeds[1] - settings.test_seeds[0]
 
