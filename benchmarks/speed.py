@@ -19,8 +19,8 @@ Every figure is a median over ``--repeats`` runs, next to its baseline measured 
 
 The device is CUDA when available, else CPU; the machine is recorded in the output.
 
-    python -m benchmarks.speed --out docs/results/speed             # full run (2 CPU cores: hours, mostly the 1000-pool)
-    python -m benchmarks.speed --out /tmp/speed-quick --quick       # the pipeline on a tiny setting
+    python -m benchmarks.speed --out docs/results/speed         # full run (2 CPU cores: hours, mostly the 1000-pool)
+    python -m benchmarks.speed --out /tmp/speed-quick --quick   # the pipeline on a tiny setting
 """
 
 from __future__ import annotations
@@ -193,7 +193,8 @@ def _train_child(method: str, s: SpeedSettings, backbone_dir: str, threads: int,
         model = full_finetune(backbone, cfg).to(dev)
         cfg = finetune_config(cfg)
     rng = np.random.default_rng(0)
-    sampler, loss_fn, optimizer = PatchSampler([pair], cfg.patch_size, rng), task_loss(cfg).to(dev), prompt_optimizer(model, cfg)
+    sampler = PatchSampler([pair], cfg.patch_size, rng)
+    loss_fn, optimizer = task_loss(cfg).to(dev), prompt_optimizer(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     rss_before = psutil.Process().memory_info().rss / 2**20
     if dev.type == "cuda":
@@ -267,7 +268,8 @@ def measure_training(s: SpeedSettings, backbone_dir: Path, log) -> dict:
         out[method] = in_child(_train_child, method, s, str(backbone_dir), torch.get_num_threads())
         log(f"training: {method} median epoch {out[method]['epoch']['median_s']:.3f}s, "
             f"peak RSS {out[method]['peak_rss_mb']:.0f} MB")
-    out["epoch_time_ratio_slpt_vs_full_finetune"] = out["slpt"]["epoch"]["median_s"] / out["full_finetune"]["epoch"]["median_s"]
+    out["epoch_time_ratio_slpt_vs_full_finetune"] = (out["slpt"]["epoch"]["median_s"]
+                                                     / out["full_finetune"]["epoch"]["median_s"])
     return out
 
 
@@ -285,7 +287,8 @@ def measure_scale(s: SpeedSettings, backbone_dir: Path, log) -> dict:
     feats, scores = rng.normal(size=(n, dim)), rng.random(n)
     _, k = budget_plan(n, SLPTConfig.budget_fraction, SLPTConfig.rounds)
     selection = {"embeddings": n, "dim": dim, "k": k}
-    for name, fn in (("stage2_uncertain_diverse", lambda: uncertain_diverse_select(feats, scores, k, np.random.default_rng(1))),
+    for name, fn in (("stage2_uncertain_diverse",
+                      lambda: uncertain_diverse_select(feats, scores, k, np.random.default_rng(1))),
                      ("stage1_diversity", lambda: diversity_select(feats, k, np.random.default_rng(1))),
                      ("coreset_k_center", lambda: coreset_select(feats, feats[:0], k)),
                      ("random", lambda: random_select(n, k, np.random.default_rng(1)))):
@@ -310,7 +313,8 @@ def measure_server(s: SpeedSettings, log) -> dict:
         for x in (seed, other):
             name = image_id(x)
             with open(workdir / "truth" / f"{name}.nii.gz", "rb") as f:
-                server.put(f"/datastore/label?image={name}&tag=final", files={"label": (f"{name}.nii.gz", f)}).raise_for_status()
+                server.put(f"/datastore/label?image={name}&tag=final",
+                           files={"label": (f"{name}.nii.gz", f)}).raise_for_status()
         server.post("/train/slpt", json=s.server_train).raise_for_status()
         deadline = time.time() + 3600
         while time.time() < deadline:
@@ -351,12 +355,15 @@ def markdown(r: dict) -> str:
              *(["**Quick mode: a pipeline check on a tiny setting; these numbers say nothing about speed.**", ""]
                if quick else []),
              (f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, device {m['device']}"
-             f"{', GPU ' + m['gpu'] if m['gpu'] else ''}; torch {m['torch']}. Medians over {r['settings']['repeats']} runs."), ""]
+              f"{', GPU ' + m['gpu'] if m['gpu'] else ''}; torch {m['torch']}. "
+              f"Medians over {r['settings']['repeats']} runs."), ""]
     if "server" in r:
         v = r["server"]
-        lines += ["## End-to-end inference through the server", "", "| request | median s | vs backbone |", "| --- | --- | --- |",
+        lines += ["## End-to-end inference through the server", "",
+                  "| request | median s | vs backbone |", "| --- | --- | --- |",
                   f"| `/infer/backbone` (frozen backbone, sliding window) | {v['backbone']['median_s']:.3f} | 1.00x |",
-                  f"| `/infer/slpt` (K=3 prompts) | {v['slpt']['median_s']:.3f} | {v['ratio_slpt_vs_backbone']:.2f}x |", "",
+                  f"| `/infer/slpt` (K=3 prompts) | {v['slpt']['median_s']:.3f} | {v['ratio_slpt_vs_backbone']:.2f}x |",
+                  "",
                   f"Target SLPT <= 1.3x the backbone: {_verdict(v['ratio_slpt_vs_backbone'] <= 1.3)}.", ""]
     v = r["scoring"]
     mc = next(k for k in v if k.startswith("mc_dropout_"))
@@ -367,7 +374,8 @@ def markdown(r: dict) -> str:
               "| work | median s | vs one SLPT inference |", "| --- | --- | --- |"]
     base = v["slpt_inference"]["median_s"]
     for key, label in (("slpt_inference", "one SLPT inference (every window, K=3)"),
-                       ("tesla_scoring", "TESLA scoring (backbone pass for embedding and liver, then PU in the liver's windows)"),
+                       ("tesla_scoring",
+                        "TESLA scoring (backbone pass for embedding and liver, then PU in the liver's windows)"),
                        ("tesla_uncertainty", "its PU part alone"),
                        (mc, f"MC-dropout, {mc.rsplit('_', 1)[1]} samples (every window)")):
         lines.append(f"| {label} | {v[key]['median_s']:.3f} | {v[key]['median_s'] / base:.2f}x |")
@@ -382,16 +390,20 @@ def markdown(r: dict) -> str:
               f"patches of {t['slpt']['patch_size']}³; each method in a fresh process."), "",
               f"| method | trainable parameters | median s per epoch | {mem_label} (MB) |", "| --- | --- | --- | --- |"]
     for key, label in (("slpt", "prompt-only (SLPT K=3)"), ("full_finetune", "full fine-tuning")):
-        lines.append(f"| {label} | {t[key]['trainable_parameters']:,} | {t[key]['epoch']['median_s']:.3f} | {t[key][mem]:.0f} |")
+        lines.append(f"| {label} | {t[key]['trainable_parameters']:,} | {t[key]['epoch']['median_s']:.3f} | "
+                     f"{t[key][mem]:.0f} |")
     sc = r["scale"]
-    lines += ["", "## Scale", "", ("TESLA first scoring of pools of small phantoms (untrained prompts; the cost is the same), "
-              "each pool in a fresh process:"), "", "| pool | scoring s | s per scan | peak RSS MB | RSS first -> last scan MB |",
+    lines += ["", "## Scale", "",
+              ("TESLA first scoring of pools of small phantoms (untrained prompts; the cost is the same), "
+               "each pool in a fresh process:"), "",
+              "| pool | scoring s | s per scan | peak RSS MB | RSS first -> last scan MB |",
               "| --- | --- | --- | --- | --- |"]
     for p in sc["pools"]:
         lines.append(f"| {p['pool']} | {p['scoring_s']:.1f} | {p['seconds_per_scan']:.3f} | {p['peak_rss_mb']:.0f} | "
                      f"{p['rss_first_mb']:.0f} -> {p['rss_last_mb']:.0f} |")
     sel = sc["selection"]
-    lines += ["", f"Selection of k={sel['k']} from {sel['embeddings']:,} synthetic embeddings of dimension {sel['dim']}:", "",
+    lines += ["", (f"Selection of k={sel['k']} from {sel['embeddings']:,} synthetic embeddings "
+                   f"of dimension {sel['dim']}:"), "",
               "| selection | median s |", "| --- | --- |"]
     for key in ("stage2_uncertain_diverse", "stage1_diversity", "coreset_k_center", "random"):
         lines.append(f"| {key} | {sel[key]['median_s']:.3f} |")

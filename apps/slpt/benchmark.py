@@ -245,8 +245,8 @@ class Benchmark:
         model = self.model(method, cfg)
         best = {}
         start = time.perf_counter()
-        fit(model, train, val, cfg, self.inferer, on_best=lambda r: best.update(state=copy.deepcopy(model.state_dict())),
-            log=lambda m: None)
+        fit(model, train, val, cfg, self.inferer,
+            on_best=lambda r: best.update(state=copy.deepcopy(model.state_dict())), log=lambda m: None)
         seconds = time.perf_counter() - start
         self._time(f"train_step/{method}", seconds / (cfg.epochs * cfg.iterations_per_epoch))
         model.load_state_dict(best["state"])
@@ -400,7 +400,8 @@ class Benchmark:
             block["percent_of_full_data_slpt"] = 100.0 * block["dice_tumor"]["mean"] / reference if reference else None
         budget, round_size = budget_plan(len(self.pool), s.budget_fraction, s.rounds)
         return {
-            "settings": dataclasses.asdict(s), "backbone": self.backbone.identity, "machine": machine(model_device(self.backbone.network)),
+            "settings": dataclasses.asdict(s), "backbone": self.backbone.identity,
+            "machine": machine(model_device(self.backbone.network)),
             "pool_size": len(self.pool), "test_size": len(self.test), "budget": budget, "round_size": round_size,
             "pool_types": type_counts([[c["tumor_type"] for c in self.pool]]),
             "test_types": type_counts([[c["tumor_type"] for c in self.test]]),

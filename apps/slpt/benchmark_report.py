@@ -67,7 +67,8 @@ def bars(strategies: dict, methods: dict, full: dict) -> dict:
         out["slpt_vs_full_finetune"] = {
             "slpt": slpt["dice_tumor"]["mean"], "full_finetune": ft["dice_tumor"]["mean"],
             "trainable_percent": slpt["trainable_percent_of_backbone"],
-            "holds": slpt["dice_tumor"]["mean"] >= ft["dice_tumor"]["mean"] and slpt["trainable_percent_of_backbone"] <= 6.0}
+            "holds": (slpt["dice_tumor"]["mean"] >= ft["dice_tumor"]["mean"]
+                      and slpt["trainable_percent_of_backbone"] <= 6.0)}
     ablations = {"feature_aware_updater": ("slpt_k3", "plain_prompts", methods),
                  "k_greater_than_1": ("slpt_k3", "slpt_k1", methods),
                  "stage_1": ("tesla", "tesla_stage2", None), "stage_2": ("tesla", "tesla_stage1", None)}
@@ -111,7 +112,8 @@ def markdown(result: dict) -> str:
     for v in result["strategies"].values():
         for r in v["rounds"]:
             lines.append(f"| {v['label']} | {r['labelled']} ({r['percent_labelled']:.1f}%) | {_ms(r['dice_tumor'])} | "
-                         f"{_ms(r['dice_tumor_global'])} | {_ms(r['dice_liver'])} | {_pct(r['percent_of_full_data_slpt'])} |")
+                         f"{_ms(r['dice_tumor_global'])} | {_ms(r['dice_liver'])} | "
+                         f"{_pct(r['percent_of_full_data_slpt'])} |")
     lines += ["", "Tumour types picked (mean count per seed over the whole budget; pool shares in the header):", "",
               "| strategy | " + " | ".join(f"{t} ({result['pool_types'][t]:.0f})" for t in types) + " |",
               "| --- |" + " --- |" * len(types)]
@@ -178,10 +180,11 @@ def plot_learning_curve(result: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for v in result["strategies"].values():
         x = [r["percent_labelled"] for r in v["rounds"]]
-        ax.errorbar(x, [r["dice_tumor"]["mean"] for r in v["rounds"]], yerr=[r["dice_tumor"]["std"] for r in v["rounds"]],
-                    marker="o", capsize=3, label=v["label"])
+        ax.errorbar(x, [r["dice_tumor"]["mean"] for r in v["rounds"]],
+                    yerr=[r["dice_tumor"]["std"] for r in v["rounds"]], marker="o", capsize=3, label=v["label"])
     for (name, m), style in zip(result["full_data"].items(), ("-", "--")):
-        ax.axhline(m["dice_tumor"]["mean"], color="black", linestyle=style, linewidth=1, label=f"100% labelled: {m['label']}")
+        ax.axhline(m["dice_tumor"]["mean"], color="black", linestyle=style, linewidth=1,
+                   label=f"100% labelled: {m['label']}")
     ax.set_xlabel("% of the pool labelled")
     ax.set_ylabel("test tumour Dice per case (SLPT K=3)")
     ax.set_title("Label efficiency" + (" — QUICK MODE, not a result" if result.get("quick") else ""), fontsize=10)

@@ -71,12 +71,14 @@ def phantom_pairs(seeds, preprocessing) -> dict:
 def _train_and_test(name, model, cfg, train, val, test, inferer, log):
     best = {}
     start = time.time()
-    fit(model, train, val, cfg, inferer, on_best=lambda r: best.update(state=copy.deepcopy(model.state_dict())),
+    fit(model, train, val, cfg, inferer,
+        on_best=lambda r: best.update(state=copy.deepcopy(model.state_dict()), epoch=r.epoch),
         log=lambda m: log(f"[{name}] {m}"))
     seconds = time.time() - start
     model.load_state_dict(best["state"])
     metrics = evaluate(model, test, inferer)
-    return {**metrics, "train_seconds": round(seconds, 1), **parameter_report(model)}
+    # The epoch kept says whether the schedule was long enough: the last one means it was still improving.
+    return {**metrics, "best_epoch": best["epoch"], "train_seconds": round(seconds, 1), **parameter_report(model)}
 
 
 @functools.lru_cache(maxsize=1)
@@ -231,6 +233,10 @@ def markdown(result: dict) -> str:
         "Quick mode: a pipeline check on a tiny setting; these numbers say nothing about quality."
         if result.get("quick") else
         f"SLPT tumour Dice {'>=' if verdict else '<'} full fine-tuning: the bar is {'met' if verdict else 'NOT met'}.",
+        "",
+        "Epoch kept per seed (best on validation; the last epoch means still improving): "
+        + "; ".join(f"{label} {[r[key].get('best_epoch', 'not recorded') for r in result['runs']]}"
+                    for key, label in (("slpt", "SLPT"), ("full_finetune", "full fine-tuning"))) + ".",
         "",
         f"{result['tumour_free_test_cases']} of {result['test_size']} test phantoms are tumour-free: a model that "
         f"never predicts tumour scores a tumour Dice per case of {floor:.4f}. "

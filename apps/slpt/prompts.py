@@ -293,7 +293,8 @@ class PromptedSegmenter(nn.Module):
     # -- checkpoint state ----------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what is trained: prompts, updaters and head (no backbone tensor), as CPU copies."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.state_dict().items()
+                if not k.startswith("backbone.")}
 
     def train(self, mode: bool = True):
         """Train mode for the prompt parts only; the frozen backbone always stays in eval mode."""

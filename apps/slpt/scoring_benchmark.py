@@ -69,7 +69,8 @@ def run(pool: int, compare: int, backbone_dir: Path, cfg: SLPTConfig, log=print)
             log(f"scored {n + 1}/{pool}")
 
     compared = [r for r in rows if "full_pu" in r]
-    rho = spearmanr([r["roi_pu"] for r in compared], [r["full_pu"] for r in compared]).statistic if len(compared) > 2 else None
+    rho = (spearmanr([r["roi_pu"] for r in compared], [r["full_pu"] for r in compared]).statistic
+           if len(compared) > 2 else None)
     mean = lambda key, rs=rows: float(np.mean([r[key] for r in rs]))  # noqa: E731
     return {
         "pool": pool,
@@ -81,8 +82,9 @@ def run(pool: int, compare: int, backbone_dir: Path, cfg: SLPTConfig, log=print)
         "mean_window_fraction": mean("window_fraction"),
         "spearman_roi_vs_full_uncertainty": rho,
         "compared_scans": len(compared),
-        "scoring_checkpoint": {"train_scans": len(train), **{k: v for k, v in cfg.to_dict().items()
-                                                              if k in ("epochs", "iterations_per_epoch", "num_prompts")}},
+        "scoring_checkpoint": {"train_scans": len(train),
+                               **{k: v for k, v in cfg.to_dict().items()
+                                  if k in ("epochs", "iterations_per_epoch", "num_prompts")}},
         "rows": rows,
     }
 

@@ -75,7 +75,8 @@ def test_speed_quick_run_writes_every_figure(root, tmp_path, one_thread):
     for method in ("slpt", "full_finetune"):
         measured = result["training"][method]
         assert measured["peak_rss_mb"] >= measured["rss_before_training_mb"] > 0 and measured["epoch"]["median_s"] > 0
-    assert result["training"]["slpt"]["trainable_parameters"] < result["training"]["full_finetune"]["trainable_parameters"]
+    training = result["training"]
+    assert training["slpt"]["trainable_parameters"] < training["full_finetune"]["trainable_parameters"]
     assert [p["pool"] for p in result["scale"]["pools"]] == list(settings.pool_sizes)
     assert result["scale"]["selection"]["embeddings"] == settings.selection_embeddings
     for heading in ("## Scoring one scan", "## Training", "## Scale", "Quick mode"):

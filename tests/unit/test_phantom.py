@@ -58,7 +58,8 @@ def test_tumour_free_liver_has_no_tumour():
 
 @pytest.mark.parametrize(
     "phase, liver_range, blood_range",
-    [("non_contrast", (50, 70), (35, 55)), ("arterial", (55, 85), (240, 360)), ("portal_venous", (95, 135), (140, 210))],
+    [("non_contrast", (50, 70), (35, 55)), ("arterial", (55, 85), (240, 360)),
+     ("portal_venous", (95, 135), (140, 210))],
 )
 def test_hu_ranges_follow_the_phase(phase, liver_range, blood_range):
     ph = make_phantom(_seed_with(phase=phase, tumor_type="none"))

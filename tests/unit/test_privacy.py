@@ -20,7 +20,8 @@ INFO = {"SeriesInstanceUID": "1.2.3.4", "StudyDate": "20240101", "Modality": "CT
         '{"PatientName": "Doe^Jane", "PatientID": "MRN-0042", "Modality": "CT"}',
         "PatientID=MRN-0042, PatientBirthDate=19700101 Modality=CT",
         "OtherPatientIDs: ['MRN-0042', 'X-1'] AccessionNumber: 'ACC9'",
-        '"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}, "00100020": {"vr": "LO", "Value": ["MRN-0042"]}',
+        '"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}, '
+        '"00100020": {"vr": "LO", "Value": ["MRN-0042"]}',
         "'PatientName': {'Alphabetic': 'Doe^Jane'}",
     ],
 )

@@ -66,7 +66,8 @@ def test_backbone_state_dict_keys_are_unchanged_and_hooks_come_off():
 
 
 def test_unknown_stage_lists_the_valid_names():
-    with pytest.raises(ValueError, match=r"unknown backbone stage\(s\) \['down_layers.9'\].*down_layers.3.*up_layers.2"):
+    with pytest.raises(ValueError,
+                       match=r"unknown backbone stage\(s\) \['down_layers.9'\].*down_layers.3.*up_layers.2"):
         prompted(stages=("down_layers.9",))
 
 

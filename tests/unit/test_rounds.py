@@ -34,7 +34,8 @@ def test_queue_view_and_state_round_trip():
     state = state_with(["a", "b"])
     serve(state, "x", set(), now=0, lease_seconds=60)
     rows = queue_view(RoundState.from_dict(state.to_dict()), {"b"}, now=1)
-    assert [(r["id"], r["rank"], r["status"], r["client"]) for r in rows] == [("a", 1, "leased", "x"), ("b", 2, "labelled", None)]
+    assert ([(r["id"], r["rank"], r["status"], r["client"]) for r in rows]
+            == [("a", 1, "leased", "x"), ("b", 2, "labelled", None)])
     assert rows[0]["cluster"] == 0
 
 

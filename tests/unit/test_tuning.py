@@ -88,7 +88,8 @@ def test_fit_with_validation_reports_dice_and_only_improvements_are_best():
         on_best=best.append, log=lambda m: None)
     assert all(0.0 <= r.val["dice_tumor"] <= 1.0 and r.val["cases"] == 1 for r in reports)
     metrics = [r.val["mean_dice"] for r in reports]
-    assert [r.epoch for r in best] == [r.epoch for i, r in enumerate(reports) if metrics[i] > max(metrics[:i], default=-1)]
+    improved = [r.epoch for i, r in enumerate(reports) if metrics[i] > max(metrics[:i], default=-1)]
+    assert [r.epoch for r in best] == improved
 
 
 @pytest.mark.parametrize("freeze_backbone", [True, False])
