@@ -33,7 +33,6 @@ also times one unit of each kind of work at the full settings and prints an esti
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import functools
 import hashlib
@@ -58,7 +57,7 @@ from .rounds import budget_plan
 from .scoring import OrganWindows, embed_scan
 from .selection import coreset_select, diversity_select, random_select, top_select, uncertain_diverse_select
 from .splits import update_split
-from .tuning import build_model, dice_per_case, fit, predict, sliding_window, task_inferer
+from .tuning import build_model, dice_per_case, fit, fit_keeping_best, predict, sliding_window, task_inferer
 from .uncertainty import dropout_enabled, ensemble, entropy, mc_dropout_probabilities, scan_uncertainty
 
 POOL_SEEDS = (700_000, 700_200)
@@ -243,18 +242,14 @@ class Benchmark:
         train = [pairs[i] for i, side in sorted(split.items()) if side == "train"]
         val = [pairs[i] for i, side in sorted(split.items()) if side == "val"]
         model = self.model(method, cfg)
-        best = {}
-        start = time.perf_counter()
-        fit(model, train, val, cfg, self.inferer,
-            on_best=lambda r: best.update(state=copy.deepcopy(model.state_dict())), log=lambda m: None)
-        seconds = time.perf_counter() - start
+        kept, seconds = fit_keeping_best(model, train, val, cfg, self.inferer, log=lambda m: None)
         self._time(f"train_step/{method}", seconds / (cfg.epochs * cfg.iterations_per_epoch))
-        model.load_state_dict(best["state"])
         start = time.perf_counter()
         cases, slices = self.evaluate(model)
         self._time(f"test_case/{method}", (time.perf_counter() - start) / len(self.test))
         result = {"key": key, "method": method, "seed": seed, "labelled": [self.pool_seeds[i] for i in labelled],
-                  "train_size": len(train), "val_size": len(val), "train_seconds": round(seconds, 2),
+                  "train_size": len(train), "val_size": len(val), "best_epoch": kept.epoch,
+                  "train_seconds": round(seconds, 2),
                   "parameters": parameter_report(model), **summarise_cases(cases), "cases": cases, "grid": slices}
         if method == SELECTION_METHOD:
             torch.save(model.trainable_state_dict(), self.cache / "runs" / f"{key}.pt")

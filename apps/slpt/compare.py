@@ -22,11 +22,9 @@ setting (e.g. a new SLPT default) trains SLPT again but keeps full fine-tuning's
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import functools
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,7 +40,7 @@ from .phantom import make_phantom, phantom_header
 from .prompts import parameter_report
 from .reporting import machine, write_report
 from .splits import update_split
-from .tuning import build_model, evaluate, fit, task_inferer
+from .tuning import build_model, evaluate, fit_keeping_best, task_inferer
 
 LABELLED_POOL = (300_000, 300_200)  # the 10 labelled scans are drawn from here
 TEST_SEEDS = (400_000, 400_030)
@@ -69,16 +67,9 @@ def phantom_pairs(seeds, preprocessing) -> dict:
 
 
 def _train_and_test(name, model, cfg, train, val, test, inferer, log):
-    best = {}
-    start = time.time()
-    fit(model, train, val, cfg, inferer,
-        on_best=lambda r: best.update(state=copy.deepcopy(model.state_dict()), epoch=r.epoch),
-        log=lambda m: log(f"[{name}] {m}"))
-    seconds = time.time() - start
-    model.load_state_dict(best["state"])
+    kept, seconds = fit_keeping_best(model, train, val, cfg, inferer, log=lambda m: log(f"[{name}] {m}"))
     metrics = evaluate(model, test, inferer)
-    # The epoch kept says whether the schedule was long enough: the last one means it was still improving.
-    return {**metrics, "best_epoch": best["epoch"], "train_seconds": round(seconds, 1), **parameter_report(model)}
+    return {**metrics, "best_epoch": kept.epoch, "train_seconds": round(seconds, 1), **parameter_report(model)}
 
 
 @functools.lru_cache(maxsize=1)

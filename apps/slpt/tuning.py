@@ -283,3 +283,25 @@ def fit(
         if improved:
             on_best(report)
     return report
+
+
+def fit_keeping_best(
+    model: PromptedSegmenter,
+    train: Sequence[Pair],
+    val: Sequence[Pair],
+    cfg: SLPTConfig,
+    inferer: Inferer,
+    log: Callable[[str], None] = print,
+) -> tuple[EpochReport, float]:
+    """:func:`fit`, then put the best epoch's weights back into ``model``.
+
+    Returns the best epoch's report and the training seconds. The epoch kept says whether the schedule was
+    long enough: the last one means the model was still improving.
+    """
+    best = {}
+    start = time.perf_counter()
+    fit(model, train, val, cfg, inferer,
+        on_best=lambda r: best.update(report=r, state=copy.deepcopy(model.state_dict())), log=log)
+    seconds = time.perf_counter() - start
+    model.load_state_dict(best["state"])
+    return best["report"], seconds

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from apps.slpt.tuning import (
     dvpt_loss,
     evaluate,
     fit,
+    fit_keeping_best,
     sliding_window,
     task_inferer,
     task_loss,
@@ -90,6 +93,22 @@ def test_fit_with_validation_reports_dice_and_only_improvements_are_best():
     metrics = [r.val["mean_dice"] for r in reports]
     improved = [r.epoch for i, r in enumerate(reports) if metrics[i] > max(metrics[:i], default=-1)]
     assert [r.epoch for r in best] == improved
+
+
+def test_fit_keeping_best_leaves_the_model_at_its_best_validated_epoch():
+    def model():
+        return PromptedSegmenter(tiny_net(), CFG.stages, CFG.head_stages, 3, num_prompts=2)
+
+    train, val, inferer = [tiny_pair(0)], [tiny_pair(2)], sliding_window((32, 32, 32))
+    # The same seeded run twice: once watching every epoch's weights, once keeping the best.
+    watched, states = model(), {}
+    fit(watched, train, val, CFG, inferer, log=lambda m: None,
+        on_epoch=lambda r: states.update({r.epoch: (r.val["mean_dice"], copy.deepcopy(watched.state_dict()))}))
+    kept_model = model()
+    kept, seconds = fit_keeping_best(kept_model, train, val, CFG, inferer, log=lambda m: None)
+    best_epoch = max(states, key=lambda e: (states[e][0], -e))  # the first of equal best scores
+    assert kept.epoch == best_epoch and seconds > 0
+    assert all(torch.equal(v, states[best_epoch][1][k]) for k, v in kept_model.state_dict().items())
 
 
 @pytest.mark.parametrize("freeze_backbone", [True, False])
