@@ -33,10 +33,18 @@ def test_finished_runs_are_reused_only_for_the_same_inputs(root, tmp_path, one_t
     assert wider["runs"][0]["full_finetune"] == first["runs"][0]["full_finetune"]
     assert wider["runs"][0]["slpt"]["trainable"] != first["runs"][0]["slpt"]["trainable"]
 
-    # A setting both methods read trains both again.
+    # A setting both methods read trains both again: here the app trainer's protocol, which holds out a
+    # validation split instead of training on every labelled scan.
     messages.clear()
-    compare.run(dataclasses.replace(compare.QUICK, epochs=2), backbone, log=messages.append, out=tmp_path)
+    best = compare.run(dataclasses.replace(compare.QUICK, keep="best"), backbone, log=messages.append, out=tmp_path,
+                       overrides={"val_fraction": 0.5})  # so that 3 labelled scans can spare one
     assert all(any(m.startswith(prefix) for m in messages) for prefix in TRAINING)
+    assert first["runs"][0]["train_size"] == compare.QUICK.n_labelled and first["runs"][0]["val_size"] == 0
+    assert best["runs"][0]["val_size"] > 0
+    assert best["runs"][0]["train_size"] + best["runs"][0]["val_size"] == compare.QUICK.n_labelled
+
+    with pytest.raises(ValueError, match="keep must be 'last' or 'best'"):
+        compare.run(dataclasses.replace(compare.QUICK, keep="first"), backbone, out=tmp_path)
 
 
 def test_a_seed_trained_on_its_own_is_reused_by_the_report(root, tmp_path, one_thread, capsys):
