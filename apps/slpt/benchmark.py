@@ -16,11 +16,12 @@ labelled in two rounds: pick, label, prompt-tune, re-score, pick again.
   feature-aware updater, SLPT K=1, SLPT K=3.
 * **Upper bound:** SLPT K=3 and full fine-tuning on 100% of the pool.
 
-Hyperparameters are the app's defaults (:class:`~apps.slpt.config.SLPTConfig`) and are not tuned here: every
-training keeps its best epoch on a fixed validation split of its own labelled scans, and the test set is only
-ever used for the final numbers. Seed ranges: pool 700000-700199, test 710000-710059 (disjoint from the
-backbone's pre-training 100000-200015, compare's 300000-400029, the scoring benchmark's 500000-510007 and
-the validation range 600000-600099).
+Hyperparameters are the app's defaults (:class:`~apps.slpt.config.SLPTConfig`, whose schedule was picked on
+validation phantoms by ``apps.slpt.explore``) and are not tuned here: every training uses all its labelled scans
+and keeps its last epoch, as ``apps.slpt.compare`` does (``keep="best"`` picks the epoch on a fixed validation
+split of them instead, the app trainer's protocol), and the test set is only ever used for the final numbers.
+Seed ranges: pool 700000-700199, test 710000-710059 (disjoint from the backbone's pre-training 100000-200015,
+compare's 300000-400029, the scoring benchmark's 500000-510007 and the validation range 600000-600099).
 
     python -m apps.slpt.benchmark --out docs/results/benchmark            # full run: many hours on 2 cores
     python -m apps.slpt.benchmark --out /tmp/benchmark-quick --quick      # the pipeline on a tiny setting
@@ -56,8 +57,16 @@ from .reporting import machine
 from .rounds import budget_plan
 from .scoring import OrganWindows, embed_scan
 from .selection import coreset_select, diversity_select, random_select, top_select, uncertain_diverse_select
-from .splits import update_split
-from .tuning import build_model, dice_per_case, fit, fit_keeping_best, predict, sliding_window, task_inferer
+from .tuning import (
+    build_model,
+    dice_per_case,
+    fit,
+    fit_keeping_best,
+    predict,
+    sliding_window,
+    task_inferer,
+    training_split,
+)
 from .uncertainty import dropout_enabled, ensemble, entropy, mc_dropout_probabilities, scan_uncertainty
 
 POOL_SEEDS = (700_000, 700_200)
@@ -101,6 +110,7 @@ class BenchmarkSettings:
     grid_cases: int = 4
     strategies: tuple[str, ...] = tuple(STRATEGIES)
     methods: tuple[str, ...] = tuple(METHODS)
+    keep: str = "last"  # tuning.training_split: "last" epoch on all labelled scans, or "best" on a held-out split
 
 
 QUICK = BenchmarkSettings(
@@ -227,7 +237,7 @@ class Benchmark:
         return case["image"], case["label"].long()
 
     def train(self, method: str, labelled: list[int], seed: int) -> dict:
-        """Train ``method`` on pool indices ``labelled`` (best epoch on their fixed validation split), test it.
+        """Train ``method`` on pool indices ``labelled`` (split and epoch kept by ``settings.keep``), test it.
 
         Cached by (method, seed, labelled set); the K=3 SLPT model also keeps its trained tensors for scoring.
         """
@@ -238,9 +248,7 @@ class Benchmark:
             return json.loads(path.read_text())
         cfg = self.config(method, seed)
         pairs = {self.pool[i]["id"]: self._pair(self.pool[i]) for i in labelled}
-        split = update_split(pairs, {}, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans, seed)
-        train = [pairs[i] for i, side in sorted(split.items()) if side == "train"]
-        val = [pairs[i] for i, side in sorted(split.items()) if side == "val"]
+        train, val = training_split(pairs, cfg, self.s.keep)
         model = self.model(method, cfg)
         kept, seconds = fit_keeping_best(model, train, val, cfg, self.inferer, log=lambda m: None)
         self._time(f"train_step/{method}", seconds / (cfg.epochs * cfg.iterations_per_epoch))
@@ -446,7 +454,8 @@ def plan(settings: BenchmarkSettings, pool_size: int) -> dict:
     """
     budget, round_size = budget_plan(pool_size, settings.budget_fraction, settings.rounds)
     cfg = SLPTConfig()
-    validations = len({e for e in range(1, settings.epochs + 1) if e % cfg.val_interval == 0 or e == settings.epochs})
+    validations = 0 if settings.keep == "last" else len(
+        {e for e in range(1, settings.epochs + 1) if e % cfg.val_interval == 0 or e == settings.epochs})
     sizes = [min(budget, round_size * (r + 1)) for r in range(settings.rounds)]
 
     def val_scans(n):

@@ -100,7 +100,9 @@ def markdown(result: dict) -> str:
         f"{result['test_size']} test phantoms (seeds {s['test_seeds'][0]}-{s['test_seeds'][1] - 1}); budget "
         f"{result['budget']} scans ({100 * s['budget_fraction']:.0f}% of the pool) in {s['rounds']} rounds of up to "
         f"{result['round_size']}. Seeds {s['run_seeds']}; {s['epochs']} epochs x {s['iterations_per_epoch']} steps; "
-        "best epoch on a fixed validation split of each labelled set; the test set is used for nothing else. "
+        + ("best epoch on a fixed validation split of each labelled set" if s.get("keep", "best") == "best" else
+           "trained on each whole labelled set, last epoch kept")
+        + "; the test set is used for nothing else. "
         "Tumour Dice per case counts an empty prediction on a tumour-free case as 1 (LiTS). Mean ± std over seeds. "
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['device']}."),
         "",

@@ -44,8 +44,7 @@ from .data import image_id, load_phantom_pair
 from .phantom import make_phantom, phantom_header
 from .prompts import parameter_report
 from .reporting import machine, write_report
-from .splits import update_split
-from .tuning import build_model, evaluate, fit_keeping_best, task_inferer
+from .tuning import build_model, evaluate, fit_keeping_best, task_inferer, training_split
 
 LABELLED_POOL = (300_000, 300_200)  # the 10 labelled scans are drawn from here
 TEST_SEEDS = (400_000, 400_030)
@@ -108,7 +107,7 @@ def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: s
     backbone, labelled, test = _data(settings.n_labelled, tuple(settings.test_seeds), backbone_dir, device)
     cfg = dataclasses.replace(base, seed=seed)
     inferer = task_inferer(cfg)  # both methods train on cfg.patch_size patches
-    train, val = _train_val(labelled, cfg, settings.keep)
+    train, val = training_split(labelled, cfg, settings.keep)
     configs = {"slpt": cfg, "full_finetune": finetune_config(cfg)}
     builders = {"slpt": lambda: build_model(backbone, cfg),
                 "full_finetune": lambda: full_finetune(backbone, cfg)}
@@ -127,17 +126,6 @@ def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: s
     run = {"seed": seed, "train_size": len(train), "val_size": len(val), **results}
     log(json.dumps(run))
     return run
-
-
-def _train_val(labelled: dict, cfg: SLPTConfig, keep: str) -> tuple[list, list]:
-    """The scans to train on and to pick the epoch on (none: :func:`fit` then keeps the last epoch)."""
-    if keep == "last":
-        return [labelled[i] for i in sorted(labelled)], []
-    if keep != "best":
-        raise ValueError(f"keep must be 'last' or 'best', not {keep!r}")
-    split = update_split(labelled, {}, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans, cfg.seed)
-    return ([labelled[i] for i, side in sorted(split.items()) if side == "train"],
-            [labelled[i] for i, side in sorted(split.items()) if side == "val"])
 
 
 def _inputs(method: str, cfg: SLPTConfig, settings: CompareSettings, backbone_identity: dict) -> dict:

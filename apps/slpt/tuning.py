@@ -26,6 +26,7 @@ from .checkpoints import load_into
 from .config import SLPTConfig
 from .postprocess import task_label
 from .prompts import PromptedSegmenter, format_parameter_report, model_device, parameter_report
+from .splits import update_split
 from .uncertainty import ensemble, mutual_information, prompt_probabilities
 
 TASK_CLASSES = {"background": 0, "liver": 1, "tumor": 2}
@@ -275,7 +276,7 @@ def fit(
         report = EpochReport(epoch, cfg.epochs, float(np.mean(losses)), float(np.mean(segs)), float(np.mean(divs)),
                              metrics, best, improved, round(time.time() - start, 2))
         val_text = (f"val Dice liver {metrics['dice_liver']:.4f} tumor {metrics['dice_tumor']:.4f}" if metrics
-                    else "not validated this epoch" if val else "no validation (too few labelled scans)")
+                    else "not validated this epoch" if val else "no validation set, last epoch kept")
         log(f"epoch {epoch}/{cfg.epochs} loss {report.loss:.4f} (seg {report.seg_loss:.4f}, "
             f"diversity {report.diversity:.4f}) {val_text}{' *best*' if improved and metrics else ''} "
             f"[{report.seconds:.1f}s]")
@@ -305,3 +306,20 @@ def fit_keeping_best(
     seconds = time.perf_counter() - start
     model.load_state_dict(best["state"])
     return best["report"], seconds
+
+
+def training_split(labelled: dict, cfg: SLPTConfig, keep: str) -> tuple[list[Pair], list[Pair]]:
+    """``{id: pair}`` labelled scans -> ``(train, val)`` for :func:`fit_keeping_best`.
+
+    ``keep="last"``: train on every scan, no validation, so the last epoch is kept. ``keep="best"``: the app
+    trainer's protocol, holding out its fixed validation split (``cfg.val_fraction``, seeded by ``cfg.seed``)
+    and keeping the best epoch on it. With 10 labels that split is 2 scans, too few to pick an epoch reliably
+    (``docs/results/explore``: the schedule's last epoch beats the epoch a 2-scan split keeps).
+    """
+    if keep == "last":
+        return [labelled[i] for i in sorted(labelled)], []
+    if keep != "best":
+        raise ValueError(f"keep must be 'last' or 'best', not {keep!r}")
+    split = update_split(labelled, {}, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans, cfg.seed)
+    return ([labelled[i] for i, side in sorted(split.items()) if side == "train"],
+            [labelled[i] for i, side in sorted(split.items()) if side == "val"])

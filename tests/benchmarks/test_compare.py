@@ -43,9 +43,6 @@ def test_finished_runs_are_reused_only_for_the_same_inputs(root, tmp_path, one_t
     assert best["runs"][0]["val_size"] > 0
     assert best["runs"][0]["train_size"] + best["runs"][0]["val_size"] == compare.QUICK.n_labelled
 
-    with pytest.raises(ValueError, match="keep must be 'last' or 'best'"):
-        compare.run(dataclasses.replace(compare.QUICK, keep="first"), backbone, out=tmp_path)
-
 
 def test_a_seed_trained_on_its_own_is_reused_by_the_report(root, tmp_path, one_thread, capsys):
     args = ["--out", str(tmp_path), "--quick", "--backbone", str(root / "models" / "backbone")]

@@ -23,6 +23,7 @@ from apps.slpt.tuning import (
     sliding_window,
     task_inferer,
     task_loss,
+    training_split,
 )
 
 
@@ -109,6 +110,20 @@ def test_fit_keeping_best_leaves_the_model_at_its_best_validated_epoch():
     best_epoch = max(states, key=lambda e: (states[e][0], -e))  # the first of equal best scores
     assert kept.epoch == best_epoch and seconds > 0
     assert all(torch.equal(v, states[best_epoch][1][k]) for k, v in kept_model.state_dict().items())
+
+
+def test_training_split_trains_on_everything_or_holds_out_the_apps_fixed_validation_split():
+    labelled = {f"img{i}": tiny_pair(i) for i in range(10)}
+    cfg = SLPTConfig(seed=3)
+    train, val = training_split(labelled, cfg, "last")
+    assert len(train) == 10 and val == []  # fit keeps the last epoch when it has nothing to validate on
+    train, val = training_split(labelled, cfg, "best")
+    assert len(val) == round(cfg.val_fraction * 10) and len(train) + len(val) == 10
+    assert not {id(p) for p in train} & {id(p) for p in val}
+    again = training_split(labelled, cfg, "best")[1]
+    assert [id(p) for p in again] == [id(p) for p in val]  # fixed for a seed
+    with pytest.raises(ValueError, match="keep must be 'last' or 'best', not 'first'"):
+        training_split(labelled, cfg, "first")
 
 
 @pytest.mark.parametrize("freeze_backbone", [True, False])
