@@ -5,11 +5,11 @@ Every figure is a median over ``--repeats`` runs, next to its baseline measured 
 * **server** — ``POST /infer/slpt`` end to end on a demo volume vs ``POST /infer/backbone`` (the frozen
   backbone's own sliding-window inference) on the same volume, through a real ``monailabel start_server``
   (``benchmarks/server.py``) after one tiny prompt training through ``/train/slpt``. Target: SLPT <= 1.3x.
-* **scoring** — TESLA scoring of one scan (the backbone pass for the embedding and the liver mask, then the
-  K-prompt uncertainty in the sliding windows that touch the liver; and the re-scoring after training, which
-  the app also starts with the backbone pass, for the mask) vs one SLPT inference (the full-volume K-prompt pass)
-  vs MC-dropout scoring with 5 samples (MONAI Label's epistemic approach, full volume). Targets: TESLA <= 1.0x
-  one SLPT inference and >= 3x faster than MC-dropout(5).
+* **scoring** — TESLA's first scoring of a scan (the backbone pass for the embedding and the liver mask, then
+  the K-prompt uncertainty in the sliding windows that touch the liver) and its re-scoring after each new prompt
+  checkpoint (the uncertainty alone: the app keeps the liver mask) vs one SLPT inference (the full-volume
+  K-prompt pass) vs MC-dropout scoring with 5 samples (MONAI Label's epistemic approach, full volume). Targets:
+  TESLA <= 1.0x one SLPT inference and >= 3x faster than MC-dropout(5).
 * **training** — prompt-only (SLPT K=3) vs full fine-tuning: seconds per epoch (the app's
   ``iterations_per_epoch`` steps) and peak memory (process RSS on CPU, ``torch.cuda.max_memory_allocated`` on
   GPU), each in a fresh subprocess so one peak does not hide the other.
@@ -132,11 +132,11 @@ def measure_scoring(s: SpeedSettings, backbone_dir: Path, log) -> dict:
     liver = backbone.labels.get("liver")
     _, organ = embed_scan(backbone.network, image, cfg.embed_stage, liver)
 
-    def scoring():  # what the app's tesla scoring does per scan, first time or after a new checkpoint
+    def scoring():  # what the app's tesla scoring does the first time it sees a scan
         _, organ_ = embed_scan(backbone.network, image, cfg.embed_stage, liver)
         prompt_uncertainty(model, image, organ_, inferer, cfg.uncertainty_margin, cfg.uncertainty_top_fraction)
 
-    def uncertainty_only():  # its K-prompt part alone
+    def uncertainty_only():  # re-scoring after a new checkpoint: the liver mask is kept from the first time
         prompt_uncertainty(model, image, organ, inferer, cfg.uncertainty_margin, cfg.uncertainty_top_fraction)
 
     wrapped = EnsembleMean(model).eval()
@@ -156,6 +156,7 @@ def measure_scoring(s: SpeedSettings, backbone_dir: Path, log) -> dict:
     base, mc_key = out["slpt_inference"]["median_s"], f"mc_dropout_{s.mc_samples}"
     out["ratios"] = {
         "tesla_scoring_vs_slpt_inference": out["tesla_scoring"]["median_s"] / base,
+        "tesla_rescoring_vs_slpt_inference": out["tesla_uncertainty"]["median_s"] / base,
         "mc_dropout_vs_tesla_scoring": out[mc_key]["median_s"] / out["tesla_scoring"]["median_s"],
     }
     return out
@@ -374,13 +375,16 @@ def markdown(r: dict) -> str:
               "| work | median s | vs one SLPT inference |", "| --- | --- | --- |"]
     base = v["slpt_inference"]["median_s"]
     for key, label in (("slpt_inference", "one SLPT inference (every window, K=3)"),
-                       ("tesla_scoring",
-                        "TESLA scoring (backbone pass for embedding and liver, then PU in the liver's windows)"),
-                       ("tesla_uncertainty", "its PU part alone"),
+                       ("tesla_scoring", "TESLA first scoring (backbone pass for embedding and liver mask, "
+                                         "then PU in the liver's windows)"),
+                       ("tesla_uncertainty", "TESLA re-scoring after a new checkpoint (PU alone; the mask is kept)"),
                        (mc, f"MC-dropout, {mc.rsplit('_', 1)[1]} samples (every window)")):
         lines.append(f"| {label} | {v[key]['median_s']:.3f} | {v[key]['median_s'] / base:.2f}x |")
-    lines += ["", (f"Target TESLA <= 1.0x one SLPT inference: {ratios['tesla_scoring_vs_slpt_inference']:.2f}x "
-              f"({_verdict(ratios['tesla_scoring_vs_slpt_inference'] <= 1.0)})."),
+    rescoring = ratios.get("tesla_rescoring_vs_slpt_inference")  # absent from reports before the mask was kept
+    lines += ["", (f"Target TESLA <= 1.0x one SLPT inference: first scoring "
+              f"{ratios['tesla_scoring_vs_slpt_inference']:.2f}x "
+              f"({_verdict(ratios['tesla_scoring_vs_slpt_inference'] <= 1.0)})"
+              + (f", re-scoring {rescoring:.2f}x ({_verdict(rescoring <= 1.0)})." if rescoring else ".")),
               (f"Target TESLA >= 3x faster than MC-dropout: {ratios['mc_dropout_vs_tesla_scoring']:.2f}x "
               f"({_verdict(ratios['mc_dropout_vs_tesla_scoring'] >= 3)})."), ""]
     t = r["training"]

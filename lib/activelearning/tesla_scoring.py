@@ -2,22 +2,25 @@
 
 Results go into each image's datastore info under ``slpt_tesla``; the strategy only reads them. An
 embedding is keyed by the image file's SHA-256; an uncertainty by the prompt-checkpoint version (a new
-checkpoint re-scores). Re-scoring repeats the backbone pass for its liver mask (about a tenth of the K-prompt
-pass) rather than keep a full-size mask per scan in the datastore info. Each scan is written as soon as it is
-scored, so a killed scoring run keeps everything it finished.
+checkpoint re-scores). The liver mask of the backbone pass is kept on disk (:class:`OrganMasks`, a few KB per
+scan, not in the datastore info), so re-scoring after a new checkpoint runs only the K-prompt pass. Each scan is
+written as soon as it is scored, so a killed scoring run keeps everything it finished.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
+from pathlib import Path
 
+import numpy as np
 from monai.transforms import Compose, LoadImaged
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from apps.slpt.backbone import Backbone, file_sha256
-from apps.slpt.checkpoints import CheckpointError, PromptCheckpointStore
+from apps.slpt.checkpoints import CheckpointError, PromptCheckpointStore, atomic_write_bytes
 from apps.slpt.config import SLPTConfig
 from apps.slpt.scoring import embed_scan, prompt_uncertainty
 from apps.slpt.tuning import checkpoint_inferer, model_from_checkpoint
@@ -31,6 +34,47 @@ def needs_scoring(info: dict, version: int | None) -> bool:
     return not info.get("embedding") or (version is not None and info.get("checkpoint_version") != version)
 
 
+class OrganMasks:
+    """The backbone's liver mask per scan, on disk under ``folder``, keyed by backbone and image content.
+
+    The mask depends only on the frozen backbone and the image, so a new prompt checkpoint can re-score a
+    scan without the backbone pass. A scan where no liver was found is kept as such (``None``: its
+    uncertainty then covers every window). A missing or unreadable file only costs that pass again.
+    """
+
+    def __init__(self, folder: str | Path, backbone_sha256: str):
+        self.folder, self.prefix = Path(folder), backbone_sha256[:16]
+
+    def _path(self, content_sha256: str) -> Path:
+        return self.folder / f"{self.prefix}-{content_sha256}.npz"
+
+    def get(self, content_sha256: str, shape: tuple[int, ...], default=None):
+        """The kept mask of ``shape`` (``[*S]`` bool, or ``None`` for no liver), else ``default``.
+
+        A mask of another shape (kept under other preprocessing) counts as not kept.
+        """
+        try:
+            with np.load(self._path(content_sha256)) as kept:
+                if not kept["found"]:
+                    return None
+                if tuple(int(n) for n in kept["shape"]) != tuple(shape):
+                    return default
+                return np.unpackbits(kept["bits"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+        except (OSError, KeyError, ValueError) as e:
+            if not isinstance(e, FileNotFoundError):
+                logger.warning("TESLA recomputes an unreadable liver mask %s: %s", self._path(content_sha256), e)
+            return default
+
+    def put(self, content_sha256: str, organ: np.ndarray | None) -> None:
+        mask = np.zeros(0, bool) if organ is None else np.asarray(organ, bool)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, found=organ is not None, shape=np.array(mask.shape), bits=np.packbits(mask))
+        atomic_write_bytes(self._path(content_sha256), buffer.getvalue())
+
+
+_NOT_KEPT = object()
+
+
 class TeslaScoring(ScoringMethod):
     """Frozen-backbone embedding (once per image) + K-prompt uncertainty in the liver's windows (once per version)."""
 
@@ -39,6 +83,7 @@ class TeslaScoring(ScoringMethod):
         self.backbone, self.cfg = backbone, config
         self.store = PromptCheckpointStore(config.model_dir)
         self.load = Compose([LoadImaged(keys="image"), *backbone.preprocessing])
+        self.organs = OrganMasks(Path(config.model_dir) / "tesla_organs", backbone.identity.get("sha256", "unknown"))
 
     def __call__(self, request, datastore: Datastore):
         start = time.time()
@@ -65,8 +110,11 @@ class TeslaScoring(ScoringMethod):
                     counts["unchanged"] += 1
                     continue
                 image = self.load({"image": path})["image"].as_tensor().float()
-                # One prompt-free backbone pass gives the embedding and the liver mask the uncertainty needs.
-                embedding, organ = embed_scan(self.backbone.network, image, self.cfg.embed_stage, organ_channel)
+                organ = _NOT_KEPT if need_embedding else self.organs.get(digest, image.shape[1:], _NOT_KEPT)
+                if organ is _NOT_KEPT:
+                    # One prompt-free backbone pass gives the embedding and the liver mask the uncertainty needs.
+                    embedding, organ = embed_scan(self.backbone.network, image, self.cfg.embed_stage, organ_channel)
+                    self.organs.put(digest, organ)
                 if need_embedding:
                     info = {"content_sha256": digest, "embedding": [round(float(v), 5) for v in embedding],
                             "organ_voxels": 0 if organ is None else int(organ.sum())}

@@ -72,6 +72,9 @@ def test_speed_quick_run_writes_every_figure(root, tmp_path, one_thread):
     for key in ("slpt_inference", "tesla_scoring", "tesla_uncertainty", f"mc_dropout_{settings.mc_samples}"):
         assert len(scoring[key]["runs_s"]) == settings.repeats and scoring[key]["median_s"] > 0
     assert 0 < scoring["windows_computed"] <= scoring["windows_total"]
+    assert set(scoring["ratios"]) == {"tesla_scoring_vs_slpt_inference", "tesla_rescoring_vs_slpt_inference",
+                                      "mc_dropout_vs_tesla_scoring"}
+    assert "first scoring" in table and "re-scoring" in table
     for method in ("slpt", "full_finetune"):
         measured = result["training"][method]
         assert measured["peak_rss_mb"] >= measured["rss_before_training_mb"] > 0 and measured["epoch"]["median_s"] > 0
