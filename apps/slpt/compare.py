@@ -6,9 +6,10 @@ trainable parameters. Both train on all labelled scans for the app's fixed sched
 epoch, then are evaluated on held-out test phantoms never used for any choice.
 
 Why the last epoch: the schedule was picked on validation phantoms (``apps.slpt.explore``), and there
-every run scored best at its last epoch. Picking the epoch on a 2-scan split of 10 labels instead (the
-app trainer's protocol, ``keep="best"``) kept epoch 30 for SLPT's seed 0, whose training split and settings score
-0.27 at epoch 60 and 0.42 at 120 on the validation phantoms (``docs/results/explore``).
+every run scored higher at its last epoch than at the earlier ones evaluated. Picking the epoch on a 2-scan
+split of 10 labels instead (the app trainer's protocol, ``keep="best"``) kept epoch 30 for SLPT's seed 0,
+whose training split and settings score 0.27 at epoch 60 and 0.42 at 120 on the validation phantoms
+(``docs/results/explore``).
 
     python -m apps.slpt.compare --out docs/results/slpt_vs_finetune  # full run: hours on 2 CPU cores
     python -m apps.slpt.compare --out /tmp/quick --quick  # the pipeline on a tiny setting
