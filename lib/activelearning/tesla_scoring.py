@@ -83,7 +83,7 @@ class TeslaScoring(ScoringMethod):
         self.backbone, self.cfg = backbone, config
         self.store = PromptCheckpointStore(config.model_dir)
         self.load = Compose([LoadImaged(keys="image"), *backbone.preprocessing])
-        self.organs = OrganMasks(Path(config.model_dir) / "tesla_organs", backbone.identity.get("sha256", "unknown"))
+        self.organs = OrganMasks(Path(config.model_dir) / "tesla_organs", backbone.identity["sha256"])
 
     def __call__(self, request, datastore: Datastore):
         start = time.time()
