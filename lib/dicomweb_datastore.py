@@ -13,11 +13,17 @@ What MONAI Label 0.8.5's ``DICOMWebDatastore`` does, and what this subclass chan
 * It caches the image and label lists for ``MONAI_LABEL_DICOMWEB_CACHE_EXPIRY`` (2 h by default), so a saved
   label is not seen until then. Here the label list is refreshed right after every save.
 * Its ``get_label_uri`` wants the SEG's series UID, but trainers ask by image id; here both work.
+* Its ``get_image_uri`` lets several callers (scoring, a training process, a Next Sample request) fetch
+  the same uncached series at once: a second caller converts a half-downloaded folder, or answers before
+  the image is registered, without the StudyInstanceUID OHIF's Next Sample opens. Here one caller per
+  series fetches it while the others wait, and an image whose cached info lost its DICOM identifiers
+  (MONAI Label's file-watcher can re-add an image with bare info) gets them back from the PACS.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import os
 import threading
@@ -30,6 +36,7 @@ from cachetools import TTLCache
 from dicomweb_client import DICOMwebClient
 from dicomweb_client.session_utils import create_session_from_user_pass
 from fastapi import HTTPException
+from filelock import FileLock
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
@@ -91,6 +98,29 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
     def get_unlabeled_images(self, label_tag=None, labels=None) -> list[str]:
         labelled = set(self.final_segs())
         return sorted(set(self.list_images()) - labelled)
+
+    # --- reading an image ---------------------------------------------------------------------------
+
+    def get_image_uri(self, image_id: str) -> str:
+        # A file lock, not a threading one: MONAI Label trains in a separate process on the same cache.
+        name = hashlib.sha1(image_id.encode()).hexdigest()
+        with FileLock(os.path.join(self._datastore.image_path(), f".fetch-{name}.lock")):
+            path = super().get_image_uri(image_id)
+        cached = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
+        if path != cached and os.path.isfile(path) and os.path.isfile(cached):
+            # MONAI Label answers the first call with its temporary conversion, which it already copied
+            # into the cache and never deletes.
+            os.unlink(path)
+            path = cached
+        return path
+
+    def get_image_info(self, image_id: str) -> dict:
+        info = super().get_image_info(image_id)
+        if info and "StudyInstanceUID" not in info:
+            ids = self._dicom_info(image_id)
+            self.update_image_info(image_id, ids)
+            info.update(ids)
+        return info
 
     # --- reading a label ------------------------------------------------------------------------------
 

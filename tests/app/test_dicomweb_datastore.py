@@ -8,6 +8,8 @@ through the server. Skips (or fails, with ``SLPT_REQUIRE_BROWSER=1``) where Orth
 from __future__ import annotations
 
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import nibabel as nib
 import numpy as np
@@ -141,3 +143,46 @@ def test_bad_labels_are_refused_and_nothing_is_stored(pacs, store, tmp_path, cas
         store.save_label("not-a-series" if case == "image" else image, str(tmp_path / "bad.nii.gz"), "final", {})
     assert e.value.status_code == status
     assert len(seg_headers(orthanc)) == before
+
+
+def test_a_series_asked_for_by_several_callers_at_once_is_fetched_whole_and_keeps_its_dicom_ids(pacs, tmp_path):
+    """Scoring, training and a Next Sample request may all ask for a series that isn't cached yet. Each
+    gets the whole volume, and its info keeps the StudyInstanceUID that OHIF's Next Sample opens."""
+    from monailabel.datastore.dicom import DICOMwebClientX
+
+    from lib.dicomweb_datastore import SLPTDicomWebDatastore
+
+    orthanc, series, _ = pacs
+    image = series[image_id(SEEDS[0])]
+    store = SLPTDicomWebDatastore(DICOMwebClientX(url=orthanc.dicomweb), LABELS, search_filter={"Modality": "CT"},
+                                  cache_path=str(tmp_path / "cache"))  # nothing cached yet
+    start = threading.Barrier(4)
+
+    def ask():
+        start.wait()
+        path = store.get_image_uri(image)
+        return path, nib.load(path).shape, store.get_image_info(image).get("StudyInstanceUID")
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: ask(), range(4)))
+    whole = make_phantom(SEEDS[0]).image.shape
+    assert answers == [(store.get_image_uri(image), whole, study_of(orthanc, image))] * 4, answers
+
+
+def test_an_image_whose_cached_info_lost_its_dicom_ids_gets_them_back(pacs, store):
+    """MONAI Label's file-watcher re-adds an image it finds on disk but not in its index with bare info
+    (a race between its reconcile and another thread's add); OHIF's Next Sample needs the study UID."""
+    orthanc, series, _ = pacs
+    image = series[image_id(SEEDS[1])]
+    store.get_image_uri(image)
+    store._datastore.objects.pop(image)
+    store.refresh()  # what the file-watcher does on the next file event
+    assert "StudyInstanceUID" not in store._datastore.objects[image].image.info
+
+    assert store.get_image_info(image)["StudyInstanceUID"] == study_of(orthanc, image)
+    assert store._datastore.objects[image].image.info["StudyInstanceUID"] == study_of(orthanc, image)  # kept
+
+
+def study_of(orthanc, series_uid: str) -> str:
+    found = DICOMwebClient(url=orthanc.dicomweb).search_for_series(search_filters={"SeriesInstanceUID": series_uid})
+    return found[0]["0020000D"]["Value"][0]

@@ -130,6 +130,14 @@ class Browser:
         self.wait(lambda: "Connected to MONAI Label - Successful" in self.d.page_source)
         self.wait(lambda: self.button("Next Sample") or self.css("label[for='tab-1']"))
 
+    def where(self) -> str:
+        """What a failed step shows: the page, and the SLPT box's reason and status."""
+        try:
+            box = {i: [e.text for e in self.css(f"#{i}")] for i in ("slpt-reason", "slpt-status")}
+            return f"at {self.d.current_url}; {box}"
+        except Exception as e:  # e.g. a dialog still open
+            return f"page unreadable: {type(e).__name__}"
+
     def snapshot(self, name):
         if SCREENSHOTS:
             from selenium.common.exceptions import TimeoutException
@@ -143,12 +151,13 @@ class Browser:
 
 
 @contextmanager
-def step(name, log):
+def step(name, log, ui: Browser | None = None):
     start = time.time()
     try:
         yield
     except Exception as e:
-        raise AssertionError(f"browser step '{name}' failed: {type(e).__name__}: {e}") from e
+        where = f" ({ui.where()})" if ui else ""
+        raise AssertionError(f"browser step '{name}' failed{where}: {type(e).__name__}: {e}") from e
     log.append((name, round(time.time() - start, 1)))
     print(f"{name}: {log[-1][1]} s", flush=True)
 
@@ -165,21 +174,21 @@ def test_annotation_loop_in_ohif(chain, driver, tmp_path):
         trained_on(server, labelled=1)()  # runs while the browser gets to the suggested study
 
     ui = Browser(driver, server.url)
-    with step("study list", log):
+    with step("study list", log, ui):
         driver.get(server.url + "/ohif/")
         mrns = lambda: {r.text.split("\n")[1] for r in ui.css("tbody tr") if "\n" in r.text}
         ui.wait(lambda: {image_id(s) for s in SEEDS.values()} <= mrns())
         for hide in ui.button("Confirm and Hide"):  # OHIF's "investigational use" banner
             hide.click()
 
-    with step("open a study in the MONAI Label mode and connect the panel", log):
+    with step("open a study in the MONAI Label mode and connect the panel", log, ui):
         row = next(r for r in ui.css("tbody tr") if image_id(SEEDS["A"]) in r.text)
         row.find_elements(ui.By.TAG_NAME, "td")[1].click()
         ui.click(ui.wait(lambda: ui.button("MONAI Label"))[0])
         ui.wait(lambda: "/ohif/monai-label" in driver.current_url)
         ui.connect_panel()
 
-    with step("Next Sample: TESLA suggests B, with its reason", log):
+    with step("Next Sample: TESLA suggests B, with its reason", log, ui):
         if not ui.button("Next Sample"):
             ui.click(ui.css("label[for='tab-1']")[0])  # expand Active Learning
         ui.click(ui.wait(lambda: ui.button("Next Sample"))[0])
@@ -193,11 +202,11 @@ def test_annotation_loop_in_ohif(chain, driver, tmp_path):
         # stage 1 (diversity) or, once the first checkpoint has scored B, stage 2 (prompt uncertainty)
         assert re.match(r"TESLA suggested this study: round 1, stage [12], rank 1", reason), reason
 
-    with step("wait for the first prompt checkpoint", log):
+    with step("wait for the first prompt checkpoint", log, ui):
         wait(trained_on(server, labelled=1), timeout=600, every=2)
         version = server.get("/info/").json()["models"]["slpt"]["prompt_checkpoint"]["version"]
 
-    with step("run slpt in the browser", log):
+    with step("run slpt in the browser", log, ui):
         ui.click(ui.css("button[title='Run Segmentation']")[0])
         ui.wait(lambda: "Running Segmentation - Successful" in driver.page_source
                 or "Failed" in driver.page_source, timeout=300)
@@ -210,7 +219,7 @@ def test_annotation_loop_in_ohif(chain, driver, tmp_path):
         ui.snapshot("suggested-study-with-slpt-overlay.png")
 
     # Read before saving: saving B completes the round, and the training it starts may replace the checkpoint.
-    with step("what slpt sent the browser for B (its /infer answer, from Chromium's network log)", log):
+    with step("what slpt sent the browser for B (its /infer answer, from Chromium's network log)", log, ui):
         assert server.get("/info/").json()["models"]["slpt"]["prompt_checkpoint"]["version"] == version
         predicted = infer_answer(driver, tmp_path / "pred.nrrd")
         if predicted is None:  # the same checkpoint answers the same again, just slower
@@ -219,7 +228,7 @@ def test_annotation_loop_in_ohif(chain, driver, tmp_path):
             (tmp_path / "pred.nii.gz").write_bytes(r.content)
             predicted = np.asarray(nib.load(tmp_path / "pred.nii.gz").dataobj).astype(np.uint8)
 
-    with step("one tumour brush stroke across the axial view", log):
+    with step("one tumour brush stroke across the axial view", log, ui):
         from selenium.webdriver.common.action_chains import ActionChains
 
         ui.click(driver.find_element(ui.By.ID, "slpt-brush-tumor"))
@@ -228,14 +237,14 @@ def test_annotation_loop_in_ohif(chain, driver, tmp_path):
         ActionChains(driver).move_to_element_with_offset(axial, -30, 10).click_and_hold() \
             .move_by_offset(20, 0).move_by_offset(20, 0).move_by_offset(20, 0).release().perform()
 
-    with step("Save label", log):
+    with step("Save label", log, ui):
         ui.click(driver.find_element(ui.By.ID, "slpt-save"))
         ui.wait(lambda: driver.find_element(ui.By.ID, "slpt-status").get_attribute("data-state") in ("ok", "error"),
                 timeout=120)
         assert ui.text("slpt-status").startswith(f"Saved as final label of series {b}"), ui.text("slpt-status")
         ui.snapshot("saved-label.png")
 
-    with step("the API and the PACS have B's label, with the browser's values", log):
+    with step("the API and the PACS have B's label, with the browser's values", log, ui):
         stats = server.get("/info/").json()["slpt"]["datastore"]
         assert stats == {"labelled": 2, "unlabelled": 0}, stats
         segs = DICOMwebClient(url=chain.orthanc.dicomweb).search_for_series(search_filters={"Modality": "SEG"})
@@ -250,7 +259,7 @@ def test_annotation_loop_in_ohif(chain, driver, tmp_path):
         assert 0 < changed.sum() < 0.05 * saved.size, int(changed.sum())
         assert (saved[changed] == 2).all()
 
-    with step("the app trains on both labels", log):
+    with step("the app trains on both labels", log, ui):
         stats = wait(trained_on(server, labelled=2), timeout=600, every=2)
         assert stats["labelled"] == 2 and stats["train_size"] + stats["val_size"] == 2, stats
 
