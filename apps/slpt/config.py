@@ -46,9 +46,9 @@ class SLPTConfig:
     hidden_ratio: float = _f(1.0, "FPU hidden width as a fraction of the stage channels")
     share_updaters: bool = _f(True, "share the FPUs between the K prompt sets")
     # Training
-    # 120 epochs lifted validation tumour Dice per case well above 60: prompts were still learning at 60
-    # (docs/results/explore/rows-cpu-window32-seed0.jsonl, head3_ep120, picked by apps.slpt.explore.pick).
-    epochs: int = _f(120, "training epochs per round")
+    # 200 epochs scored highest on validation tumour Dice per case: prompts were still learning at 120 and
+    # 160 (docs/results/explore/rows-cpu-window32-seed0.jsonl, ep200, picked by apps.slpt.explore.pick).
+    epochs: int = _f(200, "training epochs per round")
     iterations_per_epoch: int = _f(8, "optimiser steps per epoch")
     val_interval: int = _f(10, "validate every this many epochs (and after the last one)")
     batch_size: int = _f(4, "patches per optimiser step (each seen by all K prompt sets)")
