@@ -117,7 +117,10 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
     def get_image_info(self, image_id: str) -> dict:
         info = super().get_image_info(image_id)
         if info and "StudyInstanceUID" not in info:
-            ids = self._dicom_info(image_id)
+            try:
+                ids = self._dicom_info(image_id)
+            except IndexError:  # the series has left the PACS: nothing to restore
+                return info
             self.update_image_info(image_id, ids)
             info.update(ids)
         return info
