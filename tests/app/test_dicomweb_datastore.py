@@ -45,15 +45,19 @@ def pacs(tmp_path_factory):
     stop_orthanc(orthanc)
 
 
-@pytest.fixture(scope="module")
-def store(pacs):
+def open_store(orthanc, cache):
     from monailabel.datastore.dicom import DICOMwebClientX
 
     from lib.dicomweb_datastore import SLPTDicomWebDatastore
 
-    orthanc, _, workdir = pacs
     return SLPTDicomWebDatastore(DICOMwebClientX(url=orthanc.dicomweb), LABELS, search_filter={"Modality": "CT"},
-                                 cache_path=str(workdir / "cache"))
+                                 cache_path=str(cache))
+
+
+@pytest.fixture(scope="module")
+def store(pacs):
+    orthanc, _, workdir = pacs
+    return open_store(orthanc, workdir / "cache")
 
 
 def label_file(seed: int, path, tumour_only=False):
@@ -148,14 +152,9 @@ def test_bad_labels_are_refused_and_nothing_is_stored(pacs, store, tmp_path, cas
 def test_a_series_asked_for_by_several_callers_at_once_is_fetched_whole_and_keeps_its_dicom_ids(pacs, tmp_path):
     """Scoring, training and a Next Sample request may all ask for a series that isn't cached yet. Each
     gets the whole volume, and its info keeps the StudyInstanceUID that OHIF's Next Sample opens."""
-    from monailabel.datastore.dicom import DICOMwebClientX
-
-    from lib.dicomweb_datastore import SLPTDicomWebDatastore
-
     orthanc, series, _ = pacs
     image = series[image_id(SEEDS[0])]
-    store = SLPTDicomWebDatastore(DICOMwebClientX(url=orthanc.dicomweb), LABELS, search_filter={"Modality": "CT"},
-                                  cache_path=str(tmp_path / "cache"))  # nothing cached yet
+    store = open_store(orthanc, tmp_path / "cache")  # nothing cached yet
     start = threading.Barrier(4)
 
     def ask():
