@@ -14,8 +14,9 @@ whose training split and settings score 0.27 at epoch 60 and 0.42 at 120 on the 
     python -m apps.slpt.compare --out docs/results/slpt_vs_finetune  # full run: hours on 2 CPU cores
     python -m apps.slpt.compare --out /tmp/quick --quick  # the pipeline on a tiny setting
 
-Seeds can train in parallel processes, each keeping its runs; a last call without ``--seed`` reuses them
-and writes the report:
+Seeds can train in parallel processes, each keeping its runs and writing a table of its own seed
+(``<out>/runs/seed<N>.md``, progress to read before the others finish); a last call without ``--seed``
+reuses them and writes the report:
 
     for s in 0 1 2; do OMP_NUM_THREADS=1 python -m apps.slpt.compare --out OUT --seed $s & done; wait
     python -m apps.slpt.compare --out OUT
@@ -65,7 +66,8 @@ class CompareSettings:
     keep: str = "last"
 
 
-QUICK = CompareSettings(n_labelled=3, test_seeds=(400_000, 400_002), run_seeds=(0,), epochs=1,
+# One test phantom: evaluating it is most of a quick run's time.
+QUICK = CompareSettings(n_labelled=3, test_seeds=(400_000, 400_001), run_seeds=(0,), epochs=1,
                         iterations_per_epoch=1)
 
 
@@ -167,7 +169,7 @@ def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(pri
         seeds: Sequence[int] | None = None) -> dict:
     """``overrides``: ``SLPTConfig`` fields to use instead of the app's defaults (for both methods).
     ``out``: keep each finished run under ``out/runs`` and reuse the ones that ran with the same inputs.
-    ``seeds``: train only these of ``settings.run_seeds`` and return their runs alone (no summary)."""
+    ``seeds``: train only these of ``settings.run_seeds`` and return their runs and config alone (no summary)."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base = SLPTConfig(epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch)
     base = base.with_overrides(**(overrides or {}))
@@ -179,7 +181,7 @@ def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(pri
     runs = [_run_seed(seed, settings, str(backbone_dir), device, base, log, finished)
             for seed in (settings.run_seeds if seeds is None else seeds)]
     if seeds is not None:
-        return {"runs": runs}
+        return {"runs": runs, "slpt_config": base.to_dict(), "machine": machine(device)}
     labelled = [image_id(s) for s in labelled_seeds(settings.n_labelled)]
     test_size = settings.test_seeds[1] - settings.test_seeds[0]
 
@@ -199,14 +201,38 @@ def tumour_free_cases(test_seeds: tuple[int, int]) -> int:
     return sum(phantom_header(s)["tumor_type"] == "none" for s in range(*test_seeds))
 
 
+TABLE_HEAD = ("| method | tumour Dice per case | liver Dice per case | trainable % of backbone | train time (s) |",
+              "| --- | --- | --- | --- | --- |")
+LABELS = (("slpt", "SLPT (K=3, FPU)"), ("full_finetune", "full fine-tuning"))
+
+
+def seed_markdown(run: dict, settings: CompareSettings, result: dict) -> str:
+    """One seed's runs from a ``--seed`` call's ``result``: progress to read while the other seeds train."""
+    cfg, where = result["slpt_config"], result["machine"]
+    rows = [f"| {label} | {run[key]['dice_tumor']:.4f} | {run[key]['dice_liver']:.4f} | "
+            f"{run[key]['trainable_percent_of_backbone']:.2f} | {run[key]['train_seconds']:.0f} |"
+            for key, label in LABELS]
+    return "\n".join([
+        f"# Seed {run['seed']} of SLPT vs full fine-tuning (written by `python -m apps.slpt.compare --seed`)",
+        "",
+        f"One of the comparison's seeds {list(settings.run_seeds)}: the bar is judged on their mean, in "
+        f"`result.md` once every seed has run. {cfg['epochs']} epochs x {cfg['iterations_per_epoch']} steps, "
+        f"{run['train_size']} labelled scans to train on, {settings.test_seeds[1] - settings.test_seeds[0]} "
+        f"held-out test phantoms. Run on {where['device']} ({where['gpu'] or where['cpu']}).",
+        "",
+        *TABLE_HEAD,
+        *rows,
+        "",
+    ])
+
+
 def markdown(result: dict) -> str:
     s = result["summary"]
     # LiTS scoring counts an empty prediction on a tumour-free case as Dice 1, so this is the floor that a
     # model which never predicts tumour reaches; a result at the floor has learnt no tumour at all.
     floor = result["tumour_free_test_cases"] / result["test_size"]
-    rows = ["| method | tumour Dice per case | liver Dice per case | trainable % of backbone | train time (s) |",
-            "| --- | --- | --- | --- | --- |"]
-    for key, label in (("slpt", "SLPT (K=3, FPU)"), ("full_finetune", "full fine-tuning")):
+    rows = [*TABLE_HEAD]
+    for key, label in LABELS:
         m = s[key]
         rows.append(f"| {label} | {m['dice_tumor']['mean']:.4f} ± {m['dice_tumor']['std']:.4f} | "
                     f"{m['dice_liver']['mean']:.4f} ± {m['dice_liver']['std']:.4f} | "
@@ -257,13 +283,19 @@ def main(argv=None) -> None:
     parser.add_argument("--set", dest="overrides", type=json.loads, default={},
                         help='JSON object of SLPTConfig fields replacing the app defaults, e.g. \'{"epochs": 120}\'')
     parser.add_argument("--seed", dest="seeds", type=int, action="append",
-                        help="train only this seed (repeatable) and keep its runs under OUT/runs, without a report")
+                        help="train only this seed (repeatable): its runs and a table of it go to OUT/runs, "
+                             "without the report")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else CompareSettings()
     result = run(settings, args.backbone, device=args.device, overrides=args.overrides, out=args.out, seeds=args.seeds)
     if args.seeds is None:
         result["quick"] = args.quick
         write_report(args.out, result, markdown(result))
+        return
+    for seed_run in result["runs"]:
+        table = seed_markdown(seed_run, settings, result)
+        (args.out / "runs" / f"seed{seed_run['seed']}.md").write_text(table)
+        print(table)
 
 
 if __name__ == "__main__":

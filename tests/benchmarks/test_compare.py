@@ -4,6 +4,7 @@ and a new SLPT setting does not repeat full fine-tuning."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
@@ -47,8 +48,14 @@ def test_finished_runs_are_reused_only_for_the_same_inputs(root, tmp_path, one_t
 def test_a_seed_trained_on_its_own_is_reused_by_the_report(root, tmp_path, one_thread, capsys):
     args = ["--out", str(tmp_path), "--quick", "--backbone", str(root / "models" / "backbone")]
     compare.main([*args, "--seed", "0"])
-    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"seed0-slpt.json", "seed0-full_finetune.json"}
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"seed0-slpt.json", "seed0-full_finetune.json",
+                                                               "seed0.md"}
     assert not (tmp_path / "result.md").exists()  # one seed alone makes no report
+    # The seed's own table holds the Dice its kept runs measured.
+    seed_table = (tmp_path / "runs" / "seed0.md").read_text()
+    for method in compare.METHODS:
+        kept = json.loads((tmp_path / "runs" / f"seed0-{method}.json").read_text())["result"]
+        assert f"| {kept['dice_tumor']:.4f} | {kept['dice_liver']:.4f} |" in seed_table
     capsys.readouterr()
 
     compare.main(args)
