@@ -21,6 +21,10 @@ reuses them and writes the report:
     for s in 0 1 2; do OMP_NUM_THREADS=1 python -m apps.slpt.compare --out OUT --seed $s & done; wait
     python -m apps.slpt.compare --out OUT
 
+``--method`` splits a seed further, e.g. its full fine-tuning on a core that SLPT's run leaves free:
+
+    OMP_NUM_THREADS=1 python -m apps.slpt.compare --out OUT --seed 1 --method full_finetune
+
 Each finished seed and method is kept in ``<out>/runs/`` with the inputs it ran with: a stopped run
 resumes where it stopped when started again with the same ``--out``, and a change to a prompt-only
 setting (e.g. a new SLPT default) trains SLPT again but keeps full fine-tuning's runs.
@@ -104,9 +108,9 @@ METHODS = ("slpt", "full_finetune")
 
 
 def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: str, base: SLPTConfig, log,
-              finished: SeedRuns | None) -> dict:
-    """Both methods on one seed's split of the labelled scans (each reused from ``finished`` when it ran
-    with the same inputs)."""
+              finished: SeedRuns | None, methods: Sequence[str] = METHODS) -> dict:
+    """``methods`` on one seed's split of the labelled scans (each reused from ``finished`` when it ran
+    with the same inputs; a method not asked for is there only if ``finished`` keeps it)."""
     backbone, labelled, test = _data(settings.n_labelled, tuple(settings.test_seeds), backbone_dir, device)
     cfg = dataclasses.replace(base, seed=seed)
     inferer = task_inferer(cfg)  # both methods train on cfg.patch_size patches
@@ -120,6 +124,9 @@ def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: s
         results[method] = finished.get(seed, method, inputs) if finished else None
         if results[method]:
             log(f"seed {seed} {method}: finished earlier with the same inputs, kept in {finished.folder}")
+            continue
+        if method not in methods:
+            del results[method]
             continue
         torch.manual_seed(seed)
         model = builders[method]().to(device)
@@ -166,10 +173,11 @@ class SeedRuns:
 
 def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(print, flush=True),
         device: str = "cpu", overrides: dict | None = None, out: Path | None = None,
-        seeds: Sequence[int] | None = None) -> dict:
+        seeds: Sequence[int] | None = None, methods: Sequence[str] = METHODS) -> dict:
     """``overrides``: ``SLPTConfig`` fields to use instead of the app's defaults (for both methods).
     ``out``: keep each finished run under ``out/runs`` and reuse the ones that ran with the same inputs.
-    ``seeds``: train only these of ``settings.run_seeds`` and return their runs and config alone (no summary)."""
+    ``seeds``: train only these of ``settings.run_seeds`` and return their runs and config alone (no summary).
+    ``methods``: train only these; another method's run is returned only if ``out`` already keeps it."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base = SLPTConfig(epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch)
     base = base.with_overrides(**(overrides or {}))
@@ -178,7 +186,10 @@ def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(pri
     unknown = sorted(set(seeds or ()) - set(settings.run_seeds))
     if unknown:
         raise ValueError(f"seeds {unknown} are not among the compare's seeds {list(settings.run_seeds)}")
-    runs = [_run_seed(seed, settings, str(backbone_dir), device, base, log, finished)
+    if set(methods) - set(METHODS) or (seeds is None and set(methods) != set(METHODS)):
+        raise ValueError(f"methods {list(methods)}: the report needs both of {list(METHODS)}; "
+                         "train fewer only with seeds")
+    runs = [_run_seed(seed, settings, str(backbone_dir), device, base, log, finished, methods)
             for seed in (settings.run_seeds if seeds is None else seeds)]
     if seeds is not None:
         return {"runs": runs, "slpt_config": base.to_dict(), "machine": machine(device)}
@@ -211,7 +222,7 @@ def seed_markdown(run: dict, settings: CompareSettings, result: dict) -> str:
     cfg, where = result["slpt_config"], result["machine"]
     rows = [f"| {label} | {run[key]['dice_tumor']:.4f} | {run[key]['dice_liver']:.4f} | "
             f"{run[key]['trainable_percent_of_backbone']:.2f} | {run[key]['train_seconds']:.0f} |"
-            for key, label in LABELS]
+            for key, label in LABELS if key in run]
     return "\n".join([
         f"# Seed {run['seed']} of SLPT vs full fine-tuning (written by `python -m apps.slpt.compare --seed`)",
         "",
@@ -285,9 +296,15 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", dest="seeds", type=int, action="append",
                         help="train only this seed (repeatable): its runs and a table of it go to OUT/runs, "
                              "without the report")
+    parser.add_argument("--method", dest="methods", choices=METHODS, action="append",
+                        help="with --seed: train only this method (repeatable); the table shows the other only "
+                             "once it is kept")
     args = parser.parse_args(argv)
+    if args.methods and args.seeds is None:
+        parser.error("--method needs --seed: the report compares both methods")
     settings = QUICK if args.quick else CompareSettings()
-    result = run(settings, args.backbone, device=args.device, overrides=args.overrides, out=args.out, seeds=args.seeds)
+    result = run(settings, args.backbone, device=args.device, overrides=args.overrides, out=args.out,
+                 seeds=args.seeds, methods=args.methods or METHODS)
     if args.seeds is None:
         result["quick"] = args.quick
         write_report(args.out, result, markdown(result))

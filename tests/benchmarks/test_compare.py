@@ -47,7 +47,14 @@ def test_finished_runs_are_reused_only_for_the_same_inputs(root, tmp_path, one_t
 
 def test_a_seed_trained_on_its_own_is_reused_by_the_report(root, tmp_path, one_thread, capsys):
     args = ["--out", str(tmp_path), "--quick", "--backbone", str(root / "models" / "backbone")]
+    # A seed can be split further by method: its table shows what is kept so far.
+    compare.main([*args, "--seed", "0", "--method", "full_finetune"])
+    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"seed0-full_finetune.json", "seed0.md"}
+    assert "full fine-tuning" in (tmp_path / "runs" / "seed0.md").read_text()
+    assert "SLPT (K=3" not in (tmp_path / "runs" / "seed0.md").read_text()
+    capsys.readouterr()
     compare.main([*args, "--seed", "0"])
+    assert "[full_finetune]" not in capsys.readouterr().out  # kept, not trained again
     assert {p.name for p in (tmp_path / "runs").iterdir()} == {"seed0-slpt.json", "seed0-full_finetune.json",
                                                                "seed0.md"}
     assert not (tmp_path / "result.md").exists()  # one seed alone makes no report
@@ -66,3 +73,5 @@ def test_a_seed_trained_on_its_own_is_reused_by_the_report(root, tmp_path, one_t
 
     with pytest.raises(ValueError, match=r"seeds \[7\] are not among"):
         compare.main([*args, "--seed", "7"])
+    with pytest.raises(SystemExit):  # the report compares both methods
+        compare.main([*args, "--method", "slpt"])
