@@ -25,8 +25,9 @@ reuses them and writes the report:
 
     OMP_NUM_THREADS=1 python -m apps.slpt.compare --out OUT --seed 1 --method full_finetune
 
-Each finished seed and method is kept in ``<out>/runs/`` with the inputs it ran with: a stopped run
-resumes where it stopped when started again with the same ``--out``, and a change to a prompt-only
+Each finished seed and method is kept in ``<out>/runs/`` with the inputs it ran with, and an unfinished
+one keeps its last finished epoch there (``*.progress.pt``, not committed): a stopped run resumes where it
+stopped, mid-training included, when started again with the same ``--out``, and a change to a prompt-only
 setting (e.g. a new SLPT default) trains SLPT again but keeps full fine-tuning's runs.
 """
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,8 +82,9 @@ def phantom_pairs(seeds, preprocessing) -> dict:
     return {image_id(s): load_phantom_pair(make_phantom(s), preprocessing, target="task") for s in seeds}
 
 
-def _train_and_test(name, model, cfg, train, val, test, inferer, log):
-    kept, seconds = fit_keeping_best(model, train, val, cfg, inferer, log=lambda m: log(f"[{name}] {m}"))
+def _train_and_test(name, model, cfg, train, val, test, inferer, log, progress=None):
+    kept, seconds = fit_keeping_best(model, train, val, cfg, inferer, log=lambda m: log(f"[{name}] {m}"),
+                                     progress=progress)
     metrics = evaluate(model, test, inferer)
     return {**metrics, "best_epoch": kept.epoch, "train_seconds": round(seconds, 1), **parameter_report(model)}
 
@@ -130,9 +133,11 @@ def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: s
             continue
         torch.manual_seed(seed)
         model = builders[method]().to(device)
-        results[method] = _train_and_test(method, model, configs[method], train, val, test, inferer, log)
+        progress = finished.progress(seed, method, inputs) if finished else None
+        results[method] = _train_and_test(method, model, configs[method], train, val, test, inferer, log, progress)
         if finished:
             finished.put(seed, method, inputs, results[method])
+            progress.unlink()
     run = {"seed": seed, "train_size": len(train), "val_size": len(val), **results}
     log(json.dumps(run))
     return run
@@ -169,6 +174,12 @@ class SeedRuns:
 
     def put(self, seed: int, method: str, inputs: dict, result: dict) -> None:
         atomic_write_json(self._path(seed, method), {"inputs": inputs, "result": result})
+
+    def progress(self, seed: int, method: str, inputs: dict) -> Path:
+        """Where an unfinished run keeps its epochs (``tuning.fit``), named by its inputs so that a run with
+        other inputs never continues it."""
+        digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+        return self.folder / f"seed{seed}-{method}-{digest}.progress.pt"
 
 
 def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(print, flush=True),

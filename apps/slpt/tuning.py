@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from monai.transforms import RandCropByLabelClasses, SpatialPad
 from monai.transforms.utils import map_classes_to_indices
 
 from .backbone import Backbone
-from .checkpoints import load_into
+from .checkpoints import atomic_write_bytes, load_into
 from .config import SLPTConfig
 from .postprocess import task_label
 from .prompts import PromptedSegmenter, format_parameter_report, model_device, parameter_report
@@ -232,11 +234,16 @@ def fit(
     on_epoch: Callable[[EpochReport], None] = lambda r: None,
     on_best: Callable[[EpochReport], None] = lambda r: None,
     log: Callable[[str], None] = print,
+    progress: Path | None = None,
 ) -> EpochReport:
     """Train prompts, updaters and head only; call ``on_best`` whenever the model improves.
 
     Without a validation set every epoch counts as an improvement (the last epoch is kept), and the
     reports say ``val=None`` so nobody mistakes training loss for validation.
+
+    ``progress``: a file where each epoch's whole training state is kept (weights, optimiser, schedule,
+    random streams, and the best weights so far), so that a run stopped by a kill continues from its last
+    finished epoch when started again with the same file, as the uninterrupted run would have.
     """
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -252,7 +259,15 @@ def fit(
     sampler = PatchSampler(train, cfg.patch_size, rng, cfg.tumour_patch_ratio)
     best: float | None = None
     report = None
-    for epoch in range(1, cfg.epochs + 1):
+    best_weights, best_report, seconds = None, None, 0.0  # kept in ``progress`` only
+    if progress is not None and progress.exists():
+        state = _restore_progress(progress, model, optimizer, scheduler, rng)
+        report, best_weights, seconds = EpochReport(**state["report"]), state["best_model"], state["seconds"]
+        best_report = EpochReport(**state["best_report"]) if state["best_report"] else None
+        best = report.best_metric
+        log(f"continuing after epoch {report.epoch}/{cfg.epochs}, kept in {progress}")
+    done = report.epoch if report else 0
+    for epoch in range(done + 1, cfg.epochs + 1):
         start = time.time()
         model.train()
         losses, segs, divs = [], [], []
@@ -280,10 +295,42 @@ def fit(
         log(f"epoch {epoch}/{cfg.epochs} loss {report.loss:.4f} (seg {report.seg_loss:.4f}, "
             f"diversity {report.diversity:.4f}) {val_text}{' *best*' if improved and metrics else ''} "
             f"[{report.seconds:.1f}s]")
+        if progress is not None:
+            if improved:
+                best_weights, best_report = copy.deepcopy(model.state_dict()), report
+            seconds += report.seconds
+            _keep_progress(progress, model, optimizer, scheduler, rng, report, best_weights, best_report, seconds)
         on_epoch(report)
         if improved:
             on_best(report)
     return report
+
+
+def _keep_progress(path: Path, model, optimizer, scheduler, rng: np.random.Generator, report: EpochReport,
+                   best_weights: dict | None, best_report: EpochReport | None, seconds: float) -> None:
+    state = {"report": dataclasses.asdict(report), "model": model.state_dict(), "best_model": best_weights,
+             "best_report": dataclasses.asdict(best_report) if best_report else None,
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "seconds": seconds}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _restore_progress(path: Path, model, optimizer, scheduler, rng: np.random.Generator) -> dict:
+    state = torch.load(path, weights_only=False)  # our own file, written by _keep_progress
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    return state
+
+
+def kept_progress(path: Path) -> tuple[EpochReport, dict, float]:
+    """A ``progress`` file's best epoch so far: its report, its weights, and the training seconds counted."""
+    state = torch.load(path, weights_only=False)
+    return EpochReport(**state["best_report"]), state["best_model"], state["seconds"]
 
 
 def fit_keeping_best(
@@ -293,17 +340,21 @@ def fit_keeping_best(
     cfg: SLPTConfig,
     inferer: Inferer,
     log: Callable[[str], None] = print,
+    progress: Path | None = None,
 ) -> tuple[EpochReport, float]:
     """:func:`fit`, then put the best epoch's weights back into ``model``.
 
     Returns the best epoch's report and the training seconds. The epoch kept says whether the schedule was
-    long enough: the last one means the model was still improving.
+    long enough: the last one means the model was still improving. With ``progress`` (see :func:`fit`) a
+    stopped run continues, and the seconds are the sum of its epochs' over every start.
     """
     best = {}
     start = time.perf_counter()
-    fit(model, train, val, cfg, inferer,
+    fit(model, train, val, cfg, inferer, progress=progress,
         on_best=lambda r: best.update(report=r, state=copy.deepcopy(model.state_dict())), log=log)
     seconds = time.perf_counter() - start
+    if progress is not None:
+        best["report"], best["state"], seconds = kept_progress(progress)
     model.load_state_dict(best["state"])
     return best["report"], seconds
 

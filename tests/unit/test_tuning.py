@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -110,6 +111,34 @@ def test_fit_keeping_best_leaves_the_model_at_its_best_validated_epoch():
     best_epoch = max(states, key=lambda e: (states[e][0], -e))  # the first of equal best scores
     assert kept.epoch == best_epoch and seconds > 0
     assert all(torch.equal(v, states[best_epoch][1][k]) for k, v in kept_model.state_dict().items())
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_killed_run_continues_from_its_progress_file_as_if_never_stopped(tmp_path):
+    def model():
+        return PromptedSegmenter(tiny_net(), CFG.stages, CFG.head_stages, 3, num_prompts=2)
+
+    train, val, inferer = [tiny_pair(0), tiny_pair(1)], [tiny_pair(2)], sliding_window((32, 32, 32))
+    whole = model()
+    whole_kept, _ = fit_keeping_best(whole, train, val, CFG, inferer, log=lambda m: None)
+
+    def stop_after_two(report):
+        if report.epoch == 2:
+            raise Stop
+
+    progress = tmp_path / "run.progress.pt"
+    with pytest.raises(Stop):
+        fit(model(), train, val, CFG, inferer, on_epoch=stop_after_two, progress=progress, log=lambda m: None)
+    messages = []
+    resumed = model()
+    kept, seconds = fit_keeping_best(resumed, train, val, CFG, inferer, log=messages.append, progress=progress)
+    assert any("continuing after epoch 2/3" in m for m in messages)
+    assert sum(m.startswith("epoch ") for m in messages) == 1  # only epoch 3 trained again
+    assert kept == dataclasses.replace(whole_kept, seconds=kept.seconds) and seconds > 0
+    assert all(torch.equal(v, whole.state_dict()[k]) for k, v in resumed.state_dict().items())
 
 
 def test_training_split_trains_on_everything_or_holds_out_the_apps_fixed_validation_split():
