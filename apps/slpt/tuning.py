@@ -318,7 +318,7 @@ def _keep_progress(path: Path, model, optimizer, scheduler, rng: np.random.Gener
 
 
 def _restore_progress(path: Path, model, optimizer, scheduler, rng: np.random.Generator) -> dict:
-    state = torch.load(path, weights_only=False)  # our own file, written by _keep_progress
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file, from _keep_progress
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -329,7 +329,7 @@ def _restore_progress(path: Path, model, optimizer, scheduler, rng: np.random.Ge
 
 def kept_progress(path: Path) -> tuple[EpochReport, dict, float]:
     """A ``progress`` file's best epoch so far: its report, its weights, and the training seconds counted."""
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, map_location="cpu", weights_only=False)
     return EpochReport(**state["best_report"]), state["best_model"], state["seconds"]
 
 
