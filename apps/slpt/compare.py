@@ -124,12 +124,12 @@ def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: s
     results = {}
     for method in METHODS:
         inputs = _inputs(method, configs[method], settings, backbone.identity)
-        results[method] = finished.get(seed, method, inputs) if finished else None
-        if results[method]:
+        kept = finished.get(seed, method, inputs) if finished else None
+        if kept:
             log(f"seed {seed} {method}: finished earlier with the same inputs, kept in {finished.folder}")
+            results[method] = kept
             continue
         if method not in methods:
-            del results[method]
             continue
         torch.manual_seed(seed)
         model = builders[method]().to(device)

@@ -327,7 +327,7 @@ def _restore_progress(path: Path, model, optimizer, scheduler, rng: np.random.Ge
     return state
 
 
-def kept_progress(path: Path) -> tuple[EpochReport, dict, float]:
+def _kept_progress(path: Path) -> tuple[EpochReport, dict, float]:
     """A ``progress`` file's best epoch so far: its report, its weights, and the training seconds counted."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     return EpochReport(**state["best_report"]), state["best_model"], state["seconds"]
@@ -354,7 +354,7 @@ def fit_keeping_best(
         on_best=lambda r: best.update(report=r, state=copy.deepcopy(model.state_dict())), log=log)
     seconds = time.perf_counter() - start
     if progress is not None:
-        best["report"], best["state"], seconds = kept_progress(progress)
+        best["report"], best["state"], seconds = _kept_progress(progress)
     model.load_state_dict(best["state"])
     return best["report"], seconds
 
