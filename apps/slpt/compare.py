@@ -49,7 +49,7 @@ from .baselines import finetune_config, full_finetune
 from .checkpoints import atomic_write_json
 from .config import SLPTConfig
 from .data import image_id, load_phantom_pair
-from .phantom import make_phantom, phantom_header
+from .phantom import PhantomSpec, make_phantom, phantom_header
 from .prompts import parameter_report
 from .reporting import machine, write_report
 from .tuning import build_model, evaluate, fit_keeping_best, task_inferer, training_split
@@ -70,16 +70,19 @@ class CompareSettings:
     # "last": train on every labelled scan and keep the last epoch. "best": hold out the app trainer's
     # validation split and keep its best epoch.
     keep: str = "last"
+    phantom_spec: dict | None = None  # PhantomSpec overrides (quick mode: small volumes); None: the defaults
 
 
-# One test phantom: evaluating it is most of a quick run's time.
+# Small phantoms and one test phantom: evaluation is most of a quick run's time.
 QUICK = CompareSettings(n_labelled=3, test_seeds=(400_000, 400_001), run_seeds=(0,), epochs=1,
-                        iterations_per_epoch=1)
+                        iterations_per_epoch=1,
+                        phantom_spec={"z_extent": (96.0, 96.0), "inplane_spacing": (3.0, 3.0),
+                                      "slice_spacing": (3.0, 3.0), "body_scale": (0.5, 0.5)})
 
 
-def phantom_pairs(seeds, preprocessing) -> dict:
+def phantom_pairs(seeds, preprocessing, spec: PhantomSpec | None = None) -> dict:
     """``{image id: (image, task label)}`` of the phantoms ``seeds``, in backbone space."""
-    return {image_id(s): load_phantom_pair(make_phantom(s), preprocessing, target="task") for s in seeds}
+    return {image_id(s): load_phantom_pair(make_phantom(s, spec), preprocessing, target="task") for s in seeds}
 
 
 def _train_and_test(name, model, cfg, train, val, test, inferer, log, progress=None):
@@ -89,12 +92,19 @@ def _train_and_test(name, model, cfg, train, val, test, inferer, log, progress=N
     return {**metrics, "best_epoch": kept.epoch, "train_seconds": round(seconds, 1), **parameter_report(model)}
 
 
-@functools.lru_cache(maxsize=1)
-def _data(n_labelled: int, test_seeds: tuple[int, int], backbone_dir: str, device: str):
+def _data(settings: CompareSettings, backbone_dir: str, device: str):
     """Backbone, labelled scans and test scans, built once per process."""
+    scans = json.dumps([settings.n_labelled, settings.test_seeds, settings.phantom_spec])
+    return _cached_data(scans, backbone_dir, device)
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_data(scans: str, backbone_dir: str, device: str):
+    n_labelled, test_seeds, phantom_spec = json.loads(scans)
+    spec = PhantomSpec(**phantom_spec) if phantom_spec else None
     backbone = load_backbone(backbone_dir, device=device)
-    labelled = phantom_pairs(labelled_seeds(n_labelled), backbone.preprocessing)
-    test = list(phantom_pairs(range(*test_seeds), backbone.preprocessing).values())
+    labelled = phantom_pairs(labelled_seeds(n_labelled), backbone.preprocessing, spec)
+    test = list(phantom_pairs(range(*test_seeds), backbone.preprocessing, spec).values())
     return backbone, labelled, test
 
 
@@ -114,7 +124,7 @@ def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: s
               finished: SeedRuns | None, methods: Sequence[str] = METHODS) -> dict:
     """``methods`` on one seed's split of the labelled scans (each reused from ``finished`` when it ran
     with the same inputs; a method not asked for is there only if ``finished`` keeps it)."""
-    backbone, labelled, test = _data(settings.n_labelled, tuple(settings.test_seeds), backbone_dir, device)
+    backbone, labelled, test = _data(settings, backbone_dir, device)
     cfg = dataclasses.replace(base, seed=seed)
     inferer = task_inferer(cfg)  # both methods train on cfg.patch_size patches
     train, val = training_split(labelled, cfg, settings.keep)
@@ -148,7 +158,9 @@ def _inputs(method: str, cfg: SLPTConfig, settings: CompareSettings, backbone_id
     config = cfg.to_dict()
     if method == "full_finetune":
         config = {k: v for k, v in config.items() if k not in PROMPT_ONLY_FIELDS}
-    return json.loads(json.dumps({"settings": dataclasses.asdict(settings), "config": config,
+    # A setting left at None is not an input, so runs kept before it existed are still found.
+    settings = {k: v for k, v in dataclasses.asdict(settings).items() if v is not None}
+    return json.loads(json.dumps({"settings": settings, "config": config,
                                   "backbone": backbone_identity["sha256"]}))
 
 
@@ -192,7 +204,7 @@ def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(pri
     torch.set_num_threads(max(1, torch.get_num_threads()))
     base = SLPTConfig(epochs=settings.epochs, iterations_per_epoch=settings.iterations_per_epoch)
     base = base.with_overrides(**(overrides or {}))
-    backbone = _data(settings.n_labelled, tuple(settings.test_seeds), str(backbone_dir), device)[0]  # cached
+    backbone = _data(settings, str(backbone_dir), device)[0]  # cached
     finished = SeedRuns(out / "runs") if out else None
     unknown = sorted(set(seeds or ()) - set(settings.run_seeds))
     if unknown:
@@ -214,13 +226,14 @@ def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(pri
     summary = {m: {k: stat(m, k) for k in ("dice_tumor", "dice_liver", "train_seconds",
                                            "trainable_percent_of_backbone")} for m in METHODS}
     return {"settings": dataclasses.asdict(settings), "labelled": labelled, "test_size": test_size,
-            "tumour_free_test_cases": tumour_free_cases(settings.test_seeds),
+            "tumour_free_test_cases": tumour_free_cases(settings.test_seeds, settings.phantom_spec),
             "backbone": backbone.identity, "slpt_config": base.to_dict(), "overrides": overrides or {},
             "machine": machine(device), "runs": runs, "summary": summary}
 
 
-def tumour_free_cases(test_seeds: tuple[int, int]) -> int:
-    return sum(phantom_header(s)["tumor_type"] == "none" for s in range(*test_seeds))
+def tumour_free_cases(test_seeds: tuple[int, int], phantom_spec: dict | None = None) -> int:
+    spec = PhantomSpec(**phantom_spec) if phantom_spec else None
+    return sum(phantom_header(s, spec)["tumor_type"] == "none" for s in range(*test_seeds))
 
 
 TABLE_HEAD = ("| method | tumour Dice per case | liver Dice per case | trainable % of backbone | train time (s) |",
