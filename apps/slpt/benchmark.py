@@ -115,7 +115,7 @@ class BenchmarkSettings:
 
 QUICK = BenchmarkSettings(
     pool_seeds=(700_000, 700_008), test_seeds=(710_000, 710_002), budget_fraction=0.25, run_seeds=(0,), epochs=1,
-    iterations_per_epoch=1, batch_size=1, patch_size=16, mc_samples=2, roi_size=(32, 32, 32),
+    iterations_per_epoch=1, batch_size=1, patch_size=16, mc_samples=2, roi_size=(32, 32, 16),
     phantom_spec={"z_extent": (48.0, 48.0), "inplane_spacing": (3.0, 3.0), "slice_spacing": (3.0, 3.0),
                   "body_scale": (0.5, 0.5)},
     grid_cases=2)
