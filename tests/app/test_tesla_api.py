@@ -9,12 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from apps.slpt.data import write_studies
+from apps.slpt.phantom import PhantomSpec
 from tests.app.conftest import start_server, stop_server
 from tests.app.helpers import next_sample, tesla_infos, wait
 
 CONF = {"slpt_min_round_size": "4", "slpt_epochs": "1", "slpt_iterations_per_epoch": "1", "slpt_patch_size": "32",
         "slpt_lease_seconds": "600"}
 POOL = 10
+SHORT = PhantomSpec(z_extent=(96.0, 96.0))  # half the usual scan length: the pool is scored twice
 
 
 class Tesla:
@@ -30,7 +32,7 @@ def scoring_idle(server):
 def tesla(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tesla")
     studies = workdir / "studies"
-    write_studies(studies, range(700, 700 + POOL), ground_truth=workdir / "truth")
+    write_studies(studies, range(700, 700 + POOL), spec=SHORT, ground_truth=workdir / "truth")
     conf = {**CONF, "slpt_model_dir": str(workdir / "prompts")}
     Tesla.server = start_server(workdir, studies, conf)
     Tesla.conf = conf
