@@ -85,6 +85,11 @@ def phantom_pairs(seeds, preprocessing, spec: PhantomSpec | None = None) -> dict
     return {image_id(s): load_phantom_pair(make_phantom(s, spec), preprocessing, target="task") for s in seeds}
 
 
+def _phantom_spec(overrides: dict | None) -> PhantomSpec | None:
+    """``CompareSettings.phantom_spec`` as a spec; None: the default phantoms."""
+    return PhantomSpec(**overrides) if overrides else None
+
+
 def _train_and_test(name, model, cfg, train, val, test, inferer, log, progress=None):
     kept, seconds = fit_keeping_best(model, train, val, cfg, inferer, log=lambda m: log(f"[{name}] {m}"),
                                      progress=progress)
@@ -101,7 +106,7 @@ def _data(settings: CompareSettings, backbone_dir: str, device: str):
 @functools.lru_cache(maxsize=1)
 def _cached_data(scans: str, backbone_dir: str, device: str):
     n_labelled, test_seeds, phantom_spec = json.loads(scans)
-    spec = PhantomSpec(**phantom_spec) if phantom_spec else None
+    spec = _phantom_spec(phantom_spec)
     backbone = load_backbone(backbone_dir, device=device)
     labelled = phantom_pairs(labelled_seeds(n_labelled), backbone.preprocessing, spec)
     test = list(phantom_pairs(range(*test_seeds), backbone.preprocessing, spec).values())
@@ -232,8 +237,7 @@ def run(settings: CompareSettings, backbone_dir: Path, log=functools.partial(pri
 
 
 def tumour_free_cases(test_seeds: tuple[int, int], phantom_spec: dict | None = None) -> int:
-    spec = PhantomSpec(**phantom_spec) if phantom_spec else None
-    return sum(phantom_header(s, spec)["tumor_type"] == "none" for s in range(*test_seeds))
+    return sum(phantom_header(s, _phantom_spec(phantom_spec))["tumor_type"] == "none" for s in range(*test_seeds))
 
 
 TABLE_HEAD = ("| method | tumour Dice per case | liver Dice per case | trainable % of backbone | train time (s) |",
