@@ -18,7 +18,7 @@ $(BIN)/monailabel: requirements.txt
 install: $(BIN)/monailabel
 
 $(DEMO)/.generated: | install
-	$(BIN)/python -m apps.slpt.generate --studies $(DEMO) --count $(DEMO_COUNT)
+	$(BIN)/python -m phantoms.generate --studies $(DEMO) --count $(DEMO_COUNT)
 	touch $@
 
 # Serves the app on the demo phantoms, bound to localhost only.
@@ -49,12 +49,12 @@ test: install
 
 # Two runs: from scratch, then a lower learning rate starting from the first run's weights.
 pretrain: install
-	$(BIN)/python -m apps.slpt.pretrain --out data/pretrain/stage1
-	$(BIN)/python -m apps.slpt.pretrain --out models/backbone --init-from data/pretrain/stage1 \
+	$(BIN)/python -m benchmarks.pretrain --out data/pretrain/stage1
+	$(BIN)/python -m benchmarks.pretrain --out models/backbone --init-from data/pretrain/stage1 \
 	  --lr 1e-3 --iterations 400
 
 montage: install
-	$(BIN)/python -m apps.slpt.montage --out docs/phantoms.png
+	$(BIN)/python -m phantoms.montage --out docs/phantoms.png
 
 clean-demo:
 	rm -rf $(DEMO)

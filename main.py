@@ -28,10 +28,10 @@ from monailabel.interfaces.utils.app import app_instance  # noqa: E402
 from monailabel.utils.async_tasks.task import AsyncTask  # noqa: E402
 from monailabel.utils.others.generic import device_map  # noqa: E402
 
-from apps.slpt import request_params  # noqa: E402
-from apps.slpt.backbone import load_backbone  # noqa: E402
+from lib import request_params  # noqa: E402
+from apps.slpt.model.backbone import load_backbone  # noqa: E402
 from apps.slpt.config import SLPTConfig  # noqa: E402
-from apps.slpt.request_params import InvalidParameter, RequestSpec, check_request, parse_params  # noqa: E402
+from lib.request_params import InvalidParameter, RequestSpec, check_request, parse_params  # noqa: E402
 from lib import ohif, privacy  # noqa: E402
 from lib.activelearning.tesla import Tesla  # noqa: E402
 from lib.activelearning.tesla_scoring import INFO_KEY, TeslaScoring, needs_scoring  # noqa: E402
@@ -118,7 +118,7 @@ class MyApp(MONAILabelApp):
 
     def check_request(self, kind: str, name: str, request: dict) -> None:
         """422 naming the parameter for a bad, unknown or server-only request parameter (see
-        ``apps.slpt.request_params``); MONAI Label itself passes every value through unchecked."""
+        ``lib.request_params``); MONAI Label itself passes every value through unchecked."""
         spec = self._request_specs.get(f"{kind}/{name}")
         if spec is None:
             known = sorted(k.split("/", 1)[1] for k in self._request_specs if k.startswith(f"{kind}/"))

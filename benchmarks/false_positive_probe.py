@@ -16,9 +16,9 @@ import torch
 from monai.transforms import RemoveSmallObjects
 
 from apps.slpt.config import SLPTConfig
-from apps.slpt.explore import exploration_data
-from apps.slpt.postprocess import task_label
-from apps.slpt.tuning import build_model, dice_per_case, fit, predict, sliding_window
+from benchmarks.explore import exploration_data
+from apps.slpt.inference import task_label
+from apps.slpt.training.loop import build_model, dice_per_case, fit, predict, sliding_window
 
 ALL7 = ("down_layers.0", "down_layers.1", "down_layers.2", "down_layers.3", "up_layers.0", "up_layers.1", "up_layers.2")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session's measurements, in one call (a lent GPU machine gives ~10 minutes per command):
-#   1. SLPT variants on the validation phantoms (apps.slpt.explore) and the pick by its fixed rule;
-#   2. SLPT vs full fine-tuning (apps.slpt.compare) with the picked settings, on the held-out test phantoms;
+#   1. SLPT variants on the validation phantoms (benchmarks.explore) and the pick by its fixed rule;
+#   2. SLPT vs full fine-tuning (benchmarks.compare) with the picked settings, on the held-out test phantoms;
 #   3. the speed benchmark on the GPU (no server: MONAI Label is not installed there).
 # Everything lands in $OUT (default: logs/gpu). Each stage has its own time limit, so a slow one cannot
 # starve the next. Everything runs in ONE process at a time: a training step is launch-bound on the GPU
@@ -36,14 +36,14 @@ if [ "${SMOKE:-0}" = 1 ]; then
 fi
 
 echo "== explore $(date +%T)"
-timeout "$EXPLORE_LIMIT" $PY -m apps.slpt.explore "$(cat $VARIANTS)" "${EXPLORE_ARGS[@]}" > "$OUT/explore.jsonl"
+timeout "$EXPLORE_LIMIT" $PY -m benchmarks.explore "$(cat $VARIANTS)" "${EXPLORE_ARGS[@]}" > "$OUT/explore.jsonl"
 echo "explore exit $? ($(wc -l < "$OUT/explore.jsonl") rows)"
-$PY -m apps.slpt.explore --pick "$OUT/explore.jsonl" > "$OUT/pick.json" && cat "$OUT/pick.json"
+$PY -m benchmarks.explore --pick "$OUT/explore.jsonl" > "$OUT/pick.json" && cat "$OUT/pick.json"
 OVERRIDES=$($PY -c "import json; print(json.dumps(json.load(open('$OUT/pick.json'))['overrides']))" 2>/dev/null || echo '{}')
 
 
 echo "== compare $(date +%T) with $OVERRIDES"
-timeout "$COMPARE_LIMIT" $PY -m apps.slpt.compare --out "$OUT/compare" --set "$OVERRIDES" "${COMPARE_ARGS[@]}" \
+timeout "$COMPARE_LIMIT" $PY -m benchmarks.compare --out "$OUT/compare" --set "$OVERRIDES" "${COMPARE_ARGS[@]}" \
   > "$OUT/compare.log"
 echo "compare exit $?"; tail -n 3 "$OUT/compare.log"
 

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from apps.slpt.backbone import load_backbone
+from apps.slpt.model.backbone import load_backbone
 from apps.slpt.config import SLPTConfig
-from apps.slpt.data import load_phantom_pair
-from apps.slpt.phantom import make_phantom
-from apps.slpt.postprocess import task_label
-from apps.slpt.tuning import (
+from phantoms.io import load_phantom_pair
+from phantoms.phantom import make_phantom
+from apps.slpt.inference import task_label
+from apps.slpt.training.loop import (
     PatchSampler,
     augmented_views,
     build_model,

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.load --out docs/results/load --clients 4 --iterations 3
 
-Starts ``monailabel start_server`` on generated phantoms (``benchmarks/server.py``). Each of ``--clients``
+Starts ``monailabel start_server`` on generated phantoms (``tools/server.py``). Each of ``--clients``
 annotator threads loops, with its own ``client_id``: Next Sample (``POST /activelearning/tesla``) ->
 inference on the served scan (``/infer/backbone`` until the first prompt checkpoint exists, then
 ``/infer/slpt``) -> ``PUT /datastore/label`` with the phantom's ground truth, until it has saved
@@ -44,9 +44,11 @@ import numpy as np
 import psutil
 import requests
 
-from apps.slpt.data import image_id, write_studies
-from apps.slpt.reporting import write_report
-from benchmarks.server import Server, start_server, stop_server
+from phantoms.io import image_id, write_studies
+from benchmarks.reporting import write_report
+from tools.server import Server, start_server, stop_server
+
+NETGUARD = Path(__file__).resolve().parents[1] / "tests" / "app" / "netguard"
 
 BUSY_OK = {"POST /scoring/tesla": {429}}  # "Scoring Task is Already Running": a busy answer, not a failure
 NO_TASK_YET = {"GET /scoring/": {404}, "GET /train/": {404}}  # MONAI Label's answer before any task ran
@@ -236,7 +238,9 @@ def run(args) -> dict:
     write_studies(studies, seeds, ground_truth=truth)
     conf = {"slpt_model_dir": str(workdir / "prompts"), "slpt_min_round_size": str(args.clients),
             "slpt_lease_seconds": str(args.lease_seconds), "slpt_train_after_labels": "1000000"}
-    server = start_server(workdir, studies, conf)
+    # The tests' network guard: every server process refuses and records connections off this machine.
+    guard = {"PYTHONPATH": str(NETGUARD), "SLPT_NETGUARD_LOG": str(workdir / "network.log")}
+    server = start_server(workdir, studies, conf, env=guard)
     result = None
     try:
         result = measure(server, args, truth, pool, conf)

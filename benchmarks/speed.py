@@ -4,7 +4,7 @@ Every figure is a median over ``--repeats`` runs, next to its baseline measured 
 
 * **server** — ``POST /infer/slpt`` end to end on a demo volume vs ``POST /infer/backbone`` (the frozen
   backbone's own sliding-window inference) on the same volume, through a real ``monailabel start_server``
-  (``benchmarks/server.py``) after one tiny prompt training through ``/train/slpt``. Target: SLPT <= 1.3x.
+  (``tools/server.py``) after one tiny prompt training through ``/train/slpt``. Target: SLPT <= 1.3x.
 * **scoring** — TESLA's first scoring of a scan (the backbone pass for the embedding and the liver mask, then
   the K-prompt uncertainty in the sliding windows that touch the liver) and its re-scoring after each new prompt
   checkpoint (the uncertainty alone: the app keeps the liver mask) vs one SLPT inference (the full-volume
@@ -39,17 +39,17 @@ import numpy as np
 import psutil
 import torch
 
-from apps.slpt.ablations import EnsembleMean
-from apps.slpt.backbone import load_backbone
-from apps.slpt.baselines import finetune_config, full_finetune
+from benchmarks.ablations import EnsembleMean
+from apps.slpt.model.backbone import load_backbone
+from benchmarks.baselines import finetune_config, full_finetune
 from apps.slpt.config import SLPTConfig
-from apps.slpt.data import image_id, load_phantom_pair, write_studies
-from apps.slpt.phantom import PhantomSpec, make_phantom, phantom_header
-from apps.slpt.reporting import machine, write_report
-from apps.slpt.rounds import budget_plan
-from apps.slpt.scoring import OrganWindows, embed_scan, prompt_uncertainty
-from apps.slpt.selection import coreset_select, diversity_select, random_select, uncertain_diverse_select
-from apps.slpt.tuning import (
+from phantoms.io import image_id, load_phantom_pair, write_studies
+from phantoms.phantom import PhantomSpec, make_phantom, phantom_header
+from benchmarks.reporting import machine, write_report
+from apps.slpt.active.rounds import budget_plan
+from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty
+from apps.slpt.active.selection import coreset_select, diversity_select, random_select, uncertain_diverse_select
+from apps.slpt.training.loop import (
     PatchSampler,
     augmented_views,
     build_model,
@@ -59,7 +59,7 @@ from apps.slpt.tuning import (
     task_inferer,
     task_loss,
 )
-from apps.slpt.uncertainty import dropout_enabled, mc_dropout_probabilities
+from apps.slpt.active.uncertainty import dropout_enabled, mc_dropout_probabilities
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_FIRST_SEED = 720_000  # disjoint from every other seed range of the project
@@ -301,7 +301,7 @@ def measure_scale(s: SpeedSettings, backbone_dir: Path, log) -> dict:
 
 # -- the real server ----------------------------------------------------------------------------------------
 def measure_server(s: SpeedSettings, log) -> dict:
-    from benchmarks.server import start_server, stop_server
+    from tools.server import start_server, stop_server
 
     workdir = Path(tempfile.mkdtemp(prefix="slpt_speed_"))
     seed = demo_seed(s.demo_spec)

@@ -2,7 +2,7 @@
 
 MONAI Label stores whatever a client sends: a label that is not an image, or of the wrong shape, is
 copied into ``labels/final`` and breaks the next training round, and an id or tag is joined into a path
-unchecked (``tag=../../x`` writes outside the studies folder). This subclass runs ``apps.slpt.validation``
+unchecked (``tag=../../x`` writes outside the studies folder). This subclass runs ``lib.validation``
 first and answers a 4xx with a message; on a refusal nothing under the studies folder changes.
 
 MONAI Label also rewrites ``datastore_v2.json`` in place: it truncates the file, then serialises the whole
@@ -20,8 +20,8 @@ from filelock import FileLock
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from apps.slpt.checkpoints import atomic_write_bytes
-from apps.slpt.validation import (
+from apps.slpt.model.checkpoints import atomic_write_bytes
+from lib.validation import (
     TASK_LABEL_VALUES,
     InvalidUpload,
     check_image,

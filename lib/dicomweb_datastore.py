@@ -45,7 +45,7 @@ from monailabel.datastore.utils.dicom import dicom_web_download_series, dicom_we
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
-from apps.slpt.validation import InvalidUpload, check_label, read_volume, volume_shape
+from lib.validation import InvalidUpload, check_label, read_volume, volume_shape
 
 logger = logging.getLogger(__name__)
 

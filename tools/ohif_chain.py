@@ -17,10 +17,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from apps.slpt.data import image_id
-from apps.slpt.dicom import write_ct_series
-from apps.slpt.phantom import make_phantom
-from benchmarks.server import Server, free_port, start_server, stop_server
+from phantoms.io import image_id
+from phantoms.dicom import write_ct_series
+from phantoms.phantom import make_phantom
+from tools.server import Server, free_port, start_server, stop_server
 from tools.orthanc import Orthanc, start_orthanc, stop_orthanc, upload_series
 
 # Saved labels are seen by the next request anyway (lib/dicomweb_datastore.py); this bounds how long a

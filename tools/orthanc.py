@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 from dicomweb_client import DICOMwebClient
 
-from benchmarks.server import stop_process, wait_until_answering
+from tools.server import stop_process, wait_until_answering
 
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"

@@ -15,7 +15,7 @@ from typing import Any, get_type_hints
 CONF_PREFIX = "slpt_"
 # Every encoder and decoder stage of MONAI's SegResNet. On validation phantoms, prompting all seven with
 # full-width FPUs (hidden_ratio 1) beat prompting the inner five with quarter-width ones
-# (docs/results/explore/rows-cpu-window32-seed0.jsonl, picked by apps.slpt.explore.pick).
+# (docs/results/explore/rows-cpu-window32-seed0.jsonl, picked by benchmarks.explore.pick).
 SEGRESNET_STAGES = ("down_layers.0", "down_layers.1", "down_layers.2", "down_layers.3",
                     "up_layers.0", "up_layers.1", "up_layers.2")
 
@@ -38,7 +38,7 @@ class SLPTConfig:
                                       "first encoder stage that still sees the faint tumour contrast")
     head_channels: int = _f(16, "width of the task head's 3x3x3 convs")
     # Three dilated convs (context of 15 voxels) lifted validation tumour Dice per case well above one conv
-    # (docs/results/explore/rows-cpu-window32-seed0.jsonl, picked by apps.slpt.explore.pick).
+    # (docs/results/explore/rows-cpu-window32-seed0.jsonl, picked by benchmarks.explore.pick).
     head_layers: int = _f(3, "3x3x3 convs in the task head (dilations 1, 2, 4, ...: each widens its context)")
     num_prompts: int = _f(3, "K, the number of diversified prompt sets")
     prompt_channels: int = _f(4, "channels of each prompt tensor")
@@ -47,7 +47,7 @@ class SLPTConfig:
     share_updaters: bool = _f(True, "share the FPUs between the K prompt sets")
     # Training
     # 200 epochs scored highest on validation tumour Dice per case: prompts were still learning at 120 and
-    # 160 (docs/results/explore/rows-cpu-window32-seed0.jsonl, ep200, picked by apps.slpt.explore.pick).
+    # 160 (docs/results/explore/rows-cpu-window32-seed0.jsonl, ep200, picked by benchmarks.explore.pick).
     epochs: int = _f(200, "training epochs per round")
     iterations_per_epoch: int = _f(8, "optimiser steps per epoch")
     val_interval: int = _f(10, "validate every this many epochs (and after the last one)")

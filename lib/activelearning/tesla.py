@@ -21,9 +21,9 @@ from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from apps.slpt.checkpoints import PromptCheckpointStore, atomic_write_json
+from apps.slpt.model.checkpoints import PromptCheckpointStore, atomic_write_json
 from apps.slpt.config import SLPTConfig
-from apps.slpt.rounds import (
+from apps.slpt.active.rounds import (
     RoundState,
     budget_plan,
     queue_view,
@@ -32,7 +32,7 @@ from apps.slpt.rounds import (
     start_round,
     training_due,
 )
-from apps.slpt.selection import diversity_select, uncertain_diverse_select
+from apps.slpt.active.selection import diversity_select, uncertain_diverse_select
 from lib.activelearning.tesla_scoring import INFO_KEY
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from monai.transforms import Activationsd, AsDiscreted, CastToTyped, Compose, In
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from apps.slpt.backbone import Backbone
+from apps.slpt.model.backbone import Backbone
 
 
 class BackboneSegmentation(BasicInferTask):

@@ -9,11 +9,11 @@ from monai.transforms import CastToTyped, Compose, Invertd, LoadImaged, SqueezeD
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from apps.slpt.backbone import Backbone
-from apps.slpt.checkpoints import CheckpointError, PromptCheckpointStore
+from apps.slpt.model.backbone import Backbone
+from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore
 from apps.slpt.config import SLPTConfig
-from apps.slpt.transforms import PromptEnsembled
-from apps.slpt.tuning import TASK_CLASSES, checkpoint_inferer, model_from_checkpoint
+from apps.slpt.inference import PromptEnsembled
+from apps.slpt.training.loop import TASK_CLASSES, checkpoint_inferer, model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class SLPTSegmentation(BasicInferTask):
             # mistyped setting, which fail while the model is rebuilt.
             where = "" if str(path) in str(e) else f" ({path})"
             raise HTTPException(409, f"current prompt checkpoint v{version}{where} cannot be served: {e}; "
-                                     "roll back with `python -m apps.slpt.checkpoints --model-dir "
+                                     "roll back with `python -m apps.slpt.model.checkpoints --model-dir "
                                      f"{self.store.directory} rollback` or train again") from e
         network.to(device).eval()
         self._networks[device] = (network, stamp, inferer)

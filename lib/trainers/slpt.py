@@ -2,7 +2,7 @@
 
 MONAI Label runs it in a subprocess (``POST /train/slpt``) and kills that process on ``DELETE /train/``;
 so the best checkpoint is written, atomically, the moment it is found, and a stopped run keeps it.
-The training loop itself is ``apps.slpt.tuning.fit`` (plain PyTorch): no ignite/MLflow handlers run,
+The training loop itself is ``apps.slpt.training.loop.fit`` (plain PyTorch): no ignite/MLflow handlers run,
 which also sidesteps MLflow 3's file-store refusal (SLPT.md §7) by design rather than by env var.
 """
 
@@ -18,13 +18,13 @@ from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
-from apps.slpt.backbone import Backbone
-from apps.slpt.checkpoints import CheckpointError, PromptCheckpointStore, atomic_write_json
+from apps.slpt.model.backbone import Backbone
+from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore, atomic_write_json
 from apps.slpt.config import SLPTConfig
-from apps.slpt.data import as_pair, pair_transforms
-from apps.slpt.prompts import parameter_report
-from apps.slpt.splits import describe_split, update_split
-from apps.slpt.tuning import (
+from apps.slpt.training.data import as_pair, pair_transforms
+from apps.slpt.model.prompts import parameter_report
+from apps.slpt.training.splits import describe_split, update_split
+from apps.slpt.training.loop import (
     TASK_CLASSES,
     build_model,
     checkpoint_config,

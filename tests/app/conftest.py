@@ -1,13 +1,26 @@
-"""A real MONAI Label server (``monailabel start_server``, see ``benchmarks/server.py``) on loopback, fed with
+"""A real MONAI Label server (``monailabel start_server``, see ``tools/server.py``) on loopback, fed with
 phantom studies."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from apps.slpt.data import image_id, write_studies
-from apps.slpt.phantom import phantom_header
-from benchmarks.server import start_server, stop_server  # the test modules import them from here
+from phantoms.io import image_id, write_studies
+from phantoms.phantom import phantom_header
+from tools import server as launcher
+from tools.server import stop_server  # the test modules import both from here
+
+NETGUARD = Path(__file__).resolve().parent / "netguard"
+
+
+def start_server(workdir: Path, studies, conf: dict[str, str] | None = None, **kw) -> launcher.Server:
+    """The real server, with every one of its Python processes loading the network guard
+    (``netguard/sitecustomize.py``): a connection that leaves this machine is refused and recorded in
+    ``<workdir>/network.log``."""
+    env = {"PYTHONPATH": str(NETGUARD), "SLPT_NETGUARD_LOG": str(workdir / "network.log"), **kw.pop("env", {})}
+    return launcher.start_server(workdir, studies, conf, env=env, **kw)
 
 
 def seed_with(orientation: str, first: int = 500) -> int:

@@ -25,7 +25,7 @@ import pytest
 import requests
 import torch
 
-from apps.slpt.data import image_id, write_studies
+from phantoms.io import image_id, write_studies
 from tests.app.conftest import start_server, stop_server
 
 SEEDS = (900, 901)

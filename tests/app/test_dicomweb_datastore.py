@@ -19,10 +19,10 @@ import requests
 from dicomweb_client import DICOMwebClient
 from fastapi import HTTPException
 
-from apps.slpt.data import image_id
-from apps.slpt.dicom import RAS_TO_LPS, to_lps_order
-from apps.slpt.phantom import make_phantom
-from benchmarks.server import free_port
+from phantoms.io import image_id
+from phantoms.dicom import RAS_TO_LPS, to_lps_order
+from phantoms.phantom import make_phantom
+from tools.server import free_port
 from tools.ohif_chain import write_demo_dicom
 from tools.orthanc import missing, start_orthanc, stop_orthanc, upload_series
 
@@ -61,7 +61,7 @@ def store(pacs):
 
 
 def label_file(seed: int, path, tumour_only=False):
-    """The phantom's label in its DICOM series' voxel order (see ``apps/slpt/dicom.py``)."""
+    """The phantom's label in its DICOM series' voxel order (see ``phantoms/dicom.py``)."""
     ph = make_phantom(seed)
     label, lps = to_lps_order(ph.label, ph.affine)
     label = np.where(label == 2, 2, 0) if tumour_only else label

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from apps.slpt.phantom import ORGAN_NAMES
+from phantoms.phantom import ORGAN_NAMES
 from tests.app.helpers import load_response_image
 
 

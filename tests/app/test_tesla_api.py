@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from apps.slpt.data import write_studies
-from apps.slpt.phantom import PhantomSpec
+from phantoms.io import write_studies
+from phantoms.phantom import PhantomSpec
 from tests.app.conftest import start_server, stop_server
 from tests.app.helpers import next_sample, tesla_infos, wait
 

@@ -7,7 +7,7 @@ from fastapi import HTTPException
 from monailabel.datastore.local import LocalDatastore
 
 from apps.slpt.config import SLPTConfig
-from apps.slpt.data import write_studies
+from phantoms.io import write_studies
 from lib.activelearning.tesla import Tesla
 
 

@@ -12,9 +12,9 @@ import json
 import matplotlib.image
 import pytest
 
-from apps.slpt.backbone import load_backbone
-from apps.slpt.benchmark import METHODS, QUICK, STRATEGIES, Benchmark
-from apps.slpt.benchmark_report import write_outputs
+from apps.slpt.model.backbone import load_backbone
+from benchmarks.label_efficiency import METHODS, QUICK, STRATEGIES, Benchmark
+from benchmarks.label_efficiency_report import write_outputs
 from benchmarks import speed
 
 

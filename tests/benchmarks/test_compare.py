@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from apps.slpt import compare
+from benchmarks import compare
 
 TRAINING = ("[slpt]", "[full_finetune]")
 

@@ -25,9 +25,9 @@ import pytest
 import SimpleITK
 from dicomweb_client import DICOMwebClient
 
-from apps.slpt.data import image_id
-from apps.slpt.dicom import RAS_TO_LPS, to_lps_order
-from apps.slpt.phantom import make_phantom
+from phantoms.io import image_id
+from phantoms.dicom import RAS_TO_LPS, to_lps_order
+from phantoms.phantom import make_phantom
 from tests.app.helpers import wait
 from tools.ohif_chain import start_chain, stop_chain
 
@@ -49,7 +49,7 @@ def chain(browser_available, tmp_path_factory):
 
 
 def truth_in_dicom_geometry(seed: int, path: Path) -> Path:
-    """The phantom's label in the voxel order of its DICOM series (apps/slpt/dicom.py writes L/P/S-
+    """The phantom's label in the voxel order of its DICOM series (phantoms/dicom.py writes L/P/S-
     increasing), as the DICOMweb datastore's NIfTI of that series has it."""
     ph = make_phantom(seed)
     label, lps = to_lps_order(ph.label, ph.affine)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.networks.nets import SegResNet
 
-from apps.slpt.backbone import load_backbone
+from apps.slpt.model.backbone import load_backbone
 
 # A bundle in the model zoo's style (wholeBody_ct_segmentation): references, NormalizeIntensity, dropout.
 ZOO_STYLE_CONFIG = {
@@ -50,7 +50,7 @@ def test_default_backbone_loads_and_describes_itself(root):
     meta = backbone.metadata
     assert meta["num_parameters"] == backbone.num_parameters()
     assert meta["sha256"] == backbone.identity["sha256"]  # the metadata belongs to these very weights
-    # Held-out Dice per organ, computed by apps/slpt/pretrain.py; liver >= 0.90 is the shipping bar.
+    # Held-out Dice per organ, computed by benchmarks/pretrain.py; liver >= 0.90 is the shipping bar.
     assert set(meta["heldout_dice"]) == set(backbone.labels) - {"background"}
     assert all(0.0 <= d <= 1.0 for d in meta["heldout_dice"].values())
     assert meta["heldout_dice"]["liver"] >= 0.90

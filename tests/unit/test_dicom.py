@@ -5,9 +5,9 @@ import pydicom
 import pytest
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation
 
-from apps.slpt.data import save_nifti
-from apps.slpt.dicom import RESCALE_INTERCEPT, write_ct_series
-from apps.slpt.phantom import make_phantom, phantom_header
+from phantoms.io import save_nifti
+from phantoms.dicom import RESCALE_INTERCEPT, write_ct_series
+from phantoms.phantom import make_phantom, phantom_header
 
 
 def _load_ras(path, reader):

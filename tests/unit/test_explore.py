@@ -1,8 +1,8 @@
-"""The rule that picks a default from exploration rows (apps.slpt.explore.pick), on hand-made rows."""
+"""The rule that picks a default from exploration rows (benchmarks.explore.pick), on hand-made rows."""
 
 import pytest
 
-from apps.slpt.explore import pick, table
+from benchmarks.explore import pick, table
 
 
 def row(name, seed, per_case, global_=0.0, epoch=60, final=True, method="slpt", **overrides):

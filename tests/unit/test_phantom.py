@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from apps.slpt.phantom import (
+from phantoms.phantom import (
     ORGAN_NAMES,
     TASK_LABELS,
     TUMOR_PREVALENCE,

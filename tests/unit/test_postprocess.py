@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from apps.slpt.postprocess import task_label
+from apps.slpt.inference import task_label
 
 
 def probabilities(label: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 from monai.networks.nets import SegResNet
 
 from apps.slpt.config import SEGRESNET_STAGES, SLPTConfig
-from apps.slpt.prompts import (
+from apps.slpt.model.prompts import (
     IMAGE,
     PromptedSegmenter,
     StageTap,

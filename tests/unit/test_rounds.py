@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from apps.slpt.rounds import RoundState, budget_plan, queue_view, serve, start_round, training_due
+from apps.slpt.active.rounds import RoundState, budget_plan, queue_view, serve, start_round, training_due
 
 
 def state_with(queue):

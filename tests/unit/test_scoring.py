@@ -5,9 +5,9 @@ import pytest
 import torch
 from monai.networks.nets import SegResNet
 
-from apps.slpt.prompts import PromptedSegmenter
-from apps.slpt.scoring import OrganWindows, embed_scan, prompt_uncertainty
-from apps.slpt.tuning import sliding_window
+from apps.slpt.model.prompts import PromptedSegmenter
+from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty
+from apps.slpt.training.loop import sliding_window
 
 
 def tiny_net():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from apps.slpt.selection import (
+from apps.slpt.active.selection import (
     coreset_select,
     diversity_select,
     random_select,

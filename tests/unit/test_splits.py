@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from apps.slpt.splits import describe_split, update_split, val_target
+from apps.slpt.training.splits import describe_split, update_split, val_target
 
 
 def test_too_few_scans_get_no_validation_and_say_so():

@@ -9,10 +9,10 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import SegResNet
 
-from apps.slpt.baselines import HeadSegmenter
+from benchmarks.baselines import HeadSegmenter
 from apps.slpt.config import SLPTConfig
-from apps.slpt.prompts import PromptedSegmenter, count_parameters
-from apps.slpt.tuning import (
+from apps.slpt.model.prompts import PromptedSegmenter, count_parameters
+from apps.slpt.training.loop import (
     PatchSampler,
     augmented_views,
     checkpoint_config,

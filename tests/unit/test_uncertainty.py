@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from apps.slpt.uncertainty import ensemble, lesion_region, mutual_information, scan_uncertainty
+from apps.slpt.active.uncertainty import ensemble, lesion_region, mutual_information, scan_uncertainty
 
 
 def probs_from(values):
@@ -73,7 +73,7 @@ def test_predicted_tumour_and_margin_form_the_region():
 def test_mc_dropout_switches_on_dropout_alone_and_restores_modes():
     from monai.networks.nets import SegResNet
 
-    from apps.slpt.uncertainty import dropout_enabled, mc_dropout_probabilities
+    from apps.slpt.active.uncertainty import dropout_enabled, mc_dropout_probabilities
 
     net = SegResNet(spatial_dims=3, in_channels=1, out_channels=3, init_filters=8, dropout_prob=0.5).eval()
     with dropout_enabled(net):

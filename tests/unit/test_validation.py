@@ -1,4 +1,4 @@
-"""Upload and request-parameter checks (``apps.slpt.validation``, ``apps.slpt.request_params``) on tiny files."""
+"""Upload and request-parameter checks (``lib.validation``, ``lib.request_params``) on tiny files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from apps.slpt.config import SLPTConfig
-from apps.slpt.request_params import (
+from lib.request_params import (
     InvalidParameter,
     RequestSpec,
     check_request,
@@ -19,7 +19,7 @@ from apps.slpt.request_params import (
     one_of,
     parse_params,
 )
-from apps.slpt.validation import InvalidUpload, check_image, check_label, check_safe_id, volume_shape
+from lib.validation import InvalidUpload, check_image, check_label, check_safe_id, volume_shape
 
 SHAPE = (8, 7, 6)
 
@@ -213,7 +213,7 @@ class _RunsCode:
 def test_a_checkpoint_that_would_run_code_is_refused_unread(tmp_path):
     import torch
 
-    from apps.slpt.checkpoints import CheckpointError, PromptCheckpointStore
+    from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore
 
     store, marker = PromptCheckpointStore(tmp_path), tmp_path / "code_ran"
     torch.save({"format": "slpt-prompts", "format_version": 1, "metadata": _RunsCode(marker), "state_dict": {}},

@@ -1,13 +1,24 @@
-"""MONAI dictionary transforms that turn K-prompt logits into what a viewer or a scorer needs."""
+"""From K-prompt logits to what the app serves: the task label map, or the prompt-uncertainty map."""
 
 from __future__ import annotations
 
 import torch
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import KeepLargestConnectedComponent, MapTransform
 
-from .postprocess import task_label
-from .uncertainty import ensemble, scan_uncertainty
+from apps.slpt.active.uncertainty import ensemble, scan_uncertainty
+
+# The liver is one organ. Liver or tumour voxels outside its largest connected piece (liver and tumour
+# together) are partial-volume edges of other organs or of the body wall, never a lesion of this liver.
+_ONE_LIVER = KeepLargestConnectedComponent(applied_labels=[1, 2], independent=False)
+
+
+def task_label(probs: torch.Tensor) -> torch.Tensor:
+    """``[C, *S]`` class probabilities -> ``[*S]`` long label map: the argmax, then only the largest
+    connected region of liver and tumour (background elsewhere)."""
+    label = probs.argmax(0, keepdim=True)
+    return torch.as_tensor(_ONE_LIVER(label))[0].long()
+
 
 
 class PromptEnsembled(MapTransform):
@@ -18,9 +29,9 @@ class PromptEnsembled(MapTransform):
 
     Args:
         num_prompts: K.
-        output: ``"label"`` (:func:`~apps.slpt.postprocess.task_label` of the mean softmax, uint8) or
+        output: ``"label"`` (:func:`~apps.slpt.inference.task_label` of the mean softmax, uint8) or
             ``"uncertainty"`` (voxel PU, float32).
-        margin, top_fraction: see :func:`apps.slpt.uncertainty.scan_uncertainty`.
+        margin, top_fraction: see :func:`apps.slpt.active.uncertainty.scan_uncertainty`.
     """
 
     OUTPUTS = ("label", "uncertainty")

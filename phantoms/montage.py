@@ -1,6 +1,6 @@
 """Render a PNG montage of the phantoms: one row per tumour type, a few axial slices, label contours.
 
-    python -m apps.slpt.montage --out docs/phantoms.png
+    python -m phantoms.montage --out docs/phantoms.png
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .phantom import TUMOR_PREVALENCE, make_phantom, phantom_header  # noqa: E402
+from phantoms.phantom import TUMOR_PREVALENCE, make_phantom, phantom_header  # noqa: E402
 
 
 def _ras_axial(volume: np.ndarray, affine: np.ndarray, z: int) -> np.ndarray:

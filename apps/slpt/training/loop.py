@@ -23,13 +23,13 @@ from monai.networks.utils import one_hot
 from monai.transforms import RandCropByLabelClasses, SpatialPad
 from monai.transforms.utils import map_classes_to_indices
 
-from .backbone import Backbone
-from .checkpoints import atomic_write_bytes, load_into
-from .config import SLPTConfig
-from .postprocess import task_label
-from .prompts import PromptedSegmenter, format_parameter_report, model_device, parameter_report
-from .splits import update_split
-from .uncertainty import ensemble, mutual_information, prompt_probabilities
+from apps.slpt.model.backbone import Backbone
+from apps.slpt.model.checkpoints import atomic_write_bytes, load_into
+from apps.slpt.config import SLPTConfig
+from apps.slpt.inference import task_label
+from apps.slpt.model.prompts import PromptedSegmenter, format_parameter_report, model_device, parameter_report
+from apps.slpt.training.splits import update_split
+from apps.slpt.active.uncertainty import ensemble, mutual_information, prompt_probabilities
 
 TASK_CLASSES = {"background": 0, "liver": 1, "tumor": 2}
 Pair = tuple[torch.Tensor, torch.Tensor]  # ([1, *S] image, [1, *S] long label), backbone space

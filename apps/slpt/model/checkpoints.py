@@ -9,9 +9,9 @@ Each file holds the prompts/updaters/head tensors plus everything needed to judg
 the SLPT config, the backbone's identity and weight hash, class names, parameter counts, training-set
 size and validation metrics. Writes go to a temporary file that is fsync'ed and renamed, so a process
 killed mid-write leaves the previous version intact. Rolling back moves ``current.json`` one version
-back (``python -m apps.slpt.checkpoints --model-dir DIR rollback``).
+back (``python -m apps.slpt.model.checkpoints --model-dir DIR rollback``).
 
-    python -m apps.slpt.checkpoints --model-dir model/slpt list
+    python -m apps.slpt.model.checkpoints --model-dir model/slpt list
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .backbone import check_state_dict
+from apps.slpt.model.backbone import check_state_dict
 
 FORMAT = "slpt-prompts"
 FORMAT_VERSION = 1

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .prompts import split_prompts
+from apps.slpt.model.prompts import split_prompts
 
 EPS = 1e-8
 

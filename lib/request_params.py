@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import CONF_PREFIX, SLPTConfig
+from apps.slpt.config import CONF_PREFIX, SLPTConfig
 
 Check = Callable[[Any], None]  # raises ValueError with a message that completes "<name> ..."
 

@@ -18,10 +18,10 @@ import copy
 import torch
 from torch import nn
 
-from .backbone import Backbone
-from .baselines import HeadSegmenter
-from .config import SLPTConfig
-from .prompts import PromptedSegmenter, split_prompts
+from apps.slpt.model.backbone import Backbone
+from benchmarks.baselines import HeadSegmenter
+from apps.slpt.config import SLPTConfig
+from apps.slpt.model.prompts import PromptedSegmenter, split_prompts
 
 
 class PlainPromptUpdater(nn.Module):
@@ -60,7 +60,7 @@ class PlainPromptedSegmenter(PromptedSegmenter):
 
 
 def build_plain_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = 3) -> PlainPromptedSegmenter:
-    """Like :func:`apps.slpt.tuning.build_model`, without the feature-aware prompt updaters."""
+    """Like :func:`apps.slpt.training.loop.build_model`, without the feature-aware prompt updaters."""
     return PlainPromptedSegmenter(
         copy.deepcopy(backbone.network), stages=cfg.stages, head_stages=cfg.head_stages, num_classes=num_classes,
         num_prompts=cfg.num_prompts, prompt_channels=cfg.prompt_channels, prompt_size=cfg.prompt_size,
@@ -93,7 +93,7 @@ class EnsembleMean(nn.Module):
     """``[B, K * C, *S]`` K-prompt logits -> ``[B, C, *S]`` log of the mean of the K softmaxes.
 
     A softmax of this output is the ensemble's mean probability; dropout inside ``model`` stays reachable
-    through ``modules()``, so :func:`apps.slpt.uncertainty.dropout_enabled` switches it on.
+    through ``modules()``, so :func:`apps.slpt.active.uncertainty.dropout_enabled` switches it on.
     """
 
     def __init__(self, model: nn.Module):

@@ -1,6 +1,6 @@
 """Tuning baselines that share the backbone and task head with SLPT: full fine-tuning and head-only.
 
-They expose the same interface as :class:`~apps.slpt.prompts.PromptedSegmenter` with ``K = 1``
+They expose the same interface as :class:`~apps.slpt.model.prompts.PromptedSegmenter` with ``K = 1``
 (``num_prompts``, ``forward_views``, ``trainable_state_dict``), so ``tuning.fit`` trains them unchanged.
 """
 
@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .backbone import Backbone
-from .config import SLPTConfig
-from .prompts import StageTap, TaskHead, freeze, resolve_stages, stage_channels
+from apps.slpt.model.backbone import Backbone
+from apps.slpt.config import SLPTConfig
+from apps.slpt.model.prompts import StageTap, TaskHead, freeze, resolve_stages, stage_channels
 
 
 class HeadSegmenter(nn.Module):

@@ -6,11 +6,11 @@ Each variant is a JSON object of ``SLPTConfig`` overrides plus ``name``, optiona
 or ``ft`` for full fine-tuning with the same head) and ``evals`` (epochs to evaluate at; the last one
 is the training length). One JSON line per evaluation goes to stdout:
 
-    python -m apps.slpt.explore '[{"name": "default"}, {"name": "ft", "method": "ft"}]'
-    python -m apps.slpt.explore '[{"name": "all stages", "stages": ["down_layers.0", ..., "up_layers.2"]}]'
-    python -m apps.slpt.explore "$(cat variants.json)" --device cuda > rows.jsonl
-    python -m apps.slpt.explore --pick rows.jsonl       # the rule in :func:`pick`, as JSON overrides
-    python -m apps.slpt.explore --table rows.jsonl      # the rows and the pick as markdown
+    python -m benchmarks.explore '[{"name": "default"}, {"name": "ft", "method": "ft"}]'
+    python -m benchmarks.explore '[{"name": "all stages", "stages": ["down_layers.0", ..., "up_layers.2"]}]'
+    python -m benchmarks.explore "$(cat variants.json)" --device cuda > rows.jsonl
+    python -m benchmarks.explore --pick rows.jsonl       # the rule in :func:`pick`, as JSON overrides
+    python -m benchmarks.explore --table rows.jsonl      # the rows and the pick as markdown
 
 A variant named ``name@seed`` with a ``seed`` field is one seed of ``name``; :func:`pick` averages them.
 """
@@ -27,14 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbone import load_backbone
-from .baselines import finetune_config, full_finetune
-from .compare import CompareSettings, labelled_seeds, phantom_pairs
-from .config import SLPTConfig
-from .phantom import phantom_header
-from .postprocess import task_label
-from .splits import update_split
-from .tuning import build_model, dice_per_case, fit, predict, task_inferer
+from apps.slpt.model.backbone import load_backbone
+from benchmarks.baselines import finetune_config, full_finetune
+from benchmarks.compare import CompareSettings, labelled_seeds, phantom_pairs
+from apps.slpt.config import SLPTConfig
+from phantoms.phantom import phantom_header
+from apps.slpt.inference import task_label
+from apps.slpt.training.splits import update_split
+from apps.slpt.training.loop import build_model, dice_per_case, fit, predict, task_inferer
 
 VALIDATION_FIRST_SEED = 600_000
 
@@ -146,7 +146,7 @@ def table(rows: list[dict]) -> str:
                      f"{hits} of {len(tumour_cases)} |")
     try:
         chosen = pick(rows)
-        lines += ["", f"Pick (rule in `apps.slpt.explore.pick`): **{chosen['name']}**, overrides "
+        lines += ["", f"Pick (rule in `benchmarks.explore.pick`): **{chosen['name']}**, overrides "
                       f"`{json.dumps(chosen['overrides'])}`, seeds {chosen['seeds']}."]
     except ValueError as e:
         lines += ["", f"No pick: {e}."]

@@ -1,7 +1,7 @@
 """The label-efficiency benchmark's numbers and pictures: per-model summaries, mean ± std over seeds, the
 issue's bars, the markdown table, the learning curve and the grid of test predictions.
 
-Everything here reads the result dictionary that :class:`apps.slpt.benchmark.Benchmark` builds, so a
+Everything here reads the result dictionary that :class:`benchmarks.label_efficiency.Benchmark` builds, so a
 table can be redrawn from ``result.json`` without training anything.
 """
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .phantom import TUMOR_PREVALENCE
-from .reporting import write_report
+from phantoms.phantom import TUMOR_PREVALENCE
+from benchmarks.reporting import write_report
 
 
 def summarise_cases(cases: list[dict]) -> dict:
@@ -92,7 +92,7 @@ def markdown(result: dict) -> str:
     s, quick = result["settings"], result.get("quick")
     types = list(TUMOR_PREVALENCE)
     lines = [
-        "# Label-efficiency benchmark (written by `python -m apps.slpt.benchmark`)",
+        "# Label-efficiency benchmark (written by `python -m benchmarks.label_efficiency`)",
         "",
         *(["**Quick mode: a pipeline check on a tiny setting; these numbers say nothing about quality.**", ""]
           if quick else []),

@@ -1,10 +1,9 @@
 """A real MONAI Label server (``monailabel start_server``) on loopback, started and stopped from Python.
 
-Used by the app tests (``tests/app/conftest.py``) and by the load script (``benchmarks/load.py``). The
-server runs in its own process group (``start_new_session``), so its training and scoring subprocesses
-can be found among its descendants and the whole group can be killed at once. Every Python process of
-the server loads ``tests/app/netguard`` (via ``PYTHONPATH``), which records and refuses any connection
-that leaves this machine into ``<workdir>/network.log``.
+Used by ``make ohif``, the app tests and the benchmarks. The server runs in its own process group
+(``start_new_session``), so its training and scoring subprocesses can be found among its descendants and
+the whole group can be killed at once. Callers add to its environment through ``env`` (the tests use it to
+load their network guard).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-NETGUARD = ROOT / "tests" / "app" / "netguard"
 
 
 def free_port() -> int:
@@ -54,8 +52,6 @@ def start_server(workdir: Path, studies: Path | str, conf: dict[str, str] | None
     extra_env, env = env, dict(os.environ)
     env.update(
         PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",  # the launcher runs `python` from PATH
-        PYTHONPATH=str(NETGUARD),
-        SLPT_NETGUARD_LOG=str(workdir / "network.log"),
         MONAI_LABEL_SESSION_PATH=str(workdir / "sessions"),
     )
     env.update(extra_env or {})

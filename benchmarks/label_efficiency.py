@@ -17,14 +17,14 @@ labelled in two rounds: pick, label, prompt-tune, re-score, pick again.
 * **Upper bound:** SLPT K=3 and full fine-tuning on 100% of the pool.
 
 Hyperparameters are the app's defaults (:class:`~apps.slpt.config.SLPTConfig`, whose schedule was picked on
-validation phantoms by ``apps.slpt.explore``) and are not tuned here: every training uses all its labelled scans
-and keeps its last epoch, as ``apps.slpt.compare`` does (``keep="best"`` picks the epoch on a fixed validation
+validation phantoms by ``benchmarks.explore``) and are not tuned here: every training uses all its labelled scans
+and keeps its last epoch, as ``benchmarks.compare`` does (``keep="best"`` picks the epoch on a fixed validation
 split of them instead, the app trainer's protocol), and the test set is only ever used for the final numbers.
 Seed ranges: pool 700000-700199, test 710000-710059 (disjoint from the backbone's pre-training 100000-200015,
 compare's 300000-400029, the scoring benchmark's 500000-510007 and the validation range 600000-600099).
 
-    python -m apps.slpt.benchmark --out docs/results/benchmark            # full run: many hours on 2 cores
-    python -m apps.slpt.benchmark --out /tmp/benchmark-quick --quick      # the pipeline on a tiny setting
+    python -m benchmarks.label_efficiency --out docs/results/benchmark            # full run: many hours on 2 cores
+    python -m benchmarks.label_efficiency --out /tmp/benchmark-quick --quick      # the pipeline on a tiny setting
 
 Every finished training (method, seed, labelled set), every scoring pass and every selection is cached under
 ``<out>/cache``, so an interrupted full run resumes where it stopped (same settings only). The quick mode
@@ -44,20 +44,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .ablations import EnsembleMean, build_plain_model, from_scratch
-from .backbone import Backbone, load_backbone
-from .baselines import finetune_config, full_finetune, head_only
-from .benchmark_report import aggregate, bars, summarise_cases, type_counts, write_outputs
-from .config import SLPTConfig
-from .data import image_id, load_phantom_pair
-from .phantom import PhantomSpec, make_phantom
-from .postprocess import task_label
-from .prompts import model_device, parameter_report
-from .reporting import machine
-from .rounds import budget_plan
-from .scoring import OrganWindows, embed_scan
-from .selection import coreset_select, diversity_select, random_select, top_select, uncertain_diverse_select
-from .tuning import (
+from benchmarks.ablations import EnsembleMean, build_plain_model, from_scratch
+from apps.slpt.model.backbone import Backbone, load_backbone
+from benchmarks.baselines import finetune_config, full_finetune, head_only
+from benchmarks.label_efficiency_report import aggregate, bars, summarise_cases, type_counts, write_outputs
+from apps.slpt.config import SLPTConfig
+from phantoms.io import image_id, load_phantom_pair
+from phantoms.phantom import PhantomSpec, make_phantom
+from apps.slpt.inference import task_label
+from apps.slpt.model.prompts import model_device, parameter_report
+from benchmarks.reporting import machine
+from apps.slpt.active.rounds import budget_plan
+from apps.slpt.active.scoring import OrganWindows, embed_scan
+from apps.slpt.active.selection import coreset_select, diversity_select, random_select, top_select, uncertain_diverse_select
+from apps.slpt.training.loop import (
     build_model,
     dice_per_case,
     fit,
@@ -67,7 +67,7 @@ from .tuning import (
     task_inferer,
     training_split,
 )
-from .uncertainty import dropout_enabled, ensemble, entropy, mc_dropout_probabilities, scan_uncertainty
+from apps.slpt.active.uncertainty import dropout_enabled, ensemble, entropy, mc_dropout_probabilities, scan_uncertainty
 
 POOL_SEEDS = (700_000, 700_200)
 TEST_SEEDS = (710_000, 710_060)
@@ -300,7 +300,7 @@ class Benchmark:
         """Per candidate (pool index), in the windows that touch the scan's liver: prompt uncertainty and
         ensemble entropy, or (``mc``) the MC-dropout variance.
 
-        PU is exactly what the app's scorer computes (:func:`apps.slpt.scoring.prompt_uncertainty`); the
+        PU is exactly what the app's scorer computes (:func:`apps.slpt.active.scoring.prompt_uncertainty`); the
         entropy is aggregated over the same lesion-relevant region.
         """
         path = self.cache / "scores" / f"{run['key']}{'_mc' if mc else ''}.json"
@@ -459,7 +459,7 @@ def plan(settings: BenchmarkSettings, pool_size: int) -> dict:
     sizes = [min(budget, round_size * (r + 1)) for r in range(settings.rounds)]
 
     def val_scans(n):
-        from .splits import val_target
+        from apps.slpt.training.splits import val_target
         return val_target(n, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans)
 
     trainings: dict[str, list[int]] = {m: [] for m in METHODS}  # method -> labelled-set sizes

@@ -1,10 +1,10 @@
 """Generate a phantom study set in MONAI Label's local datastore layout.
 
-    python -m apps.slpt.generate --studies data/demo --count 12
-    python -m apps.slpt.generate --studies data/pool --count 200 --first-seed 1000 \\
+    python -m phantoms.generate --studies data/demo --count 12
+    python -m phantoms.generate --studies data/pool --count 200 --first-seed 1000 \\
         --ground-truth data/pool_gt            # hidden oracle for benchmarks
-    python -m apps.slpt.generate --studies data/labelled --count 10 --with-labels
-    python -m apps.slpt.generate --studies data/demo --count 3 --dicom data/demo_dicom
+    python -m phantoms.generate --studies data/labelled --count 10 --with-labels
+    python -m phantoms.generate --studies data/demo --count 3 --dicom data/demo_dicom
 
 Seeds are ``first_seed .. first_seed + count - 1``; the same seed always gives the same scan.
 """
@@ -15,9 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-from .data import image_id, write_studies
-from .dicom import write_ct_series
-from .phantom import make_phantom
+from phantoms.io import image_id, write_studies
+from phantoms.dicom import write_ct_series
+from phantoms.phantom import make_phantom
 
 
 def main(argv=None) -> None:

@@ -5,25 +5,25 @@ tuning must reach a tumour Dice per case at least as high as full fine-tuning, w
 trainable parameters. Both train on all labelled scans for the app's fixed schedule and keep the last
 epoch, then are evaluated on held-out test phantoms never used for any choice.
 
-Why the last epoch: the schedule was picked on validation phantoms (``apps.slpt.explore``), and there
+Why the last epoch: the schedule was picked on validation phantoms (``benchmarks.explore``), and there
 every run scored higher at its last epoch than at the earlier ones evaluated. Picking the epoch on a 2-scan
 split of 10 labels instead (the app trainer's protocol, ``keep="best"``) kept epoch 30 for SLPT's seed 0,
 whose training split and settings score 0.27 at epoch 60 and 0.42 at 120 on the validation phantoms
 (``docs/results/explore``).
 
-    python -m apps.slpt.compare --out docs/results/slpt_vs_finetune  # full run: hours on 2 CPU cores
-    python -m apps.slpt.compare --out /tmp/quick --quick  # the pipeline on a tiny setting
+    python -m benchmarks.compare --out docs/results/slpt_vs_finetune  # full run: hours on 2 CPU cores
+    python -m benchmarks.compare --out /tmp/quick --quick  # the pipeline on a tiny setting
 
 Seeds can train in parallel processes, each keeping its runs and writing a table of its own seed
 (``<out>/runs/seed<N>.md``, progress to read before the others finish); a last call without ``--seed``
 reuses them and writes the report:
 
-    for s in 0 1 2; do OMP_NUM_THREADS=1 python -m apps.slpt.compare --out OUT --seed $s & done; wait
-    python -m apps.slpt.compare --out OUT
+    for s in 0 1 2; do OMP_NUM_THREADS=1 python -m benchmarks.compare --out OUT --seed $s & done; wait
+    python -m benchmarks.compare --out OUT
 
 ``--method`` splits a seed further, e.g. its full fine-tuning on a core that SLPT's run leaves free:
 
-    OMP_NUM_THREADS=1 python -m apps.slpt.compare --out OUT --seed 1 --method full_finetune
+    OMP_NUM_THREADS=1 python -m benchmarks.compare --out OUT --seed 1 --method full_finetune
 
 Each finished seed and method is kept in ``<out>/runs/`` with the inputs it ran with, and an unfinished
 one keeps its last finished epoch there (``*.progress.pt``, not committed): a stopped run resumes where it
@@ -44,15 +44,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbone import load_backbone
-from .baselines import finetune_config, full_finetune
-from .checkpoints import atomic_write_json
-from .config import SLPTConfig
-from .data import image_id, load_phantom_pair
-from .phantom import PhantomSpec, make_phantom, phantom_header
-from .prompts import parameter_report
-from .reporting import machine, write_report
-from .tuning import build_model, evaluate, fit_keeping_best, task_inferer, training_split
+from apps.slpt.model.backbone import load_backbone
+from benchmarks.baselines import finetune_config, full_finetune
+from apps.slpt.model.checkpoints import atomic_write_json
+from apps.slpt.config import SLPTConfig
+from phantoms.io import image_id, load_phantom_pair
+from phantoms.phantom import PhantomSpec, make_phantom, phantom_header
+from apps.slpt.model.prompts import parameter_report
+from benchmarks.reporting import machine, write_report
+from apps.slpt.training.loop import build_model, evaluate, fit_keeping_best, task_inferer, training_split
 
 LABELLED_POOL = (300_000, 300_200)  # the 10 labelled scans are drawn from here
 TEST_SEEDS = (400_000, 400_030)
@@ -252,7 +252,7 @@ def seed_markdown(run: dict, settings: CompareSettings, result: dict) -> str:
             f"{run[key]['trainable_percent_of_backbone']:.2f} | {run[key]['train_seconds']:.0f} |"
             for key, label in LABELS if key in run]
     return "\n".join([
-        f"# Seed {run['seed']} of SLPT vs full fine-tuning (written by `python -m apps.slpt.compare --seed`)",
+        f"# Seed {run['seed']} of SLPT vs full fine-tuning (written by `python -m benchmarks.compare --seed`)",
         "",
         f"One of the comparison's seeds {list(settings.run_seeds)}: the bar is judged on their mean, in "
         f"`result.md` once every seed has run. {cfg['epochs']} epochs x {cfg['iterations_per_epoch']} steps, "
@@ -284,7 +284,7 @@ def markdown(result: dict) -> str:
     kept = "; ".join(f"{label} {[r[key].get('best_epoch', 'not recorded') for r in result['runs']]}"
                      for key, label in (("slpt", "SLPT"), ("full_finetune", "full fine-tuning")))
     return "\n".join([
-        "# SLPT vs full fine-tuning (written by `python -m apps.slpt.compare`)",
+        "# SLPT vs full fine-tuning (written by `python -m benchmarks.compare`)",
         "",
         f"{cfg['n_labelled']} labelled phantoms (fixed random pick), {result['test_size']} held-out test phantoms, "
         f"seeds {cfg['run_seeds']}, {slpt_cfg['epochs']} epochs x {slpt_cfg['iterations_per_epoch']} steps, "

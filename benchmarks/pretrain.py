@@ -5,7 +5,7 @@ the organ maps (``phantom.ORGAN_NAMES``). The result is written as a MONAI bundl
 (``configs/inference.json``, ``configs/metadata.json``, ``models/model.pt``), the same layout a
 model-zoo backbone has, so ``backbone.load_backbone`` treats both alike.
 
-    python -m apps.slpt.pretrain --out models/backbone
+    python -m benchmarks.pretrain --out models/backbone
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from monai.networks.utils import one_hot
 from monai.transforms import RandCropByPosNegLabel, SpatialPad
 from monai.utils import set_determinism
 
-from .backbone import (
+from apps.slpt.model.backbone import (
     INFERENCE_CONFIG,
     METADATA,
     WEIGHTS,
@@ -35,8 +35,8 @@ from .backbone import (
     load_backbone,
     read_bundle_config,
 )
-from .data import load_phantom_pair
-from .phantom import ORGAN_NAMES, make_phantom
+from phantoms.io import load_phantom_pair
+from phantoms.phantom import ORGAN_NAMES, make_phantom
 
 
 @dataclass
@@ -170,7 +170,7 @@ def pretrain(cfg: PretrainConfig, out: Path, log=functools.partial(print, flush=
     metadata = {
         "name": "slpt_default_backbone",
         "description": "Task-agnostic SegResNet pre-trained on organ-labelled synthetic CT phantoms "
-        "(python -m apps.slpt.pretrain). Tumours are labelled as liver; no tumour class exists.",
+        "(python -m benchmarks.pretrain). Tumours are labelled as liver; no tumour class exists.",
         "labels": cfg.labels,
         "out_channels": n_classes,
         "num_parameters": sum(p.numel() for p in network.parameters()),

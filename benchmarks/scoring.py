@@ -5,7 +5,7 @@ in the sliding windows that touch the liver (what the ``tesla`` scoring method r
 the K-prompt pass over every window (what one ``/infer/slpt`` computes), then compare the two uncertainty
 rankings (Spearman).
 
-    python -m apps.slpt.scoring_benchmark --out docs/results/scoring --pool 200 --compare 40
+    python -m benchmarks.scoring --out docs/results/scoring --pool 200 --compare 40
 
 A prompt checkpoint is needed for the uncertainty; the script first trains one, with the app's default
 round, on labelled phantoms disjoint from the pool (its settings are in the output).
@@ -22,15 +22,15 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from .backbone import load_backbone
-from .config import SLPTConfig
-from .data import load_phantom_pair
-from .phantom import make_phantom
-from .postprocess import task_label
-from .reporting import write_report
-from .scoring import OrganWindows, embed_scan, prompt_uncertainty
-from .tuning import build_model, fit, predict, task_inferer
-from .uncertainty import scan_uncertainty
+from apps.slpt.model.backbone import load_backbone
+from apps.slpt.config import SLPTConfig
+from phantoms.io import load_phantom_pair
+from phantoms.phantom import make_phantom
+from apps.slpt.inference import task_label
+from benchmarks.reporting import write_report
+from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty
+from apps.slpt.training.loop import build_model, fit, predict, task_inferer
+from apps.slpt.active.uncertainty import scan_uncertainty
 
 POOL_FIRST_SEED = 500_000
 TRAIN_SEEDS = range(510_000, 510_008)
@@ -92,7 +92,7 @@ def run(pool: int, compare: int, backbone_dir: Path, cfg: SLPTConfig, log=print)
 def markdown(r: dict) -> str:
     p, s = r["per_scan_seconds"], r["pool_seconds"]  # s: the whole pool's scoring seconds
     return "\n".join([
-        "# TESLA scoring speed (written by `python -m apps.slpt.scoring_benchmark`)",
+        "# TESLA scoring speed (written by `python -m benchmarks.scoring`)",
         "",
         f"Pool of {r['pool']} phantoms, {r['threads']} CPU threads. Per scan, mean seconds:",
         "",
