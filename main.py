@@ -28,17 +28,17 @@ from monailabel.interfaces.utils.app import app_instance  # noqa: E402
 from monailabel.utils.async_tasks.task import AsyncTask  # noqa: E402
 from monailabel.utils.others.generic import device_map  # noqa: E402
 
-from lib import request_params  # noqa: E402
-from apps.slpt.model.backbone import load_backbone  # noqa: E402
 from apps.slpt.config import SLPTConfig  # noqa: E402
-from lib.request_params import InvalidParameter, RequestSpec, check_request, parse_params  # noqa: E402
-from lib import ohif, privacy  # noqa: E402
+from apps.slpt.labels import FOREGROUND  # noqa: E402
+from apps.slpt.model.backbone import load_backbone  # noqa: E402
+from lib import ohif, privacy, request_params  # noqa: E402
 from lib.activelearning.tesla import Tesla  # noqa: E402
 from lib.activelearning.tesla_scoring import INFO_KEY, TeslaScoring, needs_scoring  # noqa: E402
 from lib.datastore import ValidatingDatastore  # noqa: E402
 from lib.dicomweb_datastore import dicomweb_datastore  # noqa: E402
 from lib.infers.backbone import BackboneSegmentation  # noqa: E402
 from lib.infers.slpt import SLPTSegmentation  # noqa: E402
+from lib.request_params import InvalidParameter, RequestSpec, check_request, parse_params  # noqa: E402
 from lib.trainers.slpt import REQUEST_FIELDS, SLPTTrainer  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class MyApp(MONAILabelApp):
             name="SLPT",
             description="Selective labelling meets prompt tuning: liver tumours on CT from few labels",
             version=monailabel.__version__,
-            labels={"liver": 1, "tumor": 2},
+            labels=FOREGROUND,
         )
         # MONAI Label would re-score on every Next Sample; TESLA scores after training and for new images.
         self._auto_update_scoring = False

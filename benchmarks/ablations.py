@@ -18,10 +18,11 @@ import copy
 import torch
 from torch import nn
 
-from apps.slpt.model.backbone import Backbone
-from benchmarks.baselines import HeadSegmenter
 from apps.slpt.config import SLPTConfig
+from apps.slpt.labels import NUM_CLASSES
+from apps.slpt.model.backbone import Backbone
 from apps.slpt.model.prompts import PromptedSegmenter, split_prompts
+from benchmarks.baselines import HeadSegmenter
 
 
 class PlainPromptUpdater(nn.Module):
@@ -59,7 +60,7 @@ class PlainPromptedSegmenter(PromptedSegmenter):
             self.updaters[key] = nn.ModuleList(plain)
 
 
-def build_plain_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = 3) -> PlainPromptedSegmenter:
+def build_plain_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = NUM_CLASSES) -> PlainPromptedSegmenter:
     """Like :func:`apps.slpt.training.loop.build_model`, without the feature-aware prompt updaters."""
     return PlainPromptedSegmenter(
         copy.deepcopy(backbone.network), stages=cfg.stages, head_stages=cfg.head_stages, num_classes=num_classes,
@@ -82,7 +83,7 @@ def reinitialise(network: nn.Module, seed: int) -> nn.Module:
     return fresh
 
 
-def from_scratch(backbone: Backbone, cfg: SLPTConfig, num_classes: int = 3) -> HeadSegmenter:
+def from_scratch(backbone: Backbone, cfg: SLPTConfig, num_classes: int = NUM_CLASSES) -> HeadSegmenter:
     """The backbone's architecture without its pre-trained weights (re-initialised with ``cfg.seed``), fully
     trainable, with SLPT's task head."""
     return HeadSegmenter(reinitialise(backbone.network, cfg.seed), cfg.head_stages, num_classes,

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from apps.slpt.model.backbone import Backbone
 from apps.slpt.config import SLPTConfig
+from apps.slpt.labels import NUM_CLASSES
+from apps.slpt.model.backbone import Backbone
 from apps.slpt.model.prompts import StageTap, TaskHead, freeze, resolve_stages, stage_channels
 
 
@@ -65,13 +66,13 @@ class HeadSegmenter(nn.Module):
                 if self.frozen is False or not k.startswith("backbone.")}
 
 
-def full_finetune(backbone: Backbone, cfg: SLPTConfig, num_classes: int = 3) -> HeadSegmenter:
+def full_finetune(backbone: Backbone, cfg: SLPTConfig, num_classes: int = NUM_CLASSES) -> HeadSegmenter:
     """The whole backbone trained, with the task head ``cfg`` gives SLPT."""
     return HeadSegmenter(backbone.network, cfg.head_stages, num_classes, freeze_backbone=False,
                          head_channels=cfg.head_channels, head_layers=cfg.head_layers)
 
 
-def head_only(backbone: Backbone, cfg: SLPTConfig, num_classes: int = 3) -> HeadSegmenter:
+def head_only(backbone: Backbone, cfg: SLPTConfig, num_classes: int = NUM_CLASSES) -> HeadSegmenter:
     """The frozen backbone with only the task head ``cfg`` gives SLPT trained."""
     return HeadSegmenter(backbone.network, cfg.head_stages, num_classes, freeze_backbone=True,
                          head_channels=cfg.head_channels, head_layers=cfg.head_layers)

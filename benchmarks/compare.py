@@ -44,15 +44,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.slpt.model.backbone import load_backbone
-from benchmarks.baselines import finetune_config, full_finetune
-from apps.slpt.model.checkpoints import atomic_write_json
 from apps.slpt.config import SLPTConfig
+from apps.slpt.model.backbone import load_backbone
+from apps.slpt.model.checkpoints import atomic_write_json
+from apps.slpt.model.prompts import parameter_report
+from apps.slpt.training.loop import build_model, evaluate, fit_keeping_best, task_inferer, training_split
+from benchmarks.baselines import finetune_config, full_finetune
+from benchmarks.reporting import machine, write_report
 from phantoms.io import image_id, load_phantom_pair
 from phantoms.phantom import PhantomSpec, make_phantom, phantom_header
-from apps.slpt.model.prompts import parameter_report
-from benchmarks.reporting import machine, write_report
-from apps.slpt.training.loop import build_model, evaluate, fit_keeping_best, task_inferer, training_split
 
 LABELLED_POOL = (300_000, 300_200)  # the 10 labelled scans are drawn from here
 TEST_SEEDS = (400_000, 400_030)

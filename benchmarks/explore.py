@@ -27,14 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from apps.slpt import labels
+from apps.slpt.config import SLPTConfig
+from apps.slpt.inference import task_label
 from apps.slpt.model.backbone import load_backbone
+from apps.slpt.training.loop import build_model, dice_per_case, fit, predict, task_inferer
+from apps.slpt.training.splits import update_split
 from benchmarks.baselines import finetune_config, full_finetune
 from benchmarks.compare import CompareSettings, labelled_seeds, phantom_pairs
-from apps.slpt.config import SLPTConfig
 from phantoms.phantom import phantom_header
-from apps.slpt.inference import task_label
-from apps.slpt.training.splits import update_split
-from apps.slpt.training.loop import build_model, dice_per_case, fit, predict, task_inferer
 
 VALIDATION_FIRST_SEED = 600_000
 
@@ -44,7 +45,7 @@ def case_rows(model, val, types, inferer) -> list[dict]:
     rows = []
     for (image, label), kind in zip(val, types):
         probs, _ = predict(model, image, inferer)
-        pred, truth = task_label(probs) == 2, label[0] == 2
+        pred, truth = labels.tumour(task_label(probs)), labels.tumour(label[0])
         rows.append({"type": kind, "dice": round(float(dice_per_case(pred.long(), truth.long(), 2)[0]), 4),
                      "predicted": int(pred.sum()), "true": int(truth.sum()), "overlap": int((pred & truth).sum())})
     return rows

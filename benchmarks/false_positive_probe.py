@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from monai.transforms import RemoveSmallObjects
 
+from apps.slpt import labels
 from apps.slpt.config import SLPTConfig
-from benchmarks.explore import exploration_data
 from apps.slpt.inference import task_label
 from apps.slpt.training.loop import build_model, dice_per_case, fit, predict, sliding_window
+from benchmarks.explore import exploration_data
 
 ALL7 = ("down_layers.0", "down_layers.1", "down_layers.2", "down_layers.3", "up_layers.0", "up_layers.1", "up_layers.2")
 
@@ -39,12 +40,12 @@ def main() -> None:
             dices, tf_empty = [], 0
             for p, (image, label), kind in zip(probs, val, types):
                 lab = task_label(p)
-                tumour = lab == 2
+                tumour = labels.tumour(lab)
                 if threshold:
                     tumour &= p[2] > threshold
                 if min_size:
                     tumour = RemoveSmallObjects(min_size)(tumour[None])[0].bool()
-                truth = label[0] == 2
+                truth = labels.tumour(label[0])
                 dices.append(float(dice_per_case(tumour.long(), truth.long(), 2)[0]))
                 tf_empty += kind == "none" and not tumour.any()
             with_tumour = [d for d, k in zip(dices, types) if k != "none"]

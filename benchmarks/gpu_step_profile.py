@@ -18,11 +18,9 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from apps.slpt.model.backbone import load_backbone
 from apps.slpt.config import SLPTConfig
-from phantoms.io import load_phantom_pair
-from phantoms.phantom import make_phantom
 from apps.slpt.inference import task_label
+from apps.slpt.model.backbone import load_backbone
 from apps.slpt.training.loop import (
     PatchSampler,
     augmented_views,
@@ -33,6 +31,8 @@ from apps.slpt.training.loop import (
     task_inferer,
     task_loss,
 )
+from phantoms.io import load_phantom_pair
+from phantoms.phantom import make_phantom
 
 
 def main(argv=None) -> None:

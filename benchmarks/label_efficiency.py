@@ -44,19 +44,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.ablations import EnsembleMean, build_plain_model, from_scratch
-from apps.slpt.model.backbone import Backbone, load_backbone
-from benchmarks.baselines import finetune_config, full_finetune, head_only
-from benchmarks.label_efficiency_report import aggregate, bars, summarise_cases, type_counts, write_outputs
-from apps.slpt.config import SLPTConfig
-from phantoms.io import image_id, load_phantom_pair
-from phantoms.phantom import PhantomSpec, make_phantom
-from apps.slpt.inference import task_label
-from apps.slpt.model.prompts import model_device, parameter_report
-from benchmarks.reporting import machine
+from apps.slpt import labels
 from apps.slpt.active.rounds import budget_plan
 from apps.slpt.active.scoring import OrganWindows, embed_scan
-from apps.slpt.active.selection import coreset_select, diversity_select, random_select, top_select, uncertain_diverse_select
+from apps.slpt.active.selection import (
+    coreset_select,
+    diversity_select,
+    random_select,
+    top_select,
+    uncertain_diverse_select,
+)
+from apps.slpt.active.uncertainty import dropout_enabled, ensemble, entropy, mc_dropout_probabilities, scan_uncertainty
+from apps.slpt.config import SLPTConfig
+from apps.slpt.inference import task_label
+from apps.slpt.model.backbone import Backbone, load_backbone
+from apps.slpt.model.prompts import model_device, parameter_report
 from apps.slpt.training.loop import (
     build_model,
     dice_per_case,
@@ -67,7 +69,12 @@ from apps.slpt.training.loop import (
     task_inferer,
     training_split,
 )
-from apps.slpt.active.uncertainty import dropout_enabled, ensemble, entropy, mc_dropout_probabilities, scan_uncertainty
+from benchmarks.ablations import EnsembleMean, build_plain_model, from_scratch
+from benchmarks.baselines import finetune_config, full_finetune, head_only
+from benchmarks.label_efficiency_report import aggregate, bars, summarise_cases, type_counts, write_outputs
+from benchmarks.reporting import machine
+from phantoms.io import image_id, load_phantom_pair
+from phantoms.phantom import PhantomSpec, make_phantom
 
 POOL_SEEDS = (700_000, 700_200)
 TEST_SEEDS = (710_000, 710_060)
@@ -182,7 +189,7 @@ class Benchmark:
         """``(test index, axial slice)`` of a few test scans with tumour, at their largest tumour section."""
         picks = []
         for n, case in enumerate(self.test):
-            tumour = (case["label"][0] == 2).sum(dim=(0, 1))
+            tumour = labels.tumour(case["label"][0]).sum(dim=(0, 1))
             if tumour.sum() > 0 and len(picks) < self.s.grid_cases:
                 picks.append((n, int(tumour.argmax())))
         return picks
@@ -283,11 +290,11 @@ class Benchmark:
         for n, case in enumerate(self.test):
             probs, _ = predict(model, case["image"], self.inferer)
             pred, lab = task_label(probs), case["label"][0].long()
-            p, g = pred == 2, lab == 2
+            p, g = labels.tumour(pred), labels.tumour(lab)
             cases.append({
                 "seed": case["seed"], "tumor_type": case["tumor_type"],
                 "dice_tumor": float(dice_per_case(p.long(), g.long(), 2)[0]),
-                "dice_liver": float(dice_per_case((pred > 0).long(), (lab > 0).long(), 2)[0]),
+                "dice_liver": float(dice_per_case(labels.organ(pred).long(), labels.organ(lab).long(), 2)[0]),
                 "tumor_intersection": int((p & g).sum()), "tumor_predicted": int(p.sum()), "tumor_true": int(g.sum()),
             })
             if n in grid:

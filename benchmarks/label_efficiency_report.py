@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from phantoms.phantom import TUMOR_PREVALENCE
 from benchmarks.reporting import write_report
+from phantoms.phantom import TUMOR_PREVALENCE
 
 
 def summarise_cases(cases: list[dict]) -> dict:

@@ -44,8 +44,8 @@ import numpy as np
 import psutil
 import requests
 
-from phantoms.io import image_id, write_studies
 from benchmarks.reporting import write_report
+from phantoms.io import image_id, write_studies
 from tools.server import Server, start_server, stop_server
 
 NETGUARD = Path(__file__).resolve().parents[1] / "tests" / "app" / "netguard"

@@ -22,15 +22,15 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from apps.slpt.model.backbone import load_backbone
+from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty
+from apps.slpt.active.uncertainty import scan_uncertainty
 from apps.slpt.config import SLPTConfig
+from apps.slpt.inference import task_label
+from apps.slpt.model.backbone import load_backbone
+from apps.slpt.training.loop import build_model, fit, predict, task_inferer
+from benchmarks.reporting import write_report
 from phantoms.io import load_phantom_pair
 from phantoms.phantom import make_phantom
-from apps.slpt.inference import task_label
-from benchmarks.reporting import write_report
-from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty
-from apps.slpt.training.loop import build_model, fit, predict, task_inferer
-from apps.slpt.active.uncertainty import scan_uncertainty
 
 POOL_FIRST_SEED = 500_000
 TRAIN_SEEDS = range(510_000, 510_008)

@@ -39,16 +39,12 @@ import numpy as np
 import psutil
 import torch
 
-from benchmarks.ablations import EnsembleMean
-from apps.slpt.model.backbone import load_backbone
-from benchmarks.baselines import finetune_config, full_finetune
-from apps.slpt.config import SLPTConfig
-from phantoms.io import image_id, load_phantom_pair, write_studies
-from phantoms.phantom import PhantomSpec, make_phantom, phantom_header
-from benchmarks.reporting import machine, write_report
 from apps.slpt.active.rounds import budget_plan
 from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty
 from apps.slpt.active.selection import coreset_select, diversity_select, random_select, uncertain_diverse_select
+from apps.slpt.active.uncertainty import dropout_enabled, mc_dropout_probabilities
+from apps.slpt.config import SLPTConfig
+from apps.slpt.model.backbone import load_backbone
 from apps.slpt.training.loop import (
     PatchSampler,
     augmented_views,
@@ -59,7 +55,11 @@ from apps.slpt.training.loop import (
     task_inferer,
     task_loss,
 )
-from apps.slpt.active.uncertainty import dropout_enabled, mc_dropout_probabilities
+from benchmarks.ablations import EnsembleMean
+from benchmarks.baselines import finetune_config, full_finetune
+from benchmarks.reporting import machine, write_report
+from phantoms.io import image_id, load_phantom_pair, write_studies
+from phantoms.phantom import PhantomSpec, make_phantom, phantom_header
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_FIRST_SEED = 720_000  # disjoint from every other seed range of the project

@@ -16,8 +16,8 @@ import time
 import torch
 
 from apps.slpt.config import SLPTConfig
-from benchmarks.explore import case_rows, exploration_data, tumour_dice
 from apps.slpt.training.loop import build_model, fit, sliding_window
+from benchmarks.explore import case_rows, exploration_data, tumour_dice
 
 WINDOWS = (64, 32, 48)
 

@@ -15,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from phantoms.io import image_id, write_studies
 from phantoms.dicom import write_ct_series
+from phantoms.io import image_id, write_studies
 from phantoms.phantom import make_phantom
 
 

@@ -14,6 +14,7 @@ matplotlib.use("Agg")  # headless
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from apps.slpt.labels import LIVER, TUMOUR
 from phantoms.phantom import TUMOR_PREVALENCE, make_phantom, phantom_header  # noqa: E402
 
 
@@ -38,7 +39,7 @@ def render(out: Path, seed: int = 7, slices: int = 4) -> Path:
         ph_seed = next(s for s in range(seed + row, seed + 1000) if phantom_header(s)["phase"] == phase)
         ph = make_phantom(ph_seed, tumor_type=kind)
         liver_z = np.nonzero(ph.label.any(axis=(0, 1)))[0]
-        tumour_z = np.nonzero((ph.label == 2).any(axis=(0, 1)))[0]
+        tumour_z = np.nonzero((ph.label == TUMOUR).any(axis=(0, 1)))[0]
         zs = tumour_z if len(tumour_z) else liver_z
         picks = np.linspace(zs.min(), zs.max(), slices + 2)[1:-1].round().astype(int)
         for col, z in enumerate(picks):
@@ -46,8 +47,8 @@ def render(out: Path, seed: int = 7, slices: int = 4) -> Path:
             ax.imshow(_ras_axial(ph.image, ph.affine, z), cmap="gray", vmin=-160, vmax=240,
                       aspect=ph.info["spacing"][1] / ph.info["spacing"][0])
             lab = _ras_axial(ph.label, ph.affine, z)
-            ax.contour(lab == 1, levels=[0.5], colors="lime", linewidths=0.6)
-            ax.contour(lab == 2, levels=[0.5], colors="red", linewidths=0.8)
+            ax.contour(lab == LIVER, levels=[0.5], colors="lime", linewidths=0.6)
+            ax.contour(lab == TUMOUR, levels=[0.5], colors="red", linewidths=0.8)
             ax.set_xticks([]), ax.set_yticks([])
             if col == 0:
                 ax.set_ylabel(f"{kind}\n{ph.info['phase']}", fontsize=8)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from apps.slpt.labels import LIVER, TUMOUR
+
 # Task-agnostic organ classes used for pre-training; a tumour counts as liver here.
 ORGAN_NAMES: dict[str, int] = {
     "background": 0,
@@ -27,8 +29,6 @@ ORGAN_NAMES: dict[str, int] = {
     "bowel": 7,
     "muscle": 8,  # the abdominal wall; without its own class it is the background most easily taken for liver
 }
-# Downstream labels (LiTS convention).
-TASK_LABELS: dict[str, int] = {"background": 0, "liver": 1, "tumor": 2}
 
 PHASES = ("non_contrast", "arterial", "portal_venous")
 
@@ -132,8 +132,8 @@ def make_phantom(seed: int, spec: PhantomSpec | None = None, tumor_type: str | N
     tumor, n_lesions = _add_tumors(hu, world, liver, spacing, rng, tumor_type, phase, scale)
 
     label = np.zeros(shape, np.uint8)
-    label[liver] = TASK_LABELS["liver"]
-    label[tumor & liver] = TASK_LABELS["tumor"]
+    label[liver] = LIVER
+    label[tumor & liver] = TUMOUR
 
     sigma_blur = rng.uniform(0.4, 0.9)  # partial-volume / reconstruction kernel, in voxels
     hu = ndimage.gaussian_filter(hu, sigma=(sigma_blur, sigma_blur, sigma_blur * 0.5))
@@ -149,7 +149,7 @@ def make_phantom(seed: int, spec: PhantomSpec | None = None, tumor_type: str | N
         "noise_hu": round(float(noise), 2),
         "spacing": [round(float(s), 3) for s in spacing],
         "n_lesions": int(n_lesions),
-        "tumor_voxels": int((label == TASK_LABELS["tumor"]).sum()),
+        "tumor_voxels": int((label == TUMOUR).sum()),
     }
     return Phantom(image=image, label=label, organs=organs, affine=affine, info=info)
 

@@ -17,11 +17,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from phantoms.io import image_id
 from phantoms.dicom import write_ct_series
+from phantoms.io import image_id
 from phantoms.phantom import make_phantom
-from tools.server import Server, free_port, start_server, stop_server
 from tools.orthanc import Orthanc, start_orthanc, stop_orthanc, upload_series
+from tools.server import Server, free_port, start_server, stop_server
 
 # Saved labels are seen by the next request anyway (lib/dicomweb_datastore.py); this bounds how long a
 # series added to the PACS by someone else stays invisible to the app.

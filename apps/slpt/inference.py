@@ -7,10 +7,11 @@ from monai.data import MetaTensor
 from monai.transforms import KeepLargestConnectedComponent, MapTransform
 
 from apps.slpt.active.uncertainty import ensemble, scan_uncertainty
+from apps.slpt.labels import LIVER, TUMOUR
 
 # The liver is one organ. Liver or tumour voxels outside its largest connected piece (liver and tumour
 # together) are partial-volume edges of other organs or of the body wall, never a lesion of this liver.
-_ONE_LIVER = KeepLargestConnectedComponent(applied_labels=[1, 2], independent=False)
+_ONE_LIVER = KeepLargestConnectedComponent(applied_labels=[LIVER, TUMOUR], independent=False)
 
 
 def task_label(probs: torch.Tensor) -> torch.Tensor:

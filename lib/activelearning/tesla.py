@@ -21,8 +21,6 @@ from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from apps.slpt.model.checkpoints import PromptCheckpointStore, atomic_write_json
-from apps.slpt.config import SLPTConfig
 from apps.slpt.active.rounds import (
     RoundState,
     budget_plan,
@@ -33,6 +31,8 @@ from apps.slpt.active.rounds import (
     training_due,
 )
 from apps.slpt.active.selection import diversity_select, uncertain_diverse_select
+from apps.slpt.config import SLPTConfig
+from apps.slpt.model.checkpoints import PromptCheckpointStore, atomic_write_json
 from lib.activelearning.tesla_scoring import INFO_KEY
 
 logger = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from monai.transforms import Compose, LoadImaged
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
+from apps.slpt.active.scoring import embed_scan, prompt_uncertainty
+from apps.slpt.config import SLPTConfig
 from apps.slpt.model.backbone import Backbone, file_sha256
 from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore, atomic_write_bytes
-from apps.slpt.config import SLPTConfig
-from apps.slpt.active.scoring import embed_scan, prompt_uncertainty
 from apps.slpt.training.loop import checkpoint_inferer, model_from_checkpoint
 
 logger = logging.getLogger(__name__)

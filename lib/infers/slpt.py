@@ -9,11 +9,12 @@ from monai.transforms import CastToTyped, Compose, Invertd, LoadImaged, SqueezeD
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from apps.slpt.model.backbone import Backbone
-from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore
 from apps.slpt.config import SLPTConfig
 from apps.slpt.inference import PromptEnsembled
-from apps.slpt.training.loop import TASK_CLASSES, checkpoint_inferer, model_from_checkpoint
+from apps.slpt.labels import FOREGROUND
+from apps.slpt.model.backbone import Backbone
+from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore
+from apps.slpt.training.loop import checkpoint_inferer, model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class SLPTSegmentation(BasicInferTask):
             path=None,
             network=None,
             type=InferType.SEGMENTATION,
-            labels={k: v for k, v in TASK_CLASSES.items() if v},
+            labels=FOREGROUND,
             dimension=3,
             description="SLPT: frozen backbone + prompts, liver and tumour (K-prompt ensemble)",
             config={"slpt_output": list(PromptEnsembled.OUTPUTS)},

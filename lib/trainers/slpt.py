@@ -18,14 +18,13 @@ from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
+from apps.slpt.config import SLPTConfig
+from apps.slpt.labels import FOREGROUND
 from apps.slpt.model.backbone import Backbone
 from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore, atomic_write_json
-from apps.slpt.config import SLPTConfig
-from apps.slpt.training.data import as_pair, pair_transforms
 from apps.slpt.model.prompts import parameter_report
-from apps.slpt.training.splits import describe_split, update_split
+from apps.slpt.training.data import as_pair, pair_transforms
 from apps.slpt.training.loop import (
-    TASK_CLASSES,
     build_model,
     checkpoint_config,
     fit,
@@ -34,6 +33,7 @@ from apps.slpt.training.loop import (
     task_inferer,
     task_loss,
 )
+from apps.slpt.training.splits import describe_split, update_split
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class SLPTTrainer(BasicTrainTask):
             config={"max_epochs": config.epochs, "iterations_per_epoch": config.iterations_per_epoch,
                     "learning_rate": config.learning_rate, "warm_start": True},
             amp=False,
-            labels={k: v for k, v in TASK_CLASSES.items() if v},
+            labels=FOREGROUND,
             tracking=None,
         )
         for unused in ("dataset", "dataloader", "tracking", "tracking_uri", "tracking_experiment_name", "val_split",

@@ -22,10 +22,10 @@ import numpy as np
 import psutil
 import pytest
 
-from apps.slpt.model.checkpoints import PromptCheckpointStore, read_checkpoint
-from phantoms.io import image_id, write_studies
 from apps.slpt.active.rounds import RoundState
+from apps.slpt.model.checkpoints import PromptCheckpointStore, read_checkpoint
 from lib.datastore import ValidatingDatastore
+from phantoms.io import image_id, write_studies
 from tests.app.conftest import start_server, stop_server
 from tests.app.helpers import next_sample, tesla_infos, wait
 

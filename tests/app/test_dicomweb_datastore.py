@@ -19,15 +19,16 @@ import requests
 from dicomweb_client import DICOMwebClient
 from fastapi import HTTPException
 
-from phantoms.io import image_id
+from apps.slpt.labels import FOREGROUND
 from phantoms.dicom import RAS_TO_LPS, to_lps_order
+from phantoms.io import image_id
 from phantoms.phantom import make_phantom
-from tools.server import free_port
 from tools.ohif_chain import write_demo_dicom
 from tools.orthanc import missing, start_orthanc, stop_orthanc, upload_series
+from tools.server import free_port
 
 SEEDS = (9, 16)  # small phantoms; 9 has metastases, 16 no tumour
-LABELS = {"liver": 1, "tumor": 2}
+LABELS = FOREGROUND
 
 
 @pytest.fixture(scope="module")

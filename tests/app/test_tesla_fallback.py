@@ -7,8 +7,8 @@ from fastapi import HTTPException
 from monailabel.datastore.local import LocalDatastore
 
 from apps.slpt.config import SLPTConfig
-from phantoms.io import write_studies
 from lib.activelearning.tesla import Tesla
+from phantoms.io import write_studies
 
 
 def test_without_any_scores_it_still_answers_with_stage_one_diversity(tmp_path):

@@ -13,9 +13,9 @@ import matplotlib.image
 import pytest
 
 from apps.slpt.model.backbone import load_backbone
+from benchmarks import speed
 from benchmarks.label_efficiency import METHODS, QUICK, STRATEGIES, Benchmark
 from benchmarks.label_efficiency_report import write_outputs
-from benchmarks import speed
 
 
 @pytest.fixture(scope="module")

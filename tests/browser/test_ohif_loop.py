@@ -25,8 +25,8 @@ import pytest
 import SimpleITK
 from dicomweb_client import DICOMwebClient
 
-from phantoms.io import image_id
 from phantoms.dicom import RAS_TO_LPS, to_lps_order
+from phantoms.io import image_id
 from phantoms.phantom import make_phantom
 from tests.app.helpers import wait
 from tools.ohif_chain import start_chain, stop_chain

@@ -6,10 +6,10 @@ import pytest
 import torch
 from monai.networks.nets import SegResNet
 
-from benchmarks.ablations import EnsembleMean, PlainPromptedSegmenter, PlainPromptUpdater, reinitialise
+from apps.slpt.active.uncertainty import dropout_enabled, ensemble
 from apps.slpt.config import SEGRESNET_STAGES, SLPTConfig
 from apps.slpt.model.prompts import FeatureAwarePromptUpdater, PromptedSegmenter, count_parameters
-from apps.slpt.active.uncertainty import dropout_enabled, ensemble
+from benchmarks.ablations import EnsembleMean, PlainPromptedSegmenter, PlainPromptUpdater, reinitialise
 
 
 def segresnet(dropout=None):

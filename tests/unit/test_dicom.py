@@ -5,8 +5,8 @@ import pydicom
 import pytest
 from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation
 
-from phantoms.io import save_nifti
 from phantoms.dicom import RESCALE_INTERCEPT, write_ct_series
+from phantoms.io import save_nifti
 from phantoms.phantom import make_phantom, phantom_header
 
 

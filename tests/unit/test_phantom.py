@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from apps.slpt.labels import CLASSES, LIVER, TUMOUR
 from phantoms.phantom import (
     ORGAN_NAMES,
-    TASK_LABELS,
     TUMOR_PREVALENCE,
     PhantomSpec,
     make_phantom,
     phantom_header,
 )
 
-LIVER, TUMOR = TASK_LABELS["liver"], TASK_LABELS["tumor"]
+TUMOR = TUMOUR
 
 
 def _seed_with(**wanted) -> int:
@@ -42,7 +42,7 @@ def test_header_predicts_the_generated_phantom():
 @pytest.mark.parametrize("kind", [k for k in TUMOR_PREVALENCE if k != "none"])
 def test_tumours_lie_inside_the_liver_and_labels_are_valid(kind):
     ph = make_phantom(3, tumor_type=kind)
-    assert set(np.unique(ph.label)) <= set(TASK_LABELS.values())
+    assert set(np.unique(ph.label)) <= set(CLASSES.values())
     assert set(np.unique(ph.organs)) <= set(ORGAN_NAMES.values())
     tumour = ph.label == TUMOR
     assert tumour.sum() > 0, f"{kind} phantom has no tumour voxels"

@@ -5,8 +5,8 @@ import pytest
 import torch
 from monai.networks.nets import SegResNet
 
-from apps.slpt.model.prompts import PromptedSegmenter
 from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty
+from apps.slpt.model.prompts import PromptedSegmenter
 from apps.slpt.training.loop import sliding_window
 
 

@@ -9,7 +9,6 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import SegResNet
 
-from benchmarks.baselines import HeadSegmenter
 from apps.slpt.config import SLPTConfig
 from apps.slpt.model.prompts import PromptedSegmenter, count_parameters
 from apps.slpt.training.loop import (
@@ -26,6 +25,7 @@ from apps.slpt.training.loop import (
     task_loss,
     training_split,
 )
+from benchmarks.baselines import HeadSegmenter
 
 
 def tiny_net():

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
+from apps.slpt.active.uncertainty import ensemble, scan_uncertainty
 from apps.slpt.inference import task_label
 from apps.slpt.model.prompts import model_device, resolve_stages
-from apps.slpt.active.uncertainty import ensemble, scan_uncertainty
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:

@@ -9,6 +9,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged, MapTransform, ResampleToMatchd
 
+from apps.slpt.labels import CLASSES
 
 
 def to_meta_tensor(array: np.ndarray, affine: np.ndarray) -> MetaTensor:
@@ -23,7 +24,7 @@ def to_meta_tensor(array: np.ndarray, affine: np.ndarray) -> MetaTensor:
 class CheckTaskLabeld(MapTransform):
     """Refuse a task label whose shape differs from its image's or whose values are not 0, 1, 2."""
 
-    def __init__(self, image_key: str = "image", label_key: str = "label", values=(0, 1, 2)):
+    def __init__(self, image_key: str = "image", label_key: str = "label", values=tuple(CLASSES.values())):
         super().__init__([label_key])
         self.image_key, self.label_key, self.values = image_key, label_key, set(values)
 

@@ -23,19 +23,20 @@ from monai.networks.utils import one_hot
 from monai.transforms import RandCropByLabelClasses, SpatialPad
 from monai.transforms.utils import map_classes_to_indices
 
-from apps.slpt.model.backbone import Backbone
-from apps.slpt.model.checkpoints import atomic_write_bytes, load_into
+from apps.slpt import labels
+from apps.slpt.active.uncertainty import ensemble, mutual_information, prompt_probabilities
 from apps.slpt.config import SLPTConfig
 from apps.slpt.inference import task_label
+from apps.slpt.labels import NUM_CLASSES
+from apps.slpt.model.backbone import Backbone
+from apps.slpt.model.checkpoints import atomic_write_bytes, load_into
 from apps.slpt.model.prompts import PromptedSegmenter, format_parameter_report, model_device, parameter_report
 from apps.slpt.training.splits import update_split
-from apps.slpt.active.uncertainty import ensemble, mutual_information, prompt_probabilities
 
-TASK_CLASSES = {"background": 0, "liver": 1, "tumor": 2}
 Pair = tuple[torch.Tensor, torch.Tensor]  # ([1, *S] image, [1, *S] long label), backbone space
 
 
-def build_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = len(TASK_CLASSES)) -> PromptedSegmenter:
+def build_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = NUM_CLASSES) -> PromptedSegmenter:
     """A prompted copy of the backbone (the shared backbone object itself stays hook-free)."""
     return PromptedSegmenter(
         copy.deepcopy(backbone.network),
@@ -98,7 +99,7 @@ def dvpt_loss(
     seg = torch.stack([seg_loss(lg, label) for lg in per_prompt]).mean()
     diversity = logits.new_zeros(())
     if num_prompts > 1 and diversity_weight > 0:
-        organ = label[:, 0] > 0
+        organ = labels.organ(label[:, 0])
         if organ.any():
             diversity = mutual_information(prompt_probabilities(logits, num_prompts))[organ].mean()
     total = seg - diversity_weight * diversity
@@ -140,8 +141,8 @@ class PatchSampler:
         pad = SpatialPad([patch_size] * 3)
         self.stacks = [pad(torch.cat([img, lab.float()])) for img, lab in pairs]
         # The voxels of each class, found once per scan rather than once per patch.
-        self.indices = [map_classes_to_indices(stack[1:].long(), num_classes=3) for stack in self.stacks]
-        self.crop = RandCropByLabelClasses([patch_size] * 3, ratios=[1, 1, tumour_ratio], num_classes=3,
+        self.indices = [map_classes_to_indices(stack[1:].long(), num_classes=NUM_CLASSES) for stack in self.stacks]
+        self.crop = RandCropByLabelClasses([patch_size] * 3, ratios=[1, 1, tumour_ratio], num_classes=NUM_CLASSES,
                                            num_samples=1, warn=False)
         self.rng = rng
 
@@ -186,7 +187,7 @@ def predict(model: PromptedSegmenter, image: torch.Tensor, inferer: Inferer) -> 
     return probs[0].cpu(), pu[0].cpu()
 
 
-def dice_per_case(prediction: torch.Tensor, label: torch.Tensor, num_classes: int = 3) -> torch.Tensor:
+def dice_per_case(prediction: torch.Tensor, label: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
     """``[*S]`` label maps -> ``[num_classes - 1]`` Dice; an empty class in both counts as 1 (LiTS)."""
     metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
     return metric(one_hot(prediction[None, None], num_classes), one_hot(label[None, None], num_classes))[0]
@@ -198,8 +199,8 @@ def evaluate(model: PromptedSegmenter, pairs: Sequence[Pair], inferer: Inferer) 
     for image, label in pairs:
         probs, _ = predict(model, image, inferer)
         pred, lab = task_label(probs), label[0]
-        liver.append(float(dice_per_case((pred > 0).long(), (lab > 0).long(), 2)[0]))
-        tumour.append(float(dice_per_case((pred == 2).long(), (lab == 2).long(), 2)[0]))
+        liver.append(float(dice_per_case(labels.organ(pred).long(), labels.organ(lab).long(), 2)[0]))
+        tumour.append(float(dice_per_case(labels.tumour(pred).long(), labels.tumour(lab).long(), 2)[0]))
     return {"dice_liver": float(np.mean(liver)), "dice_tumor": float(np.mean(tumour)),
             "mean_dice": float(np.mean(liver) + np.mean(tumour)) / 2, "cases": len(pairs)}
 
