@@ -61,7 +61,7 @@ class PlainPromptedSegmenter(PromptedSegmenter):
 
 
 def build_plain_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = NUM_CLASSES) -> PlainPromptedSegmenter:
-    """Like :func:`apps.slpt.training.loop.build_model`, without the feature-aware prompt updaters."""
+    """Like :func:`apps.slpt.model.build.build_model`, without the feature-aware prompt updaters."""
     return PlainPromptedSegmenter(
         copy.deepcopy(backbone.network), stages=cfg.stages, head_stages=cfg.head_stages, num_classes=num_classes,
         num_prompts=cfg.num_prompts, prompt_channels=cfg.prompt_channels, prompt_size=cfg.prompt_size,

@@ -1,7 +1,7 @@
 """Tuning baselines that share the backbone and task head with SLPT: full fine-tuning and head-only.
 
 They expose the same interface as :class:`~apps.slpt.model.prompts.PromptedSegmenter` with ``K = 1``
-(``num_prompts``, ``forward_views``, ``trainable_state_dict``), so ``tuning.fit`` trains them unchanged.
+(``num_prompts``, ``forward_views``, ``trainable_state_dict``), so ``apps.slpt.training.loop.fit`` trains them unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from torch import nn
 from apps.slpt.config import SLPTConfig
 from apps.slpt.labels import NUM_CLASSES
 from apps.slpt.model.backbone import Backbone
-from apps.slpt.model.prompts import StageTap, TaskHead, freeze, resolve_stages, stage_channels
+from apps.slpt.model.prompts import StageTap, TaskHead, freeze, is_backbone_key, resolve_stages, stage_channels
 
 
 class HeadSegmenter(nn.Module):
@@ -63,7 +63,7 @@ class HeadSegmenter(nn.Module):
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.state_dict().items()
-                if self.frozen is False or not k.startswith("backbone.")}
+                if self.frozen is False or not is_backbone_key(k)}
 
 
 def full_finetune(backbone: Backbone, cfg: SLPTConfig, num_classes: int = NUM_CLASSES) -> HeadSegmenter:

@@ -45,10 +45,13 @@ import numpy as np
 import torch
 
 from apps.slpt.config import SLPTConfig
+from apps.slpt.evaluation import evaluate
+from apps.slpt.inference import task_inferer
 from apps.slpt.model.backbone import load_backbone
+from apps.slpt.model.build import PROMPT_SET_FIELDS, build_model
 from apps.slpt.model.checkpoints import atomic_write_json
 from apps.slpt.model.prompts import parameter_report
-from apps.slpt.training.loop import build_model, evaluate, fit_keeping_best, task_inferer, training_split
+from apps.slpt.training.loop import fit_keeping_best, training_split
 from benchmarks.baselines import finetune_config, full_finetune
 from benchmarks.reporting import machine, write_report
 from phantoms.io import image_id, load_phantom_pair
@@ -120,8 +123,7 @@ def labelled_seeds(n_labelled: int) -> list[int]:
 
 
 # Settings full fine-tuning never reads: changing one re-runs SLPT alone and keeps fine-tuning's runs.
-PROMPT_ONLY_FIELDS = ("stages", "num_prompts", "prompt_channels", "prompt_size", "hidden_ratio", "share_updaters",
-                      "view_jitter")
+PROMPT_ONLY_FIELDS = PROMPT_SET_FIELDS + ("view_jitter",)
 METHODS = ("slpt", "full_finetune")
 
 
@@ -193,7 +195,7 @@ class SeedRuns:
         atomic_write_json(self._path(seed, method), {"inputs": inputs, "result": result})
 
     def progress(self, seed: int, method: str, inputs: dict) -> Path:
-        """Where an unfinished run keeps its epochs (``tuning.fit``), named by its inputs so that a run with
+        """Where an unfinished run keeps its epochs (``apps.slpt.training.loop.fit``), named by its inputs so that a run with
         other inputs never continues it."""
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
         return self.folder / f"seed{seed}-{method}-{digest}.progress.pt"

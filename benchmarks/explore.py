@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.slpt import labels
 from apps.slpt.config import SLPTConfig
-from apps.slpt.inference import task_label
+from apps.slpt.evaluation import case_scores
+from apps.slpt.inference import predict, task_inferer, task_label
 from apps.slpt.model.backbone import load_backbone
-from apps.slpt.training.loop import build_model, dice_per_case, fit, predict, task_inferer
+from apps.slpt.model.build import build_model
+from apps.slpt.training.loop import fit
 from apps.slpt.training.splits import update_split
 from benchmarks.baselines import finetune_config, full_finetune
 from benchmarks.compare import CompareSettings, labelled_seeds, phantom_pairs
@@ -45,9 +46,9 @@ def case_rows(model, val, types, inferer) -> list[dict]:
     rows = []
     for (image, label), kind in zip(val, types):
         probs, _ = predict(model, image, inferer)
-        pred, truth = labels.tumour(task_label(probs)), labels.tumour(label[0])
-        rows.append({"type": kind, "dice": round(float(dice_per_case(pred.long(), truth.long(), 2)[0]), 4),
-                     "predicted": int(pred.sum()), "true": int(truth.sum()), "overlap": int((pred & truth).sum())})
+        scores = case_scores(task_label(probs), label[0])
+        rows.append({"type": kind, "dice": round(scores["dice_tumor"], 4), "predicted": scores["tumor_predicted"],
+                     "true": scores["tumor_true"], "overlap": scores["tumor_intersection"]})
     return rows
 
 

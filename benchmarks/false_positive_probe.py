@@ -17,8 +17,10 @@ from monai.transforms import RemoveSmallObjects
 
 from apps.slpt import labels
 from apps.slpt.config import SLPTConfig
-from apps.slpt.inference import task_label
-from apps.slpt.training.loop import build_model, dice_per_case, fit, predict, sliding_window
+from apps.slpt.evaluation import dice_per_case
+from apps.slpt.inference import predict, sliding_window, task_label
+from apps.slpt.model.build import build_model
+from apps.slpt.training.loop import fit
 from benchmarks.explore import exploration_data
 
 ALL7 = ("down_layers.0", "down_layers.1", "down_layers.2", "down_layers.3", "up_layers.0", "up_layers.1", "up_layers.2")
@@ -32,7 +34,7 @@ def main() -> None:
     t = time.time()
     fit(model, train, [], cfg, sliding_window(backbone.roi_size), log=lambda m: None)
     print(json.dumps({"trained_seconds": round(time.time() - t)}), flush=True)
-    # The backbone's window, as when the committed output was measured (before tuning.task_inferer).
+    # The backbone's window, as when the committed output was measured (before apps.slpt.inference.task_inferer).
     inferer = sliding_window(backbone.roi_size)
     probs = [predict(model, image, inferer)[0] for image, _ in val]
     for threshold in (0.0, 0.5, 0.7, 0.9):

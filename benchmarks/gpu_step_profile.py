@@ -19,18 +19,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from apps.slpt.config import SLPTConfig
-from apps.slpt.inference import task_label
+from apps.slpt.inference import predict, task_inferer, task_label
 from apps.slpt.model.backbone import load_backbone
-from apps.slpt.training.loop import (
-    PatchSampler,
-    augmented_views,
-    build_model,
-    dvpt_loss,
-    predict,
-    prompt_optimizer,
-    task_inferer,
-    task_loss,
-)
+from apps.slpt.model.build import build_model
+from apps.slpt.training.loop import PatchSampler, augmented_views, dvpt_loss, prompt_optimizer, task_loss
 from phantoms.io import load_phantom_pair
 from phantoms.phantom import make_phantom
 
@@ -60,6 +52,7 @@ def main(argv=None) -> None:
         parts[key] += time.perf_counter() - start
 
     def step(parts: dict) -> None:
+        # apps.slpt.training.loop.train_step, unrolled so that each phase is timed on its own
         with timed(parts, "data"):
             x, y = sampler(cfg.batch_size)
             views, y = augmented_views(x, cfg.num_prompts, rng, cfg.view_jitter).to(dev), y.to(dev)

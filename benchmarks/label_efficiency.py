@@ -56,19 +56,12 @@ from apps.slpt.active.selection import (
 )
 from apps.slpt.active.uncertainty import dropout_enabled, ensemble, entropy, mc_dropout_probabilities, scan_uncertainty
 from apps.slpt.config import SLPTConfig
-from apps.slpt.inference import task_label
+from apps.slpt.evaluation import case_scores
+from apps.slpt.inference import predict, sliding_window, task_inferer, task_label
 from apps.slpt.model.backbone import Backbone, load_backbone
-from apps.slpt.model.prompts import model_device, parameter_report
-from apps.slpt.training.loop import (
-    build_model,
-    dice_per_case,
-    fit,
-    fit_keeping_best,
-    predict,
-    sliding_window,
-    task_inferer,
-    training_split,
-)
+from apps.slpt.model.build import build_model
+from apps.slpt.model.prompts import is_backbone_key, model_device, parameter_report
+from apps.slpt.training.loop import fit, fit_keeping_best, training_split
 from benchmarks.ablations import EnsembleMean, build_plain_model, from_scratch
 from benchmarks.baselines import finetune_config, full_finetune, head_only
 from benchmarks.label_efficiency_report import aggregate, bars, summarise_cases, type_counts, write_outputs
@@ -112,12 +105,12 @@ class BenchmarkSettings:
     batch_size: int = SLPTConfig.batch_size
     patch_size: int = SLPTConfig.patch_size
     mc_samples: int = 5
-    roi_size: tuple[int, ...] | None = None  # sliding window; None: the training patch size (tuning.task_inferer)
+    roi_size: tuple[int, ...] | None = None  # sliding window; None: the training patch size (apps.slpt.inference.task_inferer)
     phantom_spec: dict | None = None  # PhantomSpec overrides (quick mode: small volumes); None: the defaults
     grid_cases: int = 4
     strategies: tuple[str, ...] = tuple(STRATEGIES)
     methods: tuple[str, ...] = tuple(METHODS)
-    keep: str = "last"  # tuning.training_split: "last" epoch on all labelled scans, or "best" on a held-out split
+    keep: str = "last"  # apps.slpt.training.loop.training_split: "last" epoch on all labelled scans, or "best" on a held-out split
 
 
 QUICK = BenchmarkSettings(
@@ -278,7 +271,7 @@ class Benchmark:
         state = torch.load(self.cache / "runs" / f"{run['key']}.pt", weights_only=True,
                            map_location=model_device(model))
         missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith("backbone.") for k in missing):
+        if unexpected or any(not is_backbone_key(k) for k in missing):
             raise ValueError(f"cached model {run['key']} does not fit: missing {missing}, unexpected {unexpected}")
         return model.eval()
 
@@ -289,14 +282,9 @@ class Benchmark:
         grid = dict(self.grid)
         for n, case in enumerate(self.test):
             probs, _ = predict(model, case["image"], self.inferer)
-            pred, lab = task_label(probs), case["label"][0].long()
-            p, g = labels.tumour(pred), labels.tumour(lab)
-            cases.append({
-                "seed": case["seed"], "tumor_type": case["tumor_type"],
-                "dice_tumor": float(dice_per_case(p.long(), g.long(), 2)[0]),
-                "dice_liver": float(dice_per_case(labels.organ(pred).long(), labels.organ(lab).long(), 2)[0]),
-                "tumor_intersection": int((p & g).sum()), "tumor_predicted": int(p.sum()), "tumor_true": int(g.sum()),
-            })
+            pred = task_label(probs)
+            cases.append({"seed": case["seed"], "tumor_type": case["tumor_type"],
+                          **case_scores(pred, case["label"][0].long())})
             if n in grid:
                 slices[str(n)] = pred[:, :, grid[n]].to(torch.uint8).tolist()
         return cases, slices

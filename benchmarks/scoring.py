@@ -25,9 +25,10 @@ from scipy.stats import spearmanr
 from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty
 from apps.slpt.active.uncertainty import scan_uncertainty
 from apps.slpt.config import SLPTConfig
-from apps.slpt.inference import task_label
+from apps.slpt.inference import predict, task_inferer, task_label
 from apps.slpt.model.backbone import load_backbone
-from apps.slpt.training.loop import build_model, fit, predict, task_inferer
+from apps.slpt.model.build import build_model
+from apps.slpt.training.loop import fit
 from benchmarks.reporting import write_report
 from phantoms.io import load_phantom_pair
 from phantoms.phantom import make_phantom

@@ -44,17 +44,10 @@ from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertaint
 from apps.slpt.active.selection import coreset_select, diversity_select, random_select, uncertain_diverse_select
 from apps.slpt.active.uncertainty import dropout_enabled, mc_dropout_probabilities
 from apps.slpt.config import SLPTConfig
+from apps.slpt.inference import predict, task_inferer
 from apps.slpt.model.backbone import load_backbone
-from apps.slpt.training.loop import (
-    PatchSampler,
-    augmented_views,
-    build_model,
-    dvpt_loss,
-    predict,
-    prompt_optimizer,
-    task_inferer,
-    task_loss,
-)
+from apps.slpt.model.build import build_model
+from apps.slpt.training.loop import PatchSampler, prompt_optimizer, task_loss, train_step
 from benchmarks.ablations import EnsembleMean
 from benchmarks.baselines import finetune_config, full_finetune
 from benchmarks.reporting import machine, write_report
@@ -204,13 +197,7 @@ def _train_child(method: str, s: SpeedSettings, backbone_dir: str, threads: int,
     def epoch():
         model.train()
         for _ in range(cfg.iterations_per_epoch):
-            x, y = sampler(cfg.batch_size)
-            # tuning.fit's step, on the device
-            views = augmented_views(x, model.num_prompts, rng, cfg.view_jitter).to(dev)
-            loss, _ = dvpt_loss(model.forward_views(views), y.to(dev), model.num_prompts, loss_fn, cfg.diversity_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(model, *sampler(cfg.batch_size), cfg, loss_fn, optimizer, rng)
 
     result = {"epoch": timed(epoch, s.train_epochs), "iterations_per_epoch": cfg.iterations_per_epoch,
               "batch_size": cfg.batch_size, "patch_size": cfg.patch_size, "trainable_parameters": trainable,

@@ -4,7 +4,7 @@ Trains the app's default SLPT on compare's seed-0 training split (32-voxel patch
 validation phantoms 600000-600039 (never a test set) in windows of the backbone's own size (64), of the
 training patch size (32) and in between (48). The backbone's GroupNorm normalises each window over its
 whole extent, so the features the prompts and head were trained on only recur in windows of the training
-size; this is why ``tuning.task_inferer`` exists. One JSON line per window:
+size; this is why ``apps.slpt.inference.task_inferer`` exists. One JSON line per window:
 
     python -m benchmarks.window_probe > docs/results/explore/window_probe.jsonl
 """
@@ -16,7 +16,9 @@ import time
 import torch
 
 from apps.slpt.config import SLPTConfig
-from apps.slpt.training.loop import build_model, fit, sliding_window
+from apps.slpt.inference import sliding_window
+from apps.slpt.model.build import build_model
+from apps.slpt.training.loop import fit
 from benchmarks.explore import case_rows, exploration_data, tumour_dice
 
 WINDOWS = (64, 32, 48)

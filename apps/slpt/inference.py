@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from monai.data import MetaTensor
+from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import KeepLargestConnectedComponent, MapTransform
 
 from apps.slpt.active.uncertainty import ensemble, scan_uncertainty
+from apps.slpt.config import SLPTConfig
 from apps.slpt.labels import LIVER, TUMOUR
+from apps.slpt.model.prompts import PromptedSegmenter, model_device
 
 # The liver is one organ. Liver or tumour voxels outside its largest connected piece (liver and tumour
 # together) are partial-volume edges of other organs or of the body wall, never a lesion of this liver.
@@ -58,3 +63,33 @@ class PromptEnsembled(MapTransform):
             d[key] = MetaTensor(out, affine=logits.affine, meta=logits.meta) if isinstance(logits, MetaTensor) else out
             d.setdefault(self.result_key, {})["prompt_uncertainty"] = round(score, 6)
         return d
+
+
+def sliding_window(roi_size, overlap: float = 0.25) -> SlidingWindowInferer:
+    return SlidingWindowInferer(roi_size=roi_size, sw_batch_size=1, overlap=overlap)
+
+
+def task_inferer(cfg: SLPTConfig) -> SlidingWindowInferer:
+    """Sliding windows of the training patch size, for every model trained by :func:`fit`.
+
+    The backbone's GroupNorm normalises each window over its whole extent, so a stage feature depends on
+    the window it was computed in. Prompts and head learnt on ``patch_size``-cubed patches read features
+    like those only in windows of that size. ``benchmarks/window_probe.py`` measures it on validation
+    phantoms (``docs/results/explore/window_probe.jsonl``): the training size found the most tumours.
+    """
+    return sliding_window((cfg.patch_size,) * 3, cfg.sw_overlap)
+
+
+def checkpoint_inferer(payload: dict, cfg: SLPTConfig) -> SlidingWindowInferer:
+    """:func:`task_inferer` in windows of the patch size the checkpoint was trained with."""
+    saved = payload["metadata"].get("config", {})
+    return task_inferer(dataclasses.replace(cfg, patch_size=int(saved.get("patch_size", cfg.patch_size))))
+
+
+@torch.no_grad()
+def predict(model: PromptedSegmenter, image: torch.Tensor, inferer: Inferer) -> tuple[torch.Tensor, torch.Tensor]:
+    """``image [1, *S]`` -> ``(ensemble probabilities [C, *S], PU map [*S])``."""
+    model.eval()
+    logits = inferer(image[None].to(model_device(model)), model)
+    probs, pu = ensemble(torch.as_tensor(logits), model.num_prompts)
+    return probs[0].cpu(), pu[0].cpu()

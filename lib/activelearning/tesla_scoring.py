@@ -21,9 +21,10 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from apps.slpt.active.scoring import embed_scan, prompt_uncertainty
 from apps.slpt.config import SLPTConfig
+from apps.slpt.inference import checkpoint_inferer
 from apps.slpt.model.backbone import Backbone, file_sha256
+from apps.slpt.model.build import model_from_checkpoint
 from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore, atomic_write_bytes
-from apps.slpt.training.loop import checkpoint_inferer, model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 INFO_KEY = "slpt_tesla"

@@ -10,11 +10,11 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from apps.slpt.config import SLPTConfig
-from apps.slpt.inference import PromptEnsembled
+from apps.slpt.inference import PromptEnsembled, checkpoint_inferer
 from apps.slpt.labels import FOREGROUND
 from apps.slpt.model.backbone import Backbone
+from apps.slpt.model.build import model_from_checkpoint
 from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore
-from apps.slpt.training.loop import checkpoint_inferer, model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class SLPTSegmentation(BasicInferTask):
         return [LoadImaged(keys="image"), *self.backbone.preprocessing]
 
     def inferer(self, data=None):
-        # Windows of the served checkpoint's training patch size (tuning.task_inferer says why); run_inferer
+        # Windows of the served checkpoint's training patch size (apps.slpt.inference.task_inferer says why); run_inferer
         # loads the checkpoint first, so its settings are known here.
         return data["slpt_inferer"]
 

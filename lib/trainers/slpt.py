@@ -19,20 +19,14 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from apps.slpt.config import SLPTConfig
+from apps.slpt.inference import task_inferer
 from apps.slpt.labels import FOREGROUND
 from apps.slpt.model.backbone import Backbone
+from apps.slpt.model.build import build_model, checkpoint_config, model_from_checkpoint
 from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore, atomic_write_json
 from apps.slpt.model.prompts import parameter_report
 from apps.slpt.training.data import as_pair, pair_transforms
-from apps.slpt.training.loop import (
-    build_model,
-    checkpoint_config,
-    fit,
-    model_from_checkpoint,
-    prompt_optimizer,
-    task_inferer,
-    task_loss,
-)
+from apps.slpt.training.loop import fit, prompt_optimizer, task_loss
 from apps.slpt.training.splits import describe_split, update_split
 
 logger = logging.getLogger(__name__)

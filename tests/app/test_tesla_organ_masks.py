@@ -10,9 +10,10 @@ from monailabel.datastore.local import LocalDatastore
 import lib.activelearning.tesla_scoring as tesla_scoring
 from apps.slpt.active.scoring import embed_scan, prompt_uncertainty
 from apps.slpt.config import SLPTConfig
+from apps.slpt.inference import checkpoint_inferer
 from apps.slpt.model.backbone import load_backbone
+from apps.slpt.model.build import build_model
 from apps.slpt.model.checkpoints import PromptCheckpointStore
-from apps.slpt.training.loop import build_model, checkpoint_inferer
 from lib.activelearning.tesla_scoring import INFO_KEY, TeslaScoring
 from phantoms.io import write_studies
 from phantoms.phantom import PhantomSpec

@@ -6,8 +6,8 @@ import torch
 from monai.networks.nets import SegResNet
 
 from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty
+from apps.slpt.inference import sliding_window
 from apps.slpt.model.prompts import PromptedSegmenter
-from apps.slpt.training.loop import sliding_window
 
 
 def tiny_net():

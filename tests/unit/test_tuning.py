@@ -10,18 +10,16 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import SegResNet
 
 from apps.slpt.config import SLPTConfig
+from apps.slpt.evaluation import evaluate
+from apps.slpt.inference import checkpoint_inferer, sliding_window, task_inferer
+from apps.slpt.model.build import checkpoint_config
 from apps.slpt.model.prompts import PromptedSegmenter, count_parameters
 from apps.slpt.training.loop import (
     PatchSampler,
     augmented_views,
-    checkpoint_config,
-    checkpoint_inferer,
     dvpt_loss,
-    evaluate,
     fit,
     fit_keeping_best,
-    sliding_window,
-    task_inferer,
     task_loss,
     training_split,
 )

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from apps.slpt.model.backbone import check_state_dict
+from apps.slpt.model.prompts import is_backbone_key
 
 FORMAT = "slpt-prompts"
 FORMAT_VERSION = 1
@@ -199,7 +200,7 @@ def load_into(model: torch.nn.Module, payload: dict[str, Any], backbone_identity
             f"{made_for.get('name')!r} (sha256 {str(made_for.get('sha256'))[:12]}…), but this app runs "
             f"{backbone_identity.get('name')!r} (sha256 {str(backbone_identity.get('sha256'))[:12]}…)"
         )
-    trainable = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    trainable = {k: v for k, v in model.state_dict().items() if not is_backbone_key(k)}
     try:
         check_state_dict(trainable, payload["state_dict"], source=f"prompt checkpoint v{payload.get('version')}")
     except ValueError as e:

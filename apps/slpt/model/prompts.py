@@ -293,8 +293,7 @@ class PromptedSegmenter(nn.Module):
     # -- checkpoint state ----------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only what is trained: prompts, updaters and head (no backbone tensor), as CPU copies."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.state_dict().items()
-                if not k.startswith("backbone.")}
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.state_dict().items() if not is_backbone_key(k)}
 
     def train(self, mode: bool = True):
         """Train mode for the prompt parts only; the frozen backbone always stays in eval mode."""
@@ -308,6 +307,12 @@ def split_prompts(logits: torch.Tensor, num_prompts: int) -> torch.Tensor:
     if logits.shape[1] % num_prompts:
         raise ValueError(f"{logits.shape[1]} channels cannot hold K={num_prompts} predictions")
     return torch.stack(logits.chunk(num_prompts, dim=1))
+
+
+def is_backbone_key(key: str) -> bool:
+    """Whether a state-dict key of a prompted model belongs to the frozen backbone (the wrapper holds it as
+    ``backbone``): such tensors are never trained and never written to a prompt checkpoint."""
+    return key.startswith("backbone.")
 
 
 def freeze(module: nn.Module) -> None:

@@ -16,69 +16,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.inferers import Inferer, SlidingWindowInferer
+from monai.inferers import Inferer
 from monai.losses import DiceCELoss
-from monai.metrics import DiceMetric
-from monai.networks.utils import one_hot
 from monai.transforms import RandCropByLabelClasses, SpatialPad
 from monai.transforms.utils import map_classes_to_indices
 
 from apps.slpt import labels
-from apps.slpt.active.uncertainty import ensemble, mutual_information, prompt_probabilities
+from apps.slpt.active.uncertainty import mutual_information, prompt_probabilities
 from apps.slpt.config import SLPTConfig
-from apps.slpt.inference import task_label
+from apps.slpt.evaluation import evaluate
 from apps.slpt.labels import NUM_CLASSES
-from apps.slpt.model.backbone import Backbone
-from apps.slpt.model.checkpoints import atomic_write_bytes, load_into
+from apps.slpt.model.checkpoints import atomic_write_bytes
 from apps.slpt.model.prompts import PromptedSegmenter, format_parameter_report, model_device, parameter_report
 from apps.slpt.training.splits import update_split
 
 Pair = tuple[torch.Tensor, torch.Tensor]  # ([1, *S] image, [1, *S] long label), backbone space
-
-
-def build_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = NUM_CLASSES) -> PromptedSegmenter:
-    """A prompted copy of the backbone (the shared backbone object itself stays hook-free)."""
-    return PromptedSegmenter(
-        copy.deepcopy(backbone.network),
-        stages=cfg.stages,
-        head_stages=cfg.head_stages,
-        num_classes=num_classes,
-        num_prompts=cfg.num_prompts,
-        prompt_channels=cfg.prompt_channels,
-        prompt_size=cfg.prompt_size,
-        hidden_ratio=cfg.hidden_ratio,
-        head_channels=cfg.head_channels,
-        head_layers=cfg.head_layers,
-        share_updaters=cfg.share_updaters,
-        seed=cfg.seed,
-    )
-
-
-# The fields that define a prompt checkpoint's architecture; a checkpoint is rebuilt with its own values.
-PROMPT_FIELDS = ("stages", "head_stages", "num_prompts", "prompt_channels", "prompt_size", "hidden_ratio",
-                 "head_channels", "head_layers", "share_updaters", "seed")
-
-
-# Prompt fields added after checkpoints had been written, with the value that rebuilds those checkpoints.
-FIELDS_ADDED_LATER = {"head_layers": 1}
-
-
-def checkpoint_config(payload: dict, cfg: SLPTConfig) -> SLPTConfig:
-    """``cfg`` with the prompt architecture a checkpoint was trained with (the app config may have moved on)."""
-    saved = {**FIELDS_ADDED_LATER, **payload["metadata"].get("config", {})}
-    return dataclasses.replace(cfg, **{k: tuple(saved[k]) if k in ("stages", "head_stages") else saved[k]
-                                       for k in PROMPT_FIELDS if k in saved})
-
-
-def model_from_checkpoint(backbone: Backbone, payload: dict, cfg: SLPTConfig) -> PromptedSegmenter:
-    """Rebuild the prompted model a checkpoint was trained as, and load its tensors strictly.
-
-    Raises:
-        CheckpointError: the checkpoint belongs to another backbone or does not fit its own architecture.
-    """
-    model = build_model(backbone, checkpoint_config(payload, cfg))
-    load_into(model, payload, backbone.identity)
-    return model
 
 
 def dvpt_loss(
@@ -157,54 +109,6 @@ class PatchSampler:
         return batch[:, :1].float(), batch[:, 1:].round().long()
 
 
-def sliding_window(roi_size, overlap: float = 0.25) -> SlidingWindowInferer:
-    return SlidingWindowInferer(roi_size=roi_size, sw_batch_size=1, overlap=overlap)
-
-
-def task_inferer(cfg: SLPTConfig) -> SlidingWindowInferer:
-    """Sliding windows of the training patch size, for every model trained by :func:`fit`.
-
-    The backbone's GroupNorm normalises each window over its whole extent, so a stage feature depends on
-    the window it was computed in. Prompts and head learnt on ``patch_size``-cubed patches read features
-    like those only in windows of that size. ``benchmarks/window_probe.py`` measures it on validation
-    phantoms (``docs/results/explore/window_probe.jsonl``): the training size found the most tumours.
-    """
-    return sliding_window((cfg.patch_size,) * 3, cfg.sw_overlap)
-
-
-def checkpoint_inferer(payload: dict, cfg: SLPTConfig) -> SlidingWindowInferer:
-    """:func:`task_inferer` in windows of the patch size the checkpoint was trained with."""
-    saved = payload["metadata"].get("config", {})
-    return task_inferer(dataclasses.replace(cfg, patch_size=int(saved.get("patch_size", cfg.patch_size))))
-
-
-@torch.no_grad()
-def predict(model: PromptedSegmenter, image: torch.Tensor, inferer: Inferer) -> tuple[torch.Tensor, torch.Tensor]:
-    """``image [1, *S]`` -> ``(ensemble probabilities [C, *S], PU map [*S])``."""
-    model.eval()
-    logits = inferer(image[None].to(model_device(model)), model)
-    probs, pu = ensemble(torch.as_tensor(logits), model.num_prompts)
-    return probs[0].cpu(), pu[0].cpu()
-
-
-def dice_per_case(prediction: torch.Tensor, label: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:
-    """``[*S]`` label maps -> ``[num_classes - 1]`` Dice; an empty class in both counts as 1 (LiTS)."""
-    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
-    return metric(one_hot(prediction[None, None], num_classes), one_hot(label[None, None], num_classes))[0]
-
-
-def evaluate(model: PromptedSegmenter, pairs: Sequence[Pair], inferer: Inferer) -> dict[str, float]:
-    """Mean per-case Dice of liver (liver + tumour) and tumour over ``pairs``."""
-    liver, tumour = [], []
-    for image, label in pairs:
-        probs, _ = predict(model, image, inferer)
-        pred, lab = task_label(probs), label[0]
-        liver.append(float(dice_per_case(labels.organ(pred).long(), labels.organ(lab).long(), 2)[0]))
-        tumour.append(float(dice_per_case(labels.tumour(pred).long(), labels.tumour(lab).long(), 2)[0]))
-    return {"dice_liver": float(np.mean(liver)), "dice_tumor": float(np.mean(tumour)),
-            "mean_dice": float(np.mean(liver) + np.mean(tumour)) / 2, "cases": len(pairs)}
-
-
 def prompt_optimizer(model: torch.nn.Module, cfg: SLPTConfig) -> torch.optim.Optimizer:
     """AdamW over the parameters that require grad, and only those (the backbone is frozen)."""
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
@@ -230,6 +134,7 @@ def fit(
     val: Sequence[Pair],
     cfg: SLPTConfig,
     inferer: Inferer,
+    *,
     optimizer: torch.optim.Optimizer | None = None,
     seg_loss: Callable | None = None,
     on_epoch: Callable[[EpochReport], None] = lambda r: None,
@@ -245,9 +150,29 @@ def fit(
     ``progress``: a file where each epoch's whole training state is kept (weights, optimiser, schedule,
     random streams, and the best weights so far), so that a run stopped by a kill continues from its last
     finished epoch when started again with the same file, as the uninterrupted run would have.
+
+    Randomness is seeded by ``cfg.seed`` and scoped: torch's global random state is the same afterwards.
     """
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        return _fit(model, train, val, cfg, inferer, optimizer, seg_loss, on_epoch, on_best, log, progress)
+
+
+def train_step(model: PromptedSegmenter, x: torch.Tensor, y: torch.Tensor, cfg: SLPTConfig, seg_loss: Callable,
+               optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
+    """One DVPT optimiser step on a CPU batch ``x [B, 1, *P]``, ``y [B, 1, *P]``: each of the K prompt sets
+    sees its own augmented view of every patch. Returns the loss and its parts (segmentation, diversity)."""
+    device = model_device(model)
+    logits = model.forward_views(augmented_views(x, model.num_prompts, rng, cfg.view_jitter).to(device))
+    loss, parts = dvpt_loss(logits, y.to(device), model.num_prompts, seg_loss, cfg.diversity_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, parts
+
+
+def _fit(model, train, val, cfg, inferer, optimizer, seg_loss, on_epoch, on_best, log, progress) -> EpochReport:
     rng = np.random.default_rng(cfg.seed)
-    torch.manual_seed(cfg.seed)
     log(format_parameter_report(parameter_report(model)))
     optimizer = optimizer or prompt_optimizer(model, cfg)
     seg_loss = seg_loss or task_loss(cfg)
@@ -273,13 +198,7 @@ def fit(
         model.train()
         losses, segs, divs = [], [], []
         for _ in range(cfg.iterations_per_epoch):
-            x, y = sampler(cfg.batch_size)
-            logits = model.forward_views(augmented_views(x, model.num_prompts, rng, cfg.view_jitter).to(device))
-            y = y.to(device)
-            loss, parts = dvpt_loss(logits, y, model.num_prompts, seg_loss, cfg.diversity_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, parts = train_step(model, *sampler(cfg.batch_size), cfg, seg_loss, optimizer, rng)
             scheduler.step()
             losses.append(loss.item()), segs.append(parts["seg"]), divs.append(parts["diversity"])
         validate = bool(val) and (epoch % cfg.val_interval == 0 or epoch == cfg.epochs)

@@ -1,0 +1,59 @@
+"""Prompted models from the app's config, and from a prompt checkpoint (which carries its own architecture)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from apps.slpt.config import SLPTConfig
+from apps.slpt.labels import NUM_CLASSES
+from apps.slpt.model.backbone import Backbone
+from apps.slpt.model.checkpoints import load_into
+from apps.slpt.model.prompts import PromptedSegmenter
+
+
+def build_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = NUM_CLASSES) -> PromptedSegmenter:
+    """A prompted copy of the backbone (the shared backbone object itself stays hook-free)."""
+    return PromptedSegmenter(
+        copy.deepcopy(backbone.network),
+        stages=cfg.stages,
+        head_stages=cfg.head_stages,
+        num_classes=num_classes,
+        num_prompts=cfg.num_prompts,
+        prompt_channels=cfg.prompt_channels,
+        prompt_size=cfg.prompt_size,
+        hidden_ratio=cfg.hidden_ratio,
+        head_channels=cfg.head_channels,
+        head_layers=cfg.head_layers,
+        share_updaters=cfg.share_updaters,
+        seed=cfg.seed,
+    )
+
+
+# The fields that define a prompt checkpoint's architecture; a checkpoint is rebuilt with its own values.
+# The K prompt sets and their updaters, then the task head (which a full fine-tuning baseline shares).
+PROMPT_SET_FIELDS = ("stages", "num_prompts", "prompt_channels", "prompt_size", "hidden_ratio", "share_updaters")
+HEAD_FIELDS = ("head_stages", "head_channels", "head_layers")
+PROMPT_FIELDS = PROMPT_SET_FIELDS + HEAD_FIELDS + ("seed",)
+
+
+# Prompt fields added after checkpoints had been written, with the value that rebuilds those checkpoints.
+FIELDS_ADDED_LATER = {"head_layers": 1}
+
+
+def checkpoint_config(payload: dict, cfg: SLPTConfig) -> SLPTConfig:
+    """``cfg`` with the prompt architecture a checkpoint was trained with (the app config may have moved on)."""
+    saved = {**FIELDS_ADDED_LATER, **payload["metadata"].get("config", {})}
+    return dataclasses.replace(cfg, **{k: tuple(saved[k]) if k in ("stages", "head_stages") else saved[k]
+                                       for k in PROMPT_FIELDS if k in saved})
+
+
+def model_from_checkpoint(backbone: Backbone, payload: dict, cfg: SLPTConfig) -> PromptedSegmenter:
+    """Rebuild the prompted model a checkpoint was trained as, and load its tensors strictly.
+
+    Raises:
+        CheckpointError: the checkpoint belongs to another backbone or does not fit its own architecture.
+    """
+    model = build_model(backbone, checkpoint_config(payload, cfg))
+    load_into(model, payload, backbone.identity)
+    return model
