@@ -21,9 +21,8 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from apps.slpt.active.scoring import embed_scan, prompt_uncertainty
 from apps.slpt.config import SLPTConfig
-from apps.slpt.inference import checkpoint_inferer
 from apps.slpt.model.backbone import Backbone, file_sha256
-from apps.slpt.model.build import model_from_checkpoint
+from apps.slpt.model.build import load_checkpoint
 from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -92,9 +91,8 @@ class TeslaScoring(ScoringMethod):
         model = inferer = None
         if version is not None:
             try:
-                payload = self.store.read(version)
-                model = model_from_checkpoint(self.backbone, payload, self.cfg).eval()
-                inferer = checkpoint_inferer(payload, self.cfg)
+                served = load_checkpoint(self.backbone, self.store, version, self.cfg)
+                model, inferer = served.model.eval(), served.inferer
             except CheckpointError as e:
                 logger.warning("TESLA scores embeddings only: %s", e)
                 version = None

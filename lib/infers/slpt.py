@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from fastapi import HTTPException
 from monai.transforms import CastToTyped, Compose, Invertd, LoadImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from apps.slpt.config import SLPTConfig
-from apps.slpt.inference import PromptEnsembled, checkpoint_inferer
+from apps.slpt.inference import PromptEnsembled
 from apps.slpt.labels import FOREGROUND
 from apps.slpt.model.backbone import Backbone
-from apps.slpt.model.build import model_from_checkpoint
+from apps.slpt.model.build import Checkpointed, load_checkpoint
 from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class SLPTSegmentation(BasicInferTask):
         )
         self.backbone, self.cfg = backbone, config
         self.store = PromptCheckpointStore(config.model_dir)
+        self._served: dict[str, tuple[Checkpointed, tuple]] = {}  # per device: the checkpoint and its file stamp
 
     def is_valid(self) -> bool:
         return True  # listed before training too; a request then gets a clear 409, not a missing model
@@ -50,11 +52,6 @@ class SLPTSegmentation(BasicInferTask):
 
     def pre_transforms(self, data=None):
         return [LoadImaged(keys="image"), *self.backbone.preprocessing]
-
-    def inferer(self, data=None):
-        # Windows of the served checkpoint's training patch size (apps.slpt.inference.task_inferer says why); run_inferer
-        # loads the checkpoint first, so its settings are known here.
-        return data["slpt_inferer"]
 
     def __call__(self, request, callbacks=None):
         output = request.get("slpt_output", "label")
@@ -76,29 +73,31 @@ class SLPTSegmentation(BasicInferTask):
         ]
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
-        self._get_network(device, data)  # before super() builds the inferer from the checkpoint's settings
-        data["slpt_inferer"] = self._networks[device][2]
-        data = super().run_inferer(data, convert_to_batch, device)
-        network, (version, _), _ = self._networks[device]
-        data["slpt_num_prompts"] = network.num_prompts
-        data.setdefault("result", {})["prompt_checkpoint_version"] = version
-        data["result"]["roi_size"] = list(data["slpt_inferer"].roi_size)  # the checkpoint's training patch size
+        """The served checkpoint's K-prompt logits, in windows of the patch size it was trained with
+        (:func:`apps.slpt.inference.task_inferer` says why)."""
+        served = self._checkpoint(device)
+        image = torch.as_tensor(data[self.input_key])
+        with torch.no_grad():
+            logits = served.inferer(image[None].to(device), served.model)
+        data[self.output_label_key] = logits[0]
+        data["slpt_num_prompts"] = served.model.num_prompts
+        data.setdefault("result", {})["prompt_checkpoint_version"] = served.version
+        data["result"]["roi_size"] = list(served.inferer.roi_size)
         return data
 
-    def _get_network(self, device, data):
+    def _checkpoint(self, device: str) -> Checkpointed:
+        """The current checkpoint on ``device``, rebuilt only when another version or file is served."""
         version = self.store.current()
         if version is None:
             raise HTTPException(409, "no SLPT prompt checkpoint yet: label a few scans (PUT /datastore/label) "
                                      "and train the prompts (POST /train/slpt) first")
         path = self.store.path(version)
         stamp = (version, path.stat().st_mtime)
-        cached = self._networks.get(device)
+        cached = self._served.get(device)
         if cached and cached[1] == stamp:
             return cached[0]
         try:
-            payload = self.store.read(version)
-            network = model_from_checkpoint(self.backbone, payload, self.cfg)
-            inferer = checkpoint_inferer(payload, self.cfg)
+            served = load_checkpoint(self.backbone, self.store, version, self.cfg)
         except (CheckpointError, ValueError, TypeError, KeyError) as e:
             # All about this file: besides a bad format, its metadata can name an unknown stage or hold a
             # mistyped setting, which fail while the model is rebuilt.
@@ -106,8 +105,8 @@ class SLPTSegmentation(BasicInferTask):
             raise HTTPException(409, f"current prompt checkpoint v{version}{where} cannot be served: {e}; "
                                      "roll back with `python -m apps.slpt.model.checkpoints --model-dir "
                                      f"{self.store.directory} rollback` or train again") from e
-        network.to(device).eval()
-        self._networks[device] = (network, stamp, inferer)
+        served.model.to(device).eval()
+        self._served[device] = (served, stamp)
         logger.info("SLPT infer serves prompt checkpoint v%d", version)
-        return network
+        return served
 

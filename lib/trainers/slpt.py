@@ -22,7 +22,7 @@ from apps.slpt.config import SLPTConfig
 from apps.slpt.inference import task_inferer
 from apps.slpt.labels import FOREGROUND
 from apps.slpt.model.backbone import Backbone
-from apps.slpt.model.build import build_model, checkpoint_config, model_from_checkpoint
+from apps.slpt.model.build import build_model, load_checkpoint
 from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore, atomic_write_json
 from apps.slpt.model.prompts import parameter_report
 from apps.slpt.training.data import as_pair, pair_transforms
@@ -163,10 +163,9 @@ class SLPTTrainer(BasicTrainTask):
         current = self.store.current()
         if warm and current is not None:
             try:
-                payload = self.store.read(current)
-                model = model_from_checkpoint(self.backbone, payload, cfg)
+                served = load_checkpoint(self.backbone, self.store, current, cfg)
                 logger.info("SLPT warm start from prompt checkpoint v%d", current)
-                return model, checkpoint_config(payload, cfg)
+                return served.model, served.config
             except CheckpointError as e:
                 logger.warning("SLPT starts fresh: %s", e)
         return build_model(self.backbone, cfg), cfg

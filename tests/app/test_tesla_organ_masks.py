@@ -10,9 +10,8 @@ from monailabel.datastore.local import LocalDatastore
 import lib.activelearning.tesla_scoring as tesla_scoring
 from apps.slpt.active.scoring import embed_scan, prompt_uncertainty
 from apps.slpt.config import SLPTConfig
-from apps.slpt.inference import checkpoint_inferer
 from apps.slpt.model.backbone import load_backbone
-from apps.slpt.model.build import build_model
+from apps.slpt.model.build import build_model, load_checkpoint
 from apps.slpt.model.checkpoints import PromptCheckpointStore
 from lib.activelearning.tesla_scoring import INFO_KEY, TeslaScoring
 from phantoms.io import write_studies
@@ -63,9 +62,8 @@ def test_rescoring_reads_the_kept_liver_mask_and_scores_what_a_fresh_pass_would(
     (image_id,) = datastore.get_unlabeled_images()
     image = tesla.load({"image": datastore.get_image_uri(image_id)})["image"].as_tensor().float()
     _, organ = embed_scan(backbone.network, image, cfg.embed_stage, backbone.labels["liver"])
-    payload = PromptCheckpointStore(cfg.model_dir).read(version)
-    model = tesla_scoring.model_from_checkpoint(backbone, payload, cfg).eval()
-    fresh = prompt_uncertainty(model, image, organ, checkpoint_inferer(payload, cfg), cfg.uncertainty_margin,
+    served = load_checkpoint(backbone, PromptCheckpointStore(cfg.model_dir), version, cfg)
+    fresh = prompt_uncertainty(served.model.eval(), image, organ, served.inferer, cfg.uncertainty_margin,
                                cfg.uncertainty_top_fraction)
     assert kept["uncertainty"] == pytest.approx(fresh, rel=1e-5)
 

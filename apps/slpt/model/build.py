@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from dataclasses import dataclass
+
+from monai.inferers import SlidingWindowInferer
 
 from apps.slpt.config import SLPTConfig
+from apps.slpt.inference import checkpoint_inferer
 from apps.slpt.labels import NUM_CLASSES
 from apps.slpt.model.backbone import Backbone
-from apps.slpt.model.checkpoints import load_into
+from apps.slpt.model.checkpoints import PromptCheckpointStore, load_into
 from apps.slpt.model.prompts import PromptedSegmenter
 
 
@@ -57,3 +61,25 @@ def model_from_checkpoint(backbone: Backbone, payload: dict, cfg: SLPTConfig) ->
     model = build_model(backbone, checkpoint_config(payload, cfg))
     load_into(model, payload, backbone.identity)
     return model
+
+
+@dataclass
+class Checkpointed:
+    """A stored prompt checkpoint, rebuilt: what inference, scoring and a warm start all need from it."""
+
+    version: int
+    model: PromptedSegmenter
+    config: SLPTConfig  # the app's config with the checkpoint's own prompt architecture
+    inferer: SlidingWindowInferer  # windows of the patch size it was trained with
+
+
+def load_checkpoint(backbone: Backbone, store: PromptCheckpointStore, version: int, cfg: SLPTConfig) -> Checkpointed:
+    """Read checkpoint ``version`` from ``store`` and rebuild it on ``backbone``, strictly.
+
+    Raises:
+        CheckpointError: the file is unreadable, belongs to another backbone or does not fit its architecture.
+        ValueError, TypeError, KeyError: its metadata names an unknown stage or holds a mistyped setting.
+    """
+    payload = store.read(version)
+    return Checkpointed(version, model_from_checkpoint(backbone, payload, cfg), checkpoint_config(payload, cfg),
+                        checkpoint_inferer(payload, cfg))
