@@ -7,7 +7,7 @@ PORT ?= 8000
 DEMO := data/demo
 DEMO_COUNT ?= 12
 
-.PHONY: install demo ohif system-deps test pretrain montage clean-demo
+.PHONY: install demo ohif system-deps test test-fast pretrain montage clean-demo
 
 $(BIN)/monailabel: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,8 +44,12 @@ system-deps:
 ohif: install system-deps
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m tools.ohif_chain --port $(PORT)
 
+# The whole suite (CI's command). `test-fast`: the method and the adapters without any server, for the inner loop.
 test: install
 	$(BIN)/python -m pytest -q tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not server and not orthanc and not browser and not slow" tests
 
 # Two runs: from scratch, then a lower learning rate starting from the first run's weights.
 pretrain: install

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import os
 
@@ -16,29 +14,24 @@ from lib.environment import check_environment
 check_environment()  # before MONAI Label or torch do anything on a broken install
 
 import monailabel  # noqa: E402
-import monailabel.endpoints.activelearning as activelearning_endpoint  # noqa: E402
-import monailabel.endpoints.datastore as datastore_endpoint  # noqa: E402
-import monailabel.endpoints.infer as infer_endpoint  # noqa: E402
-import monailabel.endpoints.train as train_endpoint  # noqa: E402
 import schedule  # noqa: E402
 from fastapi import HTTPException  # noqa: E402
 from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
-from monailabel.interfaces.utils.app import app_instance  # noqa: E402
 from monailabel.utils.async_tasks.task import AsyncTask  # noqa: E402
 from monailabel.utils.others.generic import device_map  # noqa: E402
 
 from apps.slpt.config import SLPTConfig  # noqa: E402
 from apps.slpt.labels import FOREGROUND  # noqa: E402
 from apps.slpt.model.backbone import load_backbone  # noqa: E402
-from lib import ohif, privacy, request_params  # noqa: E402
+from lib import endpoints, ohif, privacy, request_params  # noqa: E402
 from lib.activelearning.tesla import Tesla  # noqa: E402
 from lib.activelearning.tesla_scoring import INFO_KEY, TeslaScoring, needs_scoring  # noqa: E402
 from lib.datastore import ValidatingDatastore  # noqa: E402
 from lib.dicomweb_datastore import dicomweb_datastore  # noqa: E402
 from lib.infers.backbone import BackboneSegmentation  # noqa: E402
 from lib.infers.slpt import SLPTSegmentation  # noqa: E402
-from lib.request_params import InvalidParameter, RequestSpec, check_request, parse_params  # noqa: E402
+from lib.request_params import InvalidParameter, RequestSpec, check_request  # noqa: E402
 from lib.trainers.slpt import REQUEST_FIELDS, SLPTTrainer  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -210,62 +203,6 @@ class MyApp(MONAILabelApp):
         return meta
 
 
-def _sample_with_user(strategy, params=None, user=None, _sample=activelearning_endpoint.sample):
-    """MONAI Label records ``params.client_id`` or else the user for each suggestion, but only hands the
-    strategy ``params``; pass the user through so leases can fall back to it."""
-    params = dict(params or {})
-    params.setdefault("client_id", user)
-    return _sample(strategy, params, user)
-
-
-activelearning_endpoint.sample = _sample_with_user
-
-
-def _run_train_checked(model, params=None, run_sync=False, enqueue=False, _run=train_endpoint.run_model):
-    """MONAI Label answers ``POST /train/{model}`` with 200 and runs the task in a subprocess, where a bad
-    parameter fails only later; check the model and the parameters here, in the server, first."""
-    app_instance().check_request("train", model, {"model": model, **(params or {})})
-    return _run(model, params, run_sync, enqueue)
-
-
-def _run_all_train_checked(params=None, run_sync=False, _run=train_endpoint.run):
-    """The same for the deprecated ``POST /train/``, whose ``params`` hold one dict per model."""
-    app = app_instance()
-    for model in app.info()["trainers"]:
-        own = (params or {}).get(model) or {}
-        if not isinstance(own, dict):
-            raise HTTPException(422, f"params[{model!r}] must be a JSON object, got {type(own).__name__}")
-        app.check_request("train", model, {"model": model, **own})
-    return _run(params, run_sync)
-
-
-def _guarded_upload(endpoint):
-    """Closes two gaps of MONAI Label's endpoints that take files: they parse the multipart ``params``
-    field with ``json.loads`` (malformed JSON is a 500), and they delete their temporary copy of an upload
-    in a background task, which FastAPI skips when the endpoint raises (a refused upload stays in /tmp)."""
-    signature = inspect.signature(endpoint)
-
-    @functools.wraps(endpoint)
-    def guarded(*args, **kwargs):
-        arguments = signature.bind(*args, **kwargs).arguments
-        try:
-            parse_params(arguments.get("params"))
-        except InvalidParameter as e:
-            raise HTTPException(422, str(e)) from e
-        try:
-            return endpoint(*args, **kwargs)
-        except Exception:
-            for task in arguments["background_tasks"].tasks:  # the endpoint's own clean-up (remove_file)
-                if not task.is_async:
-                    task.func(*task.args, **task.kwargs)
-            raise
-
-    return guarded
-
-
-train_endpoint.run_model = _run_train_checked
-train_endpoint.run = _run_all_train_checked
-infer_endpoint.run_inference = _guarded_upload(infer_endpoint.run_inference)
-datastore_endpoint.save_label = _guarded_upload(datastore_endpoint.save_label)
-datastore_endpoint.add_image = _guarded_upload(datastore_endpoint.add_image)
+# MONAI Label's endpoints answer these requests before any app method runs; see lib/endpoints.py.
+endpoints.install()
 ohif.install()  # /ohif/ gains SLPT's Save Label, brush and TESLA reason (lib/ohif_addon/slpt-ohif.js)

@@ -28,6 +28,8 @@ import torch
 from phantoms.io import image_id, write_studies
 from tests.app.conftest import start_server, stop_server
 
+pytestmark = pytest.mark.server
+
 SEEDS = (900, 901)
 
 

@@ -29,6 +29,8 @@ from phantoms.io import image_id, write_studies
 from tests.app.conftest import start_server, stop_server
 from tests.app.helpers import next_sample, tesla_infos, wait
 
+pytestmark = pytest.mark.server
+
 SEEDS = range(910, 917)  # 2 labelled, 5 unlabelled: a scoring run lasts long enough to be caught half-way
 TINY = {"iterations_per_epoch": 1, "patch_size": 32}
 LONG_EPOCHS = 400  # a round that is still running when it is killed

@@ -27,6 +27,8 @@ from tools.ohif_chain import write_demo_dicom
 from tools.orthanc import missing, start_orthanc, stop_orthanc, upload_series
 from tools.server import free_port
 
+pytestmark = [pytest.mark.server, pytest.mark.orthanc]
+
 SEEDS = (9, 16)  # small phantoms; 9 has metastases, 16 no tumour
 LABELS = FOREGROUND
 

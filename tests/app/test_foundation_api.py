@@ -9,6 +9,8 @@ import pytest
 from phantoms.phantom import ORGAN_NAMES
 from tests.app.helpers import load_response_image
 
+pytestmark = pytest.mark.server
+
 
 def test_info_lists_the_backbone_model(server):
     info = server.get("/info/").json()

@@ -13,6 +13,8 @@ import pytest
 
 from tests.app.helpers import load_response_image
 
+pytestmark = pytest.mark.server
+
 APP_DIR = Path(__file__).resolve().parents[2]
 
 

@@ -13,6 +13,8 @@ from phantoms.phantom import PhantomSpec
 from tests.app.conftest import start_server, stop_server
 from tests.app.helpers import next_sample, tesla_infos, wait
 
+pytestmark = pytest.mark.server
+
 CONF = {"slpt_min_round_size": "4", "slpt_epochs": "1", "slpt_iterations_per_epoch": "1", "slpt_patch_size": "32",
         "slpt_lease_seconds": "600"}
 POOL = 10

@@ -17,6 +17,8 @@ from benchmarks import speed
 from benchmarks.label_efficiency import METHODS, QUICK, STRATEGIES, Benchmark
 from benchmarks.label_efficiency_report import write_outputs
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def backbone(root):

@@ -10,6 +10,8 @@ import pytest
 
 from benchmarks import compare
 
+pytestmark = pytest.mark.slow
+
 TRAINING = ("[slpt]", "[full_finetune]")
 
 

@@ -31,6 +31,8 @@ from phantoms.phantom import make_phantom
 from tests.app.helpers import wait
 from tools.ohif_chain import start_chain, stop_chain
 
+pytestmark = [pytest.mark.server, pytest.mark.orthanc, pytest.mark.browser]
+
 SEEDS = {"A": 9, "B": 16}  # small phantoms; A (with metastases) labelled through the API, B in the browser
 # A tiny training round; no training by itself on save, so the checkpoint the browser used stays current
 # until the test asks for the next round.

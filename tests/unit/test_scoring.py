@@ -30,10 +30,15 @@ def test_embedding_is_pooled_bottleneck_and_content_dependent():
 
 def test_large_scans_are_downsampled_but_the_organ_mask_keeps_the_input_shape():
     net = tiny_net()
+    with torch.no_grad():
+        net.conv_final[2].conv.bias[1] = 100.0  # the organ channel wins everywhere: a mask must come back
+    seen = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[2:])))
     image = torch.rand(1, 48, 48, 48)
     emb, organ = embed_scan(net, image, organ_channel=1, max_voxels=24**3)
     assert emb.shape == (192,)
-    assert organ is None or organ.shape == (48, 48, 48)
+    assert max(seen[0]) < 48  # the backbone ran on the downsampled scan (padded to a multiple of 16)
+    assert organ is not None and organ.shape == (48, 48, 48) and organ.all()
 
 
 def disagreeing_model():
@@ -81,6 +86,18 @@ def test_prompt_uncertainty_in_the_organ_windows_is_a_non_negative_score():
     organ = np.zeros((32, 32, 32), bool)
     organ[8:24, 8:24, 8:24] = True
     assert prompt_uncertainty(disagreeing_model(), image, organ, sliding_window((32, 32, 32))) > 0.0
+
+
+def test_prompt_uncertainty_runs_the_network_only_on_the_windows_that_touch_the_organ():
+    model, inferer = disagreeing_model(), sliding_window((32, 32, 32))
+    image = torch.rand(1, 64, 56, 48)
+    organ = np.zeros(image.shape[1:], bool)
+    organ[50:60, 40:50, 30:40] = True
+    passes = []
+    model.register_forward_pre_hook(lambda module, args: passes.append(1))
+    prompt_uncertainty(model, image, organ, inferer)
+    computed, total = OrganWindows(inferer, organ).count(image[None])
+    assert len(passes) == computed < total
 
 
 def test_a_scan_needs_scoring_without_an_embedding_or_with_an_older_checkpoints_uncertainty():
