@@ -21,6 +21,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
+from apps.slpt.active.policy import plan_round
 from apps.slpt.active.rounds import (
     RoundState,
     budget_plan,
@@ -30,7 +31,6 @@ from apps.slpt.active.rounds import (
     start_round,
     training_due,
 )
-from apps.slpt.active.selection import diversity_select, uncertain_diverse_select
 from apps.slpt.config import SLPTConfig
 from apps.slpt.model.checkpoints import PromptCheckpointStore, atomic_write_json
 from lib.activelearning.tesla_scoring import INFO_KEY
@@ -97,28 +97,9 @@ class Tesla(Strategy):
         infos = {i: datastore.get_image_info(i).get(INFO_KEY, {}) for i in unlabelled}
         version = self.store.current()
         rng = np.random.default_rng(self.cfg.seed + state.round)
-        embedded = [i for i in unlabelled if infos[i].get("embedding")]
-        scored = [i for i in embedded if version is not None and infos[i].get("checkpoint_version") == version]
-
-        if scored:
-            feats = np.array([infos[i]["embedding"] for i in scored])
-            scores = np.array([infos[i]["uncertainty"] for i in scored])
-            picks = [scored[j] for j in uncertain_diverse_select(feats, scores, k, rng)]
-            stage, basis = 2, "prompt uncertainty, most uncertain per k-means cluster of backbone embeddings"
-        elif embedded:
-            picks = [embedded[j] for j in diversity_select(np.array([infos[i]["embedding"] for i in embedded]), k, rng)]
-            stage, basis = 1, "k-means on backbone embeddings, scan nearest each centroid"
-        else:
-            headers = np.array([_header_features(datastore.get_image_uri(i)) for i in unlabelled])
-            picks = [unlabelled[j] for j in diversity_select(headers, k, rng)]
-            stage, basis = 1, "fallback: k-means on image geometry (embeddings not computed yet)"
-        reasons = {
-            i: {"stage": stage, "basis": basis, "cluster": n, "checkpoint_version": version if stage == 2 else None,
-                "uncertainty": infos[i].get("uncertainty") if stage == 2 else None}
-            for n, i in enumerate(picks)
-        }
-        start_round(state, picks, reasons, stage, version, now)
-        logger.info("TESLA round %d (stage %d, %s): %s", state.round, stage, basis, picks)
+        plan = plan_round(unlabelled, infos, version, k, rng, lambda i: _header_features(datastore.get_image_uri(i)))
+        start_round(state, plan.picks, plan.reasons, plan.stage, version, now)
+        logger.info("TESLA round %d (stage %d, %s): %s", state.round, plan.stage, plan.basis, plan.picks)
 
 
 def _positive(value, name: str) -> float:

@@ -91,6 +91,11 @@ def test_labelling_the_round_trains_then_rescoring_serves_stage_two(tesla):
     reason = answer["tesla"]
     assert reason["stage"] == 2 and reason["round"] == 2 and reason["checkpoint_version"] == 1
     assert reason["uncertainty"] == pytest.approx(infos[answer["id"]]["uncertainty"])
+    # Stage 2 picks by uncertainty: the most uncertain unlabelled scan leads the round, the rest follow in order.
+    round_two = [row["id"] for row in srv.get("/info/").json()["slpt"]["tesla"]["queue"]]
+    scores = [infos[i]["uncertainty"] for i in round_two]
+    assert round_two[0] == max((i for i in infos if i not in queue), key=lambda i: infos[i]["uncertainty"])
+    assert scores == sorted(scores, reverse=True)
 
 
 def test_next_sample_never_runs_scoring(tesla):
