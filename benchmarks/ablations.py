@@ -1,4 +1,4 @@
-"""Model variants that only the label-efficiency benchmark needs (issue 5): ablations and extra baselines.
+"""Model variants that only the label-efficiency benchmark needs: ablations and extra baselines.
 
 They wrap or subclass the method's own classes, so the method code stays as it is:
 

@@ -1,4 +1,4 @@
-"""Label-efficiency benchmark (issue 5, ../shared/SLPT.md §6): which scans to label, and how to learn from them.
+"""Label-efficiency benchmark: which scans to label, and how to learn from them.
 
 A pool of unlabelled phantoms whose hidden ground truth plays the annotator, a fixed test set, and the frozen
 task-agnostic backbone from its own pre-training set (``models/backbone``). The budget (5% of the pool) is

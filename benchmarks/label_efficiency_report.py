@@ -139,7 +139,7 @@ def markdown(result: dict) -> str:
     for label, block in rows:
         per = block["dice_tumor_per_type"]
         lines.append(f"| {label} | " + " | ".join(f"{per[t]['mean']:.3f}" if t in per else "—" for t in types) + " |")
-    lines += ["", "## Bars (issue 5)", ""]
+    lines += ["", "## Bars", ""]
     lines += bar_lines(result["bars"], quick)
     lines += ["", "Learning curve: `learning_curve.png`; predictions on test scans: `predictions.png`.", ""]
     if result.get("estimate"):

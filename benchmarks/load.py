@@ -1,4 +1,4 @@
-"""Bounded load on a real server on loopback (issue 7, part 3): annotators label while the prompts train.
+"""Bounded load on a real server on loopback: annotators label while the prompts train.
 
     .venv/bin/python -m benchmarks.load --out docs/results/load --clients 4 --iterations 3
 

@@ -1,4 +1,4 @@
-"""Speed and scale benchmark (issue 5, part 2): is SLPT fast enough, and does TESLA scale?
+"""Speed and scale benchmark: is SLPT fast enough, and does TESLA scale?
 
 Every figure is a median over ``--repeats`` runs, next to its baseline measured in the same run:
 

@@ -1,7 +1,7 @@
 """Start-up self-check: refuse to start on a package set other than the pinned one.
 
 MONAI Label breaks in confusing ways on a monai, pydicom or dicomweb-client it was not built for
-(../shared/SLPT.md §7); naming the package at start-up saves an afternoon of tracebacks.
+(see requirements.txt); naming the package at start-up saves an afternoon of tracebacks.
 """
 
 from __future__ import annotations

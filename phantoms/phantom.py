@@ -1,4 +1,4 @@
-"""Synthetic abdominal CT phantoms with liver tumours (../shared/SLPT.md §5).
+"""Synthetic abdominal CT phantoms with liver tumours (the attenuation ranges and tumour looks of published abdominal CT).
 
 Every structure is an implicit function of *world* coordinates (millimetres, RAS+), evaluated on a
 voxel grid whose affine varies in spacing, size and orientation. Because anatomy is defined in world
@@ -189,7 +189,7 @@ def _ellipsoid(world, centre, radii, wobble=None) -> np.ndarray:
 
 
 def _organ_hu(phase: str, rng) -> dict[str, float]:
-    """Attenuation per tissue for one scan, sampled within the published ranges (SLPT.md §5)."""
+    """Attenuation per tissue for one scan, sampled within the published ranges."""
     u = rng.uniform
     table = {
         "non_contrast": dict(liver=u(55, 65), spleen=u(45, 50), cortex=u(30, 40), blood=u(40, 50)),
@@ -307,7 +307,7 @@ def _add_tumors(hu, world, liver, spacing, rng, tumor_type, phase, s):
 
 
 def _paint_lesion(hu, d, lesion, kind, phase, liver_hu, blood, rng, r):
-    """Per-type enhancement patterns (SLPT.md §5)."""
+    """Per-type enhancement patterns."""
     rim = lesion & (d > 0.9)  # the outer ~27% of the lesion volume
     if kind == "hcc":
         delta = {"non_contrast": -rng.uniform(5, 15), "arterial": rng.uniform(20, 40),

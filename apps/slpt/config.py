@@ -31,7 +31,7 @@ class SLPTConfig:
     # Backbone and storage
     backbone: str = _f("models/backbone", "frozen backbone bundle directory (configs/inference.json + models/model.pt)")
     model_dir: str = _f("model/slpt", "prompt checkpoint directory (versions + current.json)")
-    # Prompts (SLPT.md §3)
+    # Prompts
     stages: tuple[str, ...] = _f(SEGRESNET_STAGES, "backbone stages that get a prompt + FPU, in forward order")
     head_stages: tuple[str, ...] = _f(("up_layers.2", "down_layers.0"),
                                       "backbone stages read by the new task head: the last decoder stage, and the "

@@ -3,7 +3,7 @@
 MONAI Label runs it in a subprocess (``POST /train/slpt``) and kills that process on ``DELETE /train/``;
 so the best checkpoint is written, atomically, the moment it is found, and a stopped run keeps it.
 The training loop itself is ``apps.slpt.training.loop.fit`` (plain PyTorch): no ignite/MLflow handlers run,
-which also sidesteps MLflow 3's file-store refusal (SLPT.md §7) by design rather than by env var.
+which also sidesteps MLflow 3's refusal of its default file store by design rather than by env var.
 """
 
 from __future__ import annotations

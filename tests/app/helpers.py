@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 
 import nibabel as nib
 
@@ -33,3 +35,17 @@ def next_sample(server, client: str) -> dict:
     r = server.post("/activelearning/tesla", json={"client_id": client})
     assert r.status_code == 200, r.text
     return r.json()
+
+
+@contextmanager
+def step(name: str, log: list, where: Callable[[], str] | None = None):
+    """One named step of a scenario test: a failure names the step (and ``where()``, e.g. the browser's
+    page), and each step's seconds are printed and kept in ``log``."""
+    start = time.time()
+    try:
+        yield
+    except Exception as e:
+        place = f" ({where()})" if where else ""
+        raise AssertionError(f"step '{name}' failed{place}: {type(e).__name__}: {e}") from e
+    log.append((name, round(time.time() - start, 1)))
+    print(f"{name}: {log[-1][1]} s", flush=True)

@@ -1,4 +1,4 @@
-"""Bad input through the real server: a clear 4xx, and nothing stored changes (issue 7, part 1).
+"""Bad input through the real server: a clear 4xx, and nothing stored changes.
 
 Every test checks three things: the status code, a message that names the problem, and that every file
 under the server's working folder (studies, labels, ``datastore_v2.json``, the prompt checkpoint folder,

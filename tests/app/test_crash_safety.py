@@ -1,8 +1,8 @@
-"""Crash safety through the real server (issue 7, part 2): the training subprocess, the scoring subprocess
-and then the whole server are killed with SIGKILL while they work, and what was stored before must still be
-there, load and be served.
+"""Crash safety through the real server: the training subprocess, the scoring subprocess and then the whole
+server are killed with SIGKILL while they work, and what was stored before must still be there, load and be
+served.
 
-The server tests run in file order on one server (the last one restarts it on the same folders). MONAI
+One scenario test whose named steps share one server (the last step restarts it on the same folders). MONAI
 Label 0.8.5 runs training and scoring as ``python -m monailabel.interfaces.utils.app -m train|scoring``
 subprocesses of the server; they are found among the server's descendants by that command line. The last
 test kills a process in the middle of rewriting ``datastore_v2.json``, which those subprocesses and the
@@ -27,7 +27,7 @@ from apps.slpt.model.checkpoints import PromptCheckpointStore, read_checkpoint
 from lib.datastore import ValidatingDatastore
 from phantoms.io import image_id, write_studies
 from tests.app.conftest import start_server, stop_server
-from tests.app.helpers import next_sample, tesla_infos, wait
+from tests.app.helpers import next_sample, step, tesla_infos, wait
 
 pytestmark = pytest.mark.server
 
@@ -105,7 +105,7 @@ def sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_first_round_publishes_v1_and_scores_the_pool(crash):
+def first_round_publishes_v1_and_scores_the_pool(crash):
     srv = crash.server
     # Start-up scoring embeds the pool; let it finish so the post-training re-scoring is not refused as busy.
     wait(lambda: all(tesla_infos(srv)[i].get("embedding") for i in crash.unlabelled + crash.labelled))
@@ -124,7 +124,7 @@ def test_first_round_publishes_v1_and_scores_the_pool(crash):
     crash.v1_scores = {n: infos[n] for n in crash.unlabelled}
 
 
-def test_kill_9_during_training_keeps_the_previous_checkpoint_served(crash):
+def kill_9_during_training_keeps_the_previous_checkpoint_served(crash):
     srv, store = crash.server, crash.store
     train(srv, LONG_EPOCHS)
     # Kill mid-round: the round has trained (and checkpointed) a few epochs of its many.
@@ -159,7 +159,7 @@ def test_kill_9_during_training_keeps_the_previous_checkpoint_served(crash):
     assert summary["version"] == store.current() and summary["current"]
 
 
-def test_kill_9_during_scoring_keeps_scores_and_tesla_state(crash):
+def kill_9_during_scoring_keeps_scores_and_tesla_state(crash):
     srv, version = crash.server, crash.store.current()
     # The round just trained re-scores the pool in the background, possibly queued behind the server's
     # catch-up run for the killed round's checkpoint. Kill the run scoring for this round once it has
@@ -206,7 +206,7 @@ def test_kill_9_during_scoring_keeps_scores_and_tesla_state(crash):
     assert all(after[n]["scored_at"] == infos[n]["scored_at"] for n in rescored)
 
 
-def test_kill_9_of_the_whole_server_then_restart_keeps_everything(crash):
+def kill_9_of_the_whole_server_then_restart_keeps_everything(crash):
     srv = crash.server
     save_truth(srv, crash.held["reader-1"])  # the last thing before the crash: a label saved
 
@@ -257,3 +257,16 @@ def test_kill_9_while_datastore_v2_json_is_rewritten(tmp_path):
         os.waitpid(pid, 0)
         json.loads((studies / "datastore_v2.json").read_text())
         ValidatingDatastore(str(studies))  # what the next start does: it raises on a torn file
+
+
+def test_kills_during_training_scoring_and_serving_lose_nothing(crash):
+    """One server, the steps in order: each kill happens in the state the previous steps left."""
+    log = []
+    for check in (
+        first_round_publishes_v1_and_scores_the_pool,
+        kill_9_during_training_keeps_the_previous_checkpoint_served,
+        kill_9_during_scoring_keeps_scores_and_tesla_state,
+        kill_9_of_the_whole_server_then_restart_keeps_everything,
+    ):
+        with step(check.__name__.replace("_", " "), log):
+            check(crash)

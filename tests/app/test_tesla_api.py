@@ -1,5 +1,5 @@
 """TESLA through the real server: rounds, stages, leases, background scoring, restarts.
-Tests run in file order and share one server (and later its restarted successor)."""
+One scenario test whose named steps share one server (and later its restarted successor)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from phantoms.io import write_studies
 from phantoms.phantom import PhantomSpec
 from tests.app.conftest import start_server, stop_server
-from tests.app.helpers import next_sample, tesla_infos, wait
+from tests.app.helpers import next_sample, step, tesla_infos, wait
 
 pytestmark = pytest.mark.server
 
@@ -42,14 +42,14 @@ def tesla(tmp_path_factory):
     stop_server(Tesla.server)
 
 
-def test_new_images_are_scored_in_the_background_at_start(tesla):
+def new_images_are_scored_in_the_background_at_start(tesla):
     srv = tesla.server
     infos = wait(lambda: (i := tesla_infos(srv)) and all(v.get("embedding") for v in i.values()) and i)
     assert len(infos) == POOL and all(v["organ_voxels"] > 0 for v in infos.values())  # the liver was found
     assert all("uncertainty" not in v for v in infos.values())  # no prompt checkpoint yet
 
 
-def test_concurrent_clients_never_share_a_scan_inside_their_leases(tesla):
+def concurrent_clients_never_share_a_scan_inside_their_leases(tesla):
     srv = tesla.server
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda c: [next_sample(srv, f"annotator{c}").get("id") for _ in range(20)], range(8)))
@@ -63,7 +63,7 @@ def test_concurrent_clients_never_share_a_scan_inside_their_leases(tesla):
     assert len(holders) == 4  # the round has 4 scans; the other annotators are told there is nothing free
 
 
-def test_stage_one_before_training_with_reasons_and_queue_view(tesla):
+def stage_one_before_training_with_reasons_and_queue_view(tesla):
     view = tesla.server.get("/info/").json()["slpt"]["tesla"]
     assert view["round"] == 1 and len(view["queue"]) == 4 and {r["status"] for r in view["queue"]} == {"leased"}
     holder = view["queue"][0]
@@ -74,7 +74,7 @@ def test_stage_one_before_training_with_reasons_and_queue_view(tesla):
     assert "k-means on backbone embeddings" in reason["basis"] and reason["checkpoint_version"] is None
 
 
-def test_labelling_the_round_trains_then_rescoring_serves_stage_two(tesla):
+def labelling_the_round_trains_then_rescoring_serves_stage_two(tesla):
     srv = tesla.server
     queue = [row["id"] for row in srv.get("/info/").json()["slpt"]["tesla"]["queue"]]
     for name in queue:
@@ -98,7 +98,7 @@ def test_labelling_the_round_trains_then_rescoring_serves_stage_two(tesla):
     assert scores == sorted(scores, reverse=True)
 
 
-def test_next_sample_never_runs_scoring(tesla):
+def next_sample_never_runs_scoring(tesla):
     srv = tesla.server
     wait(lambda: scoring_idle(srv))
     before = srv.get("/scoring/", params={"all": True}).json()
@@ -110,7 +110,7 @@ def test_next_sample_never_runs_scoring(tesla):
     assert {k: v.get("scored_at") for k, v in tesla_infos(srv).items()} == stamps
 
 
-def test_restart_keeps_rounds_leases_and_scores(tesla):
+def restart_keeps_rounds_leases_and_scores(tesla):
     srv = tesla.server
     view_before = srv.get("/info/").json()["slpt"]["tesla"]
     held = next_sample(srv, "annotator3")["id"]
@@ -123,3 +123,18 @@ def test_restart_keeps_rounds_leases_and_scores(tesla):
     assert next_sample(srv, "annotator3")["id"] == held  # the lease survived
     assert {k: v.get("uncertainty") for k, v in tesla_infos(srv).items()} == scores_before
     assert srv.get("/info/").json()["models"]["slpt"]["prompt_checkpoint"]["version"] == 1
+
+
+def test_tesla_rounds_through_the_server(tesla):
+    """One server, the steps in order: each step builds on the state the previous ones left."""
+    log = []
+    for check in (
+        new_images_are_scored_in_the_background_at_start,
+        concurrent_clients_never_share_a_scan_inside_their_leases,
+        stage_one_before_training_with_reasons_and_queue_view,
+        labelling_the_round_trains_then_rescoring_serves_stage_two,
+        next_sample_never_runs_scoring,
+        restart_keeps_rounds_leases_and_scores,
+    ):
+        with step(check.__name__.replace("_", " "), log):
+            check(tesla)

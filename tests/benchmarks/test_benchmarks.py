@@ -1,4 +1,4 @@
-"""The two issue-5 benchmarks in quick mode: the whole pipeline runs and writes well-formed outputs.
+"""The label-efficiency and speed benchmarks in quick mode: the whole pipeline runs and writes well-formed outputs.
 
 Nothing here judges quality or speed (quick settings are far too small for that). Each test runs its
 benchmark's quick setting once, single-threaded: about a minute each on an idle 2-core machine.

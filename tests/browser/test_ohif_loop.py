@@ -28,6 +28,7 @@ from dicomweb_client import DICOMwebClient
 from phantoms.dicom import RAS_TO_LPS, to_lps_order
 from phantoms.io import image_id
 from phantoms.phantom import make_phantom
+from tests.app import helpers
 from tests.app.helpers import wait
 from tools.ohif_chain import start_chain, stop_chain
 
@@ -154,14 +155,8 @@ class Browser:
 
 @contextmanager
 def step(name, log, ui: Browser | None = None):
-    start = time.time()
-    try:
+    with helpers.step(f"browser: {name}", log, ui.where if ui else None):
         yield
-    except Exception as e:
-        where = f" ({ui.where()})" if ui else ""
-        raise AssertionError(f"browser step '{name}' failed{where}: {type(e).__name__}: {e}") from e
-    log.append((name, round(time.time() - start, 1)))
-    print(f"{name}: {log[-1][1]} s", flush=True)
 
 
 def test_annotation_loop_in_ohif(chain, driver, tmp_path):

@@ -76,8 +76,8 @@ def test_versions_are_kept_and_rollback_is_one_command(tmp_path):
     for i in range(3):
         store.save(trained(tiny_model()).trainable_state_dict(), {"backbone": IDENTITY, "metrics": {"i": i}})
     assert store.versions() == [1, 2, 3] and store.current() == 3
-    out = subprocess.run([sys.executable, "-m", "apps.slpt.model.checkpoints", "--model-dir", str(tmp_path), "rollback"],
-                         capture_output=True, text=True, check=True)
+    command = [sys.executable, "-m", "apps.slpt.model.checkpoints", "--model-dir", str(tmp_path), "rollback"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
     assert '"current": 2' in out.stdout
     assert store.current() == 2 and store.read()["metadata"]["metrics"] == {"i": 1}
     assert store.versions() == [1, 2, 3]  # nothing deleted

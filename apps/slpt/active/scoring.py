@@ -9,7 +9,7 @@ Scoring is made cheaper than a full K-prompt pass in two ways:
   the liver and ``uncertainty.scan_uncertainty`` only looks at the predicted liver and tumour, so the
   skipped windows hold nothing it reads. Because the grid is the same, every organ voxel gets exactly the
   logits a full pass would give it: the backbone's GroupNorm normalises each window over its own extent,
-  so a crop on another grid (an earlier design scored a bounding-box crop) changes the predictions and
+  so a crop on another grid (a bounding-box crop, say) changes the predictions and
   with them the ranking.
 """
 

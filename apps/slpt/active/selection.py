@@ -3,7 +3,7 @@
 Every function takes arrays and a ``numpy.random.Generator`` and returns indices into the unlabelled
 pool, best first. No datastore, no I/O, no global RNG (the shape of Baal's heuristics).
 
-TESLA (tandem selective labelling, SLPT §3 of ../shared/SLPT.md):
+TESLA (tandem selective labelling):
 
 * stage 1, before any label: k-means on frozen-backbone scan embeddings, and the scan nearest each
   centroid (:func:`diversity_select`);
@@ -28,7 +28,7 @@ def _check(features: np.ndarray, k: int) -> np.ndarray:
 
 def _kmeans(features: np.ndarray, k: int, rng: np.random.Generator) -> KMeans:
     # One k-means++ run (scikit-learn's own default, n_init="auto"): with ten restarts, stage 2 over 10,000
-    # embeddings missed issue 5's 5-second target on 2 cores, for a partition that only groups near-duplicates.
+    # embeddings missed a 5-second target on 2 cores, for a partition that only groups near-duplicates.
     k = min(k, len(features))
     return KMeans(n_clusters=k, n_init="auto", random_state=int(rng.integers(2**31))).fit(_standardise(features))
 

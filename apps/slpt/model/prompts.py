@@ -1,7 +1,7 @@
 """Prompts with feature-aware prompt updaters (FPU) injected into a frozen backbone by forward hooks.
 
 SLPT (Bai et al., MICCAI 2023, arXiv 2308.04911) tunes only a few prompt parameters on a frozen,
-task-agnostic segmentation network. Our reconstruction (../shared/SLPT.md §3):
+task-agnostic segmentation network. Our reconstruction of the paper (only its abstract is public):
 
 * At each configured stage ``s`` (e.g. SegResNet's ``down_layers.i`` / ``up_layers.i``), a learnable
   prompt ``P_s`` (``prompt_channels`` x ``prompt_size``³, resized to the feature's size) meets the
