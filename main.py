@@ -24,15 +24,15 @@ from monailabel.utils.others.generic import device_map  # noqa: E402
 from apps.slpt.config import SLPTConfig  # noqa: E402
 from apps.slpt.labels import FOREGROUND  # noqa: E402
 from apps.slpt.model.backbone import load_backbone  # noqa: E402
-from lib import endpoints, ohif, privacy, request_params  # noqa: E402
+from lib import endpoints, ohif, privacy  # noqa: E402
 from lib.activelearning.tesla import Tesla  # noqa: E402
 from lib.activelearning.tesla_scoring import INFO_KEY, TeslaScoring, needs_scoring  # noqa: E402
 from lib.datastore import ValidatingDatastore  # noqa: E402
 from lib.dicomweb_datastore import dicomweb_datastore  # noqa: E402
 from lib.infers.backbone import BackboneSegmentation  # noqa: E402
 from lib.infers.slpt import SLPTSegmentation  # noqa: E402
-from lib.request_params import InvalidParameter, RequestSpec, check_request  # noqa: E402
-from lib.trainers.slpt import REQUEST_FIELDS, SLPTTrainer  # noqa: E402
+from lib.request_params import CheckedRequest, InvalidParameter, check_request, task_specs  # noqa: E402
+from lib.trainers.slpt import SLPTTrainer  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ class MyApp(MONAILabelApp):
         # MONAI Label would re-score on every Next Sample; TESLA scores after training and for new images.
         self._auto_update_scoring = False
         self._pending_seen: frozenset = frozenset()
-        self._request_specs = self._build_request_specs()
+        self._request_specs = task_specs({name: task.config() for name, task in self._infers.items()},
+                                         {name: task.config() for name, task in self._trainers.items()},
+                                         list(device_map()))
 
     def init_datastore(self):
         """A local studies folder gets upload checks; a DICOMweb PACS gets SLPT's SEG labels (no dcmqi
@@ -109,37 +111,17 @@ class MyApp(MONAILabelApp):
         self.check_request("activelearning", strategy, request)
         return super().next_sample({**request, "strategy": strategy})
 
-    def check_request(self, kind: str, name: str, request: dict) -> None:
-        """422 naming the parameter for a bad, unknown or server-only request parameter (see
-        ``lib.request_params``); MONAI Label itself passes every value through unchecked."""
+    def check_request(self, kind: str, name: str, request: dict) -> CheckedRequest:
+        """The request, parsed against its task's spec (``lib.request_params``): 422 naming the parameter for a
+        bad, unknown or server-only one, as MONAI Label itself passes every value through unchecked."""
         spec = self._request_specs.get(f"{kind}/{name}")
         if spec is None:
             known = sorted(k.split("/", 1)[1] for k in self._request_specs if k.startswith(f"{kind}/"))
             raise HTTPException(404, f"no {kind} task {name!r}; available: {known}")
         try:
-            check_request(request, spec, self.config)
+            return check_request(request, spec, self.config)
         except InvalidParameter as e:
             raise HTTPException(422, str(e)) from e
-
-    def _build_request_specs(self) -> dict[str, RequestSpec]:
-        devices = request_params.device(list(device_map()))
-        specs = {}
-        for name, task in self._infers.items():
-            # A list in a task's config is a choice MONAI Label shows its clients (e.g. slpt_output).
-            choices = {k: request_params.one_of(v) for k, v in task.config().items() if isinstance(v, list)}
-            specs[f"infer/{name}"] = RequestSpec(f"infer/{name}", checks={**choices, "device": devices}, open=True)
-        for name, trainer in self._trainers.items():
-            own = {*REQUEST_FIELDS, "warm_start"}
-            specs[f"train/{name}"] = RequestSpec(
-                f"train/{name}", settings=REQUEST_FIELDS, checks={"warm_start": request_params.flag},
-                # what MONAI Label adds and Slicer echoes from the trainer's advertised config
-                framework=frozenset({*trainer.config(), "model", "bundle_path", "client_id"} - own),
-            )
-        specs["activelearning/tesla"] = RequestSpec(
-            "activelearning/tesla", settings={"lease_seconds": "lease_seconds"},
-            checks={"client_id": request_params.client_id}, framework=frozenset({"strategy"}),
-        )
-        return specs
 
     def train(self, request):
         """Runs in MONAI Label's training subprocess; a finished round is re-scored right away."""

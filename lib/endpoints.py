@@ -17,7 +17,7 @@ import monailabel.endpoints.train as train_endpoint
 from fastapi import HTTPException
 from monailabel.interfaces.utils.app import app_instance
 
-from lib.request_params import InvalidParameter, parse_params
+from lib.request_params import CHECKED_SETTINGS, InvalidParameter, parse_params
 
 
 def _sample_with_user(strategy, params=None, user=None, _sample=activelearning_endpoint.sample):
@@ -30,19 +30,23 @@ def _sample_with_user(strategy, params=None, user=None, _sample=activelearning_e
 
 def _run_train_checked(model, params=None, run_sync=False, enqueue=False, _run=train_endpoint.run_model):
     """MONAI Label answers ``POST /train/{model}`` with 200 and runs the task in a subprocess, where a bad
-    parameter fails only later; check the model and the parameters here, in the server, first."""
-    app_instance().check_request("train", model, {"model": model, **(params or {})})
-    return _run(model, params, run_sync, enqueue)
+    parameter fails only later; check the model and the parameters here, in the server, first, and hand the
+    run the settings they override."""
+    params = params or {}
+    checked = app_instance().check_request("train", model, {"model": model, **params})
+    return _run(model, {**params, CHECKED_SETTINGS: checked.overrides}, run_sync, enqueue)
 
 
 def _run_all_train_checked(params=None, run_sync=False, _run=train_endpoint.run):
     """The same for the deprecated ``POST /train/``, whose ``params`` hold one dict per model."""
     app = app_instance()
+    params = dict(params or {})
     for model in app.info()["trainers"]:
-        own = (params or {}).get(model) or {}
+        own = params.get(model) or {}
         if not isinstance(own, dict):
             raise HTTPException(422, f"params[{model!r}] must be a JSON object, got {type(own).__name__}")
-        app.check_request("train", model, {"model": model, **own})
+        checked = app.check_request("train", model, {"model": model, **own})
+        params[model] = {**own, CHECKED_SETTINGS: checked.overrides}
     return _run(params, run_sync)
 
 

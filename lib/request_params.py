@@ -9,6 +9,10 @@ request with ``max_epochs: "abc"`` is answered 200 and fails later in the traini
   and range from :class:`~apps.slpt.config.SLPTConfig`, the one place ranges are defined.
 * Other parameters have a check function (a choice, a device name, a flag).
 
+A request is checked once, in the server, and what the check parsed travels on with it: a training run's
+setting overrides reach the trainer under :data:`CHECKED_SETTINGS` (the run itself is a subprocess that
+only receives the request's JSON), so the trainer applies them instead of reading the raw values again.
+
 Unknown names: MONAI Label's clients add keys of their own (OHIF: ``result_extension``, ``result_dtype``,
 ``restore_label_idx``; Slicer: ``client_id``, ``label_info``), so inference requests are *open*: keys the
 app does not read pass through to MONAI Label, unchecked, as it intends. Training and active-learning
@@ -30,6 +34,15 @@ from typing import Any
 from apps.slpt.config import CONF_PREFIX, SLPTConfig
 
 Check = Callable[[Any], None]  # raises ValueError with a message that completes "<name> ..."
+
+# Parameters a training run may set, mapped to the config fields they override ("max_epochs" is MONAI Label's
+# name for the epochs).
+TRAIN_SETTINGS = {"max_epochs": "epochs", "epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch",
+                  "learning_rate": "learning_rate", "batch_size": "batch_size", "patch_size": "patch_size"}
+
+# Request key under which the server hands a task the setting overrides it checked ({config field: value}).
+# A client cannot send it: it is an unknown ``slpt_*`` name, which every spec refuses.
+CHECKED_SETTINGS = "slpt_checked_settings"
 
 
 class InvalidParameter(ValueError):
@@ -62,8 +75,21 @@ class RequestSpec:
         return sorted({*self.settings, *self.checks})
 
 
-def check_request(request: Mapping[str, Any], spec: RequestSpec, config: SLPTConfig) -> SLPTConfig:
-    """Check ``request`` against ``spec``; returns ``config`` with the request's setting overrides.
+@dataclass(frozen=True)
+class CheckedRequest:
+    """What checking a request produced.
+
+    Args:
+        config: the app's config with the request's setting overrides applied.
+        overrides: config field -> the request's value for it, parsed (what :data:`CHECKED_SETTINGS` carries).
+    """
+
+    config: SLPTConfig
+    overrides: dict[str, Any]
+
+
+def check_request(request: Mapping[str, Any], spec: RequestSpec, config: SLPTConfig) -> CheckedRequest:
+    """Check ``request`` against ``spec``; returns ``config`` with the request's setting overrides, and those.
 
     Raises:
         InvalidParameter: an unknown or server-only name, a value of the wrong type or out of range.
@@ -87,6 +113,7 @@ def check_request(request: Mapping[str, Any], spec: RequestSpec, config: SLPTCon
                 check(request[key])
             except ValueError as e:
                 raise InvalidParameter(key, f"parameter {key!r} of {spec.task} {e}") from e
+    overrides: dict[str, Any] = {}
     for key, name in spec.settings.items():
         if key in request:
             try:
@@ -96,7 +123,40 @@ def check_request(request: Mapping[str, Any], spec: RequestSpec, config: SLPTCon
                 reason = str(e).split(" (config: ")[0]
                 raise InvalidParameter(key, f"parameter {key!r} of {spec.task} has a bad value "
                                             f"{request[key]!r}: {reason}") from e
-    return config
+            overrides[name] = getattr(config, name)
+    return CheckedRequest(config, overrides)
+
+
+def task_specs(
+    infer_configs: Mapping[str, Mapping[str, Any]],
+    train_configs: Mapping[str, Mapping[str, Any]],
+    device_names: Collection[str],
+) -> dict[str, RequestSpec]:
+    """The spec of each of the app's tasks, keyed ``"<kind>/<name>"`` (``"infer/slpt"``).
+
+    Args:
+        infer_configs: infer task name -> the config it advertises; a list in it is a choice MONAI Label shows
+            its clients (e.g. ``slpt_output``).
+        train_configs: trainer name -> the config it advertises, which MONAI Label adds to every run's request
+            and Slicer echoes back.
+        device_names: MONAI Label's names for the machine's devices.
+    """
+    devices = device(device_names)
+    specs = {}
+    for name, config in infer_configs.items():
+        choices = {k: one_of(v) for k, v in config.items() if isinstance(v, list)}
+        specs[f"infer/{name}"] = RequestSpec(f"infer/{name}", checks={**choices, "device": devices}, open=True)
+    for name, config in train_configs.items():
+        own = {*TRAIN_SETTINGS, "warm_start"}
+        specs[f"train/{name}"] = RequestSpec(
+            f"train/{name}", settings=TRAIN_SETTINGS, checks={"warm_start": flag},
+            framework=frozenset({*config, "model", "bundle_path", "client_id"} - own),
+        )
+    specs["activelearning/tesla"] = RequestSpec(
+        "activelearning/tesla", settings={"lease_seconds": "lease_seconds"},
+        checks={"client_id": client_id}, framework=frozenset({"strategy"}),
+    )
+    return specs
 
 
 def parse_params(text: str | None) -> dict[str, Any]:

@@ -13,12 +13,23 @@ from tools import server as launcher
 from tools.server import stop_server  # the test modules import both from here
 
 NETGUARD = Path(__file__).resolve().parent / "netguard"
+_current: list[pytest.Item] = []  # the test being set up or run
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _current[:] = [item]  # before its fixtures, so a module or session fixture's server is checked too
 
 
 def start_server(workdir: Path, studies, conf: dict[str, str] | None = None, **kw) -> launcher.Server:
     """The real server, with every one of its Python processes loading the network guard
     (``netguard/sitecustomize.py``): a connection that leaves this machine is refused and recorded in
-    ``<workdir>/network.log``."""
+    ``<workdir>/network.log``.
+
+    Refused for a test without the ``server`` marker, which ``make test-fast`` would otherwise run."""
+    if _current and _current[0].get_closest_marker("server") is None:
+        raise RuntimeError(f"{_current[0].nodeid} starts a MONAI Label server but is not marked: add "
+                           "`pytestmark = pytest.mark.server` to its module")
     env = {"PYTHONPATH": str(NETGUARD), "SLPT_NETGUARD_LOG": str(workdir / "network.log"), **kw.pop("env", {})}
     return launcher.start_server(workdir, studies, conf, env=env, **kw)
 
@@ -42,6 +53,6 @@ def server(tmp_path_factory, demo_seeds):
     stop_server(srv)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def ids(demo_seeds) -> dict[str, str]:
     return {k: image_id(v) for k, v in demo_seeds.items()}

@@ -1,3 +1,5 @@
+"""What the app tests share: the small phantom spec, polling, named scenario steps and small API calls."""
+
 from __future__ import annotations
 
 import time
@@ -5,6 +7,12 @@ from collections.abc import Callable
 from contextlib import contextmanager
 
 import nibabel as nib
+
+from phantoms.phantom import PhantomSpec
+
+# Half the usual cranio-caudal field of view: the liver stays in view (the backbone finds it), and every
+# backbone pass, scoring window and training patch costs about half as much.
+SMALL = PhantomSpec(z_extent=(96.0, 96.0))
 
 
 def load_response_image(response, tmp_path) -> nib.Nifti1Image:

@@ -1,12 +1,13 @@
 """Bad input through the real server: a clear 4xx, and nothing stored changes.
 
-Every test checks three things: the status code, a message that names the problem, and that every file
-under the server's working folder (studies, labels, ``datastore_v2.json``, the prompt checkpoint folder,
-and whatever a path-traversal attempt would have reached) is byte-identical afterwards.
+Every refusal test checks three things: the status code, a message that names the problem, and that every
+file under the server's working folder (studies, labels, ``datastore_v2.json``, the prompt checkpoint folder,
+and whatever a path-traversal attempt would have reached) is byte-identical afterwards. The last test checks
+that valid uploads are still accepted, on a server of its own.
 
 Where MONAI Label 0.8.5 itself would answer 500 before the app's code runs (a malformed multipart
-``params`` field: ``json.loads`` inside its endpoints), ``main.py`` guards the endpoint; the tests below
-check the guarded answer.
+``params`` field: ``json.loads`` inside its endpoints), ``lib/endpoints.py`` guards the endpoint; the tests
+below check the guarded answer.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,38 +26,35 @@ import torch
 
 from phantoms.io import image_id, write_studies
 from tests.app.conftest import start_server, stop_server
+from tests.app.helpers import SMALL, wait
+from tools.server import Server
 
 pytestmark = pytest.mark.server
 
 SEEDS = (900, 901)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("bad_input")
+def start_watched_server(workdir: Path, seeds, settle: bool = True) -> Server:
+    """A server on small phantoms whose every file, its temporary uploads included, lies under ``workdir``;
+    with ``settle``, once its start-up scoring has finished writing."""
     studies = workdir / "studies"
-    write_studies(studies, SEEDS, ground_truth=workdir / "truth")
+    write_studies(studies, seeds, spec=SMALL, ground_truth=workdir / "truth")
     # The server's temporary files (MONAI Label copies every upload there) go under the watched folder
     # too, so a refused upload that leaves its copy behind counts as a change.
     (workdir / "tmp").mkdir()
-    saved = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(workdir / "tmp")
-    try:
-        srv = start_server(workdir, studies, {"slpt_model_dir": str(workdir / "prompts")})
-    finally:
-        if saved is None:
-            del os.environ["TMPDIR"]
-        else:
-            os.environ["TMPDIR"] = saved
+    srv = start_server(workdir, studies, {"slpt_model_dir": str(workdir / "prompts")},
+                       env={"TMPDIR": str(workdir / "tmp")})
     srv.model_dir = workdir / "prompts"
     srv.model_dir.mkdir(exist_ok=True)
-    # Start-up scoring writes embeddings into datastore_v2.json; let it finish before taking snapshots.
-    deadline = time.time() + 600
-    while srv.get("/scoring/").status_code == 200 and srv.get("/scoring/").json().get("status") not in (
-        "DONE", "ERROR"
-    ):
-        assert time.time() < deadline, "start-up scoring did not finish"
-        time.sleep(1)
+    if settle:  # start-up scoring writes embeddings into datastore_v2.json; snapshots come after it
+        wait(lambda: srv.get("/scoring/").status_code != 200
+             or srv.get("/scoring/").json().get("status") in ("DONE", "ERROR"), timeout=600, every=1)
+    return srv
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = start_watched_server(tmp_path_factory.mktemp("bad_input"), SEEDS)
     yield srv
     stop_server(srv)
 
@@ -355,15 +351,21 @@ def test_corrupt_or_foreign_prompt_checkpoint(server, ids, write):
 
 # ---- and what is valid still works ----------------------------------------------------------------------
 
-def test_valid_uploads_are_still_accepted(server, ids):
-    """Runs last: it changes the store on purpose."""
-    image = image_of(server, ids[1])
-    truth = (server.workdir / "truth" / f"{ids[1]}.nii.gz").read_bytes()
-    r = put_label(server, ids[1], truth, filename=f"{ids[1]}.nii.gz")
-    assert r.status_code == 200, r.text
-    assert (server.studies / "labels" / "final" / f"{ids[1]}.nii.gz").read_bytes() == truth
+def test_valid_uploads_are_still_accepted(tmp_path):
+    """On a server of its own: an accepted upload changes the store, and the new scan gets scored in the
+    background, which no other test here may see happen."""
+    srv = start_watched_server(tmp_path, [SEEDS[0]], settle=False)
+    try:
+        name = image_id(SEEDS[0])
+        image = image_of(srv, name)
+        truth = (srv.workdir / "truth" / f"{name}.nii.gz").read_bytes()
+        r = put_label(srv, name, truth, filename=f"{name}.nii.gz")
+        assert r.status_code == 200, r.text
+        assert (srv.studies / "labels" / "final" / f"{name}.nii.gz").read_bytes() == truth
 
-    scan = np.random.default_rng(1).normal(40, 20, (24, 24, 12)).astype(np.float32)
-    r = put_image(server, "uploaded_001", nifti_bytes(scan, image.affine))
-    assert r.status_code == 200, r.text
-    assert "uploaded_001" in server.get("/datastore/", params={"output": "all"}).json()["objects"]
+        scan = np.random.default_rng(1).normal(40, 20, (24, 24, 12)).astype(np.float32)
+        r = put_image(srv, "uploaded_001", nifti_bytes(scan, image.affine))
+        assert r.status_code == 200, r.text
+        assert "uploaded_001" in srv.get("/datastore/", params={"output": "all"}).json()["objects"]
+    finally:
+        stop_server(srv)

@@ -4,7 +4,7 @@ served.
 
 One scenario test whose named steps share one server (the last step restarts it on the same folders). MONAI
 Label 0.8.5 runs training and scoring as ``python -m monailabel.interfaces.utils.app -m train|scoring``
-subprocesses of the server; they are found among the server's descendants by that command line. The last
+subprocesses of the server; they are found among the server's descendants by that command line. The other
 test kills a process in the middle of rewriting ``datastore_v2.json``, which those subprocesses and the
 server do all the time, but too briefly to be hit on purpose through the server.
 """
@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import dataclass, field
 
 import nibabel as nib
 import numpy as np
@@ -27,7 +28,8 @@ from apps.slpt.model.checkpoints import PromptCheckpointStore, read_checkpoint
 from lib.datastore import ValidatingDatastore
 from phantoms.io import image_id, write_studies
 from tests.app.conftest import start_server, stop_server
-from tests.app.helpers import next_sample, step, tesla_infos, wait
+from tests.app.helpers import SMALL, next_sample, step, tesla_infos, wait
+from tools.server import Server
 
 pytestmark = pytest.mark.server
 
@@ -38,22 +40,30 @@ LONG_EPOCHS = 400  # a round that is still running when it is killed
 CONF = {"slpt_min_round_size": "2", "slpt_lease_seconds": "600", "slpt_train_after_labels": "1000"}
 
 
+@dataclass
 class Crash:
-    server = None
+    """The scenario's server (its restarted successor after the last step) and what the steps hand on."""
+
+    server: Server
+    conf: dict[str, str]
+    store: PromptCheckpointStore
+    labelled: list[str]
+    unlabelled: list[str]
+    v1_sha: str = ""
+    held: dict[str, str] = field(default_factory=dict)  # client -> the scan it leased in round 1
+    v1_scores: dict[str, dict] = field(default_factory=dict)
 
 
-@pytest.fixture(scope="module")
-def crash(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("crash")
-    studies = workdir / "studies"
-    write_studies(studies, SEEDS, ground_truth=workdir / "truth")
-    Crash.conf = {**CONF, "slpt_model_dir": str(workdir / "prompts")}
-    Crash.store = PromptCheckpointStore(workdir / "prompts")
+@pytest.fixture
+def crash(tmp_path):
+    studies = tmp_path / "studies"
+    write_studies(studies, SEEDS, spec=SMALL, ground_truth=tmp_path / "truth")
+    conf = {**CONF, "slpt_model_dir": str(tmp_path / "prompts")}
     ids = [image_id(s) for s in SEEDS]
-    Crash.labelled, Crash.unlabelled = ids[:2], ids[2:]
-    Crash.server = start_server(workdir, studies, Crash.conf)
-    yield Crash
-    stop_server(Crash.server)
+    run = Crash(start_server(tmp_path, studies, conf), conf, PromptCheckpointStore(tmp_path / "prompts"),
+                labelled=ids[:2], unlabelled=ids[2:])
+    yield run
+    stop_server(run.server)
 
 
 def task_status(server, kind: str) -> str | None:
@@ -235,7 +245,7 @@ def kill_9_of_the_whole_server_then_restart_keeps_everything(crash):
 
 def test_kill_9_while_datastore_v2_json_is_rewritten(tmp_path):
     """MONAI Label truncates ``datastore_v2.json`` and then serialises the whole datastore into it; a kill
-    in between left a torn file, on which the next start fails. The app's datastore renames a complete
+    in between leaves a torn file, on which the next start fails. The app's datastore renames a complete
     file over it instead, so the file parses whenever the writer dies."""
     studies = tmp_path / "studies"
     studies.mkdir()

@@ -2,7 +2,8 @@
 written with pydicom-seg, only the app's own SEGs count, the newest one wins, and a save is seen at once.
 
 Runs without the app server: the datastore is the part under test, and the browser test drives it
-through the server. Skips (or fails, with ``SLPT_REQUIRE_BROWSER=1``) where Orthanc isn't installed.
+through the server. Every test starts from a PACS without SEGs and a store with an empty cache, so each runs
+alone or in any order. Skips (or fails, with ``SLPT_REQUIRE_BROWSER=1``) where Orthanc isn't installed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import requests
 from dicomweb_client import DICOMwebClient
 from fastapi import HTTPException
 
-from apps.slpt.labels import FOREGROUND
+from apps.slpt.labels import FOREGROUND, TUMOUR
 from phantoms.dicom import RAS_TO_LPS, to_lps_order
 from phantoms.io import image_id
 from phantoms.phantom import make_phantom
@@ -27,7 +28,7 @@ from tools.ohif_chain import write_demo_dicom
 from tools.orthanc import missing, start_orthanc, stop_orthanc, upload_series
 from tools.server import free_port
 
-pytestmark = [pytest.mark.server, pytest.mark.orthanc]
+pytestmark = pytest.mark.orthanc
 
 SEEDS = (9, 16)  # small phantoms; 9 has metastases, 16 no tumour
 LABELS = FOREGROUND
@@ -57,17 +58,22 @@ def open_store(orthanc, cache):
                                  cache_path=str(cache))
 
 
-@pytest.fixture(scope="module")
-def store(pacs):
-    orthanc, _, workdir = pacs
-    return open_store(orthanc, workdir / "cache")
+@pytest.fixture
+def store(pacs, tmp_path):
+    """A store with an empty cache on the PACS without any SEG (the phantoms' CT series only)."""
+    orthanc = pacs[0]
+    found = requests.post(f"{orthanc.url}/tools/find", json={"Level": "Series", "Query": {"Modality": "SEG"}},
+                          timeout=10)
+    for orthanc_id in found.json():
+        assert requests.delete(f"{orthanc.url}/series/{orthanc_id}", timeout=10).status_code == 200
+    return open_store(orthanc, tmp_path / "store-cache")
 
 
 def label_file(seed: int, path, tumour_only=False):
     """The phantom's label in its DICOM series' voxel order (see ``phantoms/dicom.py``)."""
     ph = make_phantom(seed)
     label, lps = to_lps_order(ph.label, ph.affine)
-    label = np.where(label == 2, 2, 0) if tumour_only else label
+    label = np.where(label == TUMOUR, TUMOUR, 0) if tumour_only else label
     nib.save(nib.Nifti1Image(label.astype(np.uint8), RAS_TO_LPS @ lps), path)
     return path, label
 
@@ -100,11 +106,12 @@ def test_a_saved_label_is_a_seg_counted_at_once_and_read_back_exactly(pacs, stor
 
 
 def test_segments_are_named_by_value_when_liver_is_absent(pacs, store, tmp_path):
-    """MONAI Label pairs names with positions, so a tumour-only label used to be called 'liver'."""
+    """MONAI Label pairs segment names with positions, which would call a tumour-only label's one segment
+    'liver'; the app names each segment by its value."""
     orthanc, series, _ = pacs
     image = series[image_id(SEEDS[0])]
     path, label = label_file(SEEDS[0], tmp_path / "tumour.nii.gz", tumour_only=True)
-    if not (label == 2).any():
+    if not (label == TUMOUR).any():
         pytest.skip("phantom without tumour")
     store.save_label(image, str(path), "final", {})
     newest = max(seg_headers(orthanc), key=lambda s: f"{s.SeriesDate}{s.SeriesTime}")

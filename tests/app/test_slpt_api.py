@@ -1,63 +1,71 @@
-"""SLPT's train and infer tasks, driven the way OHIF/Slicer drive them. Tests run in file order:
-infer before training, label, train, then infer."""
+"""SLPT's train and infer tasks, driven the way OHIF/Slicer drive them: infer before training, label,
+train, then infer. The shared server is trained once, by a module fixture that first keeps what the server
+answered before training, so every test runs alone or in any order."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.app.helpers import load_response_image
+from tests.app.helpers import load_response_image, wait
 
 pytestmark = pytest.mark.server
 
 APP_DIR = Path(__file__).resolve().parents[2]
 
 
-def test_infer_before_any_training_is_a_clear_client_error(server, ids):
+@pytest.fixture(scope="module")
+def untrained(server, ids) -> dict:
+    """The server's answers before this module's training round (the only one on the shared server)."""
     r = server.post(f"/infer/slpt?image={ids['RAS']}")
-    assert r.status_code == 409
-    assert "no SLPT prompt checkpoint yet" in r.json()["detail"]
+    return {"infer": (r.status_code, r.json()), "info": server.get("/info/").json()}
 
 
-def test_info_reports_slpt_before_training(server):
-    info = server.get("/info/").json()
+@pytest.fixture(scope="module")
+def trained(server, ids, untrained) -> dict:
+    """Both scans labelled and one tiny round trained: the labelled count, the finished task and ``/info/``."""
+    for name in ids.values():
+        with open(server.workdir / "truth" / f"{name}.nii.gz", "rb") as f:
+            r = server.put(f"/datastore/label?image={name}&tag=final", files={"label": (f"{name}.nii.gz", f)})
+        assert r.status_code == 200, r.text
+    labelled = server.get("/info/").json()["slpt"]["datastore"]["labelled"]
+    r = server.post("/train/slpt", json={"max_epochs": 2, "iterations_per_epoch": 1, "patch_size": 32})
+    assert r.status_code == 200, r.text
+    task = wait(lambda: (t := server.get("/train/").json()).get("status") not in ("SUBMITTED", "RUNNING") and t,
+                every=2)
+    return {"labelled": labelled, "task": task, "info": server.get("/info/").json()}
+
+
+def test_infer_before_any_training_is_a_clear_client_error(untrained):
+    status, answer = untrained["infer"]
+    assert status == 409
+    assert "no SLPT prompt checkpoint yet" in answer["detail"]
+
+
+def test_info_reports_slpt_before_training(untrained):
+    info = untrained["info"]
     assert info["models"]["slpt"]["labels"] == {"liver": 1, "tumor": 2}
     assert info["models"]["slpt"]["prompt_checkpoint"] is None
     assert "slpt" in info["trainers"]
 
 
-def test_label_then_train_publishes_a_prompt_checkpoint(server, ids):
-    for name in ids.values():
-        with open(server.workdir / "truth" / f"{name}.nii.gz", "rb") as f:
-            r = server.put(f"/datastore/label?image={name}&tag=final", files={"label": (f"{name}.nii.gz", f)})
-        assert r.status_code == 200, r.text
-    assert server.get("/info/").json()["slpt"]["datastore"]["labelled"] == len(ids)
-
-    r = server.post("/train/slpt", json={"max_epochs": 2, "iterations_per_epoch": 1, "patch_size": 32})
-    assert r.status_code == 200, r.text
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        task = server.get("/train/").json()
-        if task.get("status") not in ("SUBMITTED", "RUNNING"):
-            break
-        time.sleep(2)
-    assert task["status"] == "DONE", task
-
-    stats = server.get("/info/").json()["train_stats"]["slpt"]
+def test_label_then_train_publishes_a_prompt_checkpoint(trained, ids):
+    assert trained["labelled"] == len(ids)
+    assert trained["task"]["status"] == "DONE", trained["task"]
+    stats = trained["info"]["train_stats"]["slpt"]
     assert stats["epoch"] == stats["total_epochs"] == 2
     assert stats["train_size"] == 2 and stats["val_size"] == 0 and "too few labelled scans" in stats["split"]
     assert stats["parameters"]["trainable_percent_of_backbone"] <= 6.0
-    summary = server.get("/info/").json()["models"]["slpt"]["prompt_checkpoint"]
+    summary = trained["info"]["models"]["slpt"]["prompt_checkpoint"]
     assert summary["version"] == 1 and summary["current"] and summary["train_size"] == 2
 
 
 @pytest.mark.parametrize("orientation", ["RAS", "LPS"])
-def test_slpt_infer_returns_task_labels_in_the_input_geometry(server, ids, orientation, tmp_path):
+def test_slpt_infer_returns_task_labels_in_the_input_geometry(server, trained, ids, orientation, tmp_path):
     name = ids[orientation]
     r = server.post(f"/infer/slpt?image={name}&output=image")
     assert r.status_code == 200, r.text
@@ -67,10 +75,10 @@ def test_slpt_infer_returns_task_labels_in_the_input_geometry(server, ids, orien
     assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
 
 
-def test_slpt_infer_reports_version_uncertainty_and_latencies(server, ids):
+def test_slpt_infer_reports_version_uncertainty_and_latencies(server, trained, ids):
     result = server.post(f"/infer/slpt?image={ids['RAS']}&output=json").json()
     assert result["prompt_checkpoint_version"] == 1
-    # Windows of the training patch size (32 in the training request above), not the backbone's own.
+    # Windows of the training patch size (32 in the `trained` round), not the backbone's own.
     backbone_roi = json.loads((APP_DIR / "models/backbone/configs/inference.json").read_text())["inferer"]["roi_size"]
     assert result["roi_size"] == [32, 32, 32] != backbone_roi
     assert result["prompt_uncertainty"] >= 0.0
@@ -78,7 +86,7 @@ def test_slpt_infer_reports_version_uncertainty_and_latencies(server, ids):
     assert "PromptEnsembled" in result["latencies"]["transform"]["post"]
 
 
-def test_uncertainty_map_is_a_second_output_in_the_same_geometry(server, ids, tmp_path):
+def test_uncertainty_map_is_a_second_output_in_the_same_geometry(server, trained, ids, tmp_path):
     name = ids["LPS"]
     r = server.post(f"/infer/slpt?image={name}&output=image", data={"params": '{"slpt_output": "uncertainty"}'})
     assert r.status_code == 200, r.text
@@ -93,6 +101,7 @@ def test_bad_output_parameter_is_named(server, ids):
     assert r.status_code == 422 and "slpt_output" in r.json()["detail"]
 
 
-def test_server_made_no_network_call(server):
+def test_server_made_no_network_call(server, trained):
+    """Through start-up, scoring and a training round at least."""
     log = server.workdir / "network.log"
     assert not log.exists(), log.read_text()

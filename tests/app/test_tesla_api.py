@@ -5,24 +5,28 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import pytest
 
 from phantoms.io import write_studies
-from phantoms.phantom import PhantomSpec
 from tests.app.conftest import start_server, stop_server
-from tests.app.helpers import next_sample, step, tesla_infos, wait
+from tests.app.helpers import SMALL, next_sample, step, tesla_infos, wait
+from tools.server import Server
 
 pytestmark = pytest.mark.server
 
 CONF = {"slpt_min_round_size": "4", "slpt_epochs": "1", "slpt_iterations_per_epoch": "1", "slpt_patch_size": "32",
         "slpt_lease_seconds": "600"}
 POOL = 10
-SHORT = PhantomSpec(z_extent=(96.0, 96.0))  # half the usual scan length: the pool is scored twice
 
 
-class Tesla:
-    server = None
+@dataclass
+class Pool:
+    """The scenario's server (its restarted successor after the last step) and the settings it runs with."""
+
+    server: Server
+    conf: dict[str, str]
 
 
 def scoring_idle(server):
@@ -30,16 +34,14 @@ def scoring_idle(server):
     return task.get("status") in (None, "DONE", "ERROR")
 
 
-@pytest.fixture(scope="module")
-def tesla(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tesla")
-    studies = workdir / "studies"
-    write_studies(studies, range(700, 700 + POOL), spec=SHORT, ground_truth=workdir / "truth")
-    conf = {**CONF, "slpt_model_dir": str(workdir / "prompts")}
-    Tesla.server = start_server(workdir, studies, conf)
-    Tesla.conf = conf
-    yield Tesla
-    stop_server(Tesla.server)
+@pytest.fixture
+def tesla(tmp_path):
+    studies = tmp_path / "studies"
+    write_studies(studies, range(700, 700 + POOL), spec=SMALL, ground_truth=tmp_path / "truth")
+    conf = {**CONF, "slpt_model_dir": str(tmp_path / "prompts")}
+    pool = Pool(start_server(tmp_path, studies, conf), conf)
+    yield pool
+    stop_server(pool.server)
 
 
 def new_images_are_scored_in_the_background_at_start(tesla):
@@ -91,10 +93,16 @@ def labelling_the_round_trains_then_rescoring_serves_stage_two(tesla):
     reason = answer["tesla"]
     assert reason["stage"] == 2 and reason["round"] == 2 and reason["checkpoint_version"] == 1
     assert reason["uncertainty"] == pytest.approx(infos[answer["id"]]["uncertainty"])
-    # Stage 2 picks by uncertainty: the most uncertain unlabelled scan leads the round, the rest follow in order.
-    round_two = [row["id"] for row in srv.get("/info/").json()["slpt"]["tesla"]["queue"]]
+    # Stage 2 takes the most uncertain scan of each k-means cluster. The clusters are not visible from here,
+    # but whatever they are, the most uncertain unlabelled scan is the most uncertain of its own: it leads
+    # the round, and the other picks follow by falling uncertainty, each with its stored score as reason.
+    rows = srv.get("/info/").json()["slpt"]["tesla"]["queue"]
+    round_two, unlabelled = [row["id"] for row in rows], [i for i in infos if i not in queue]
+    assert len(round_two) == 4 and set(round_two) <= set(unlabelled)
+    assert all(row["stage"] == 2 and row["checkpoint_version"] == 1 for row in rows)
+    assert [row["uncertainty"] for row in rows] == pytest.approx([infos[i]["uncertainty"] for i in round_two])
     scores = [infos[i]["uncertainty"] for i in round_two]
-    assert round_two[0] == max((i for i in infos if i not in queue), key=lambda i: infos[i]["uncertainty"])
+    assert round_two[0] == max(unlabelled, key=lambda i: infos[i]["uncertainty"])
     assert scores == sorted(scores, reverse=True)
 
 

@@ -7,17 +7,15 @@ import pytest
 import torch
 from monailabel.datastore.local import LocalDatastore
 
-import lib.activelearning.tesla_scoring as tesla_scoring
 from apps.slpt.active.scoring import embed_scan, prompt_uncertainty
 from apps.slpt.config import SLPTConfig
 from apps.slpt.model.backbone import load_backbone
 from apps.slpt.model.build import build_model, load_checkpoint
 from apps.slpt.model.checkpoints import PromptCheckpointStore
+from lib.activelearning import tesla_scoring
 from lib.activelearning.tesla_scoring import INFO_KEY, TeslaScoring
 from phantoms.io import write_studies
-from phantoms.phantom import PhantomSpec
-
-SMALL = PhantomSpec(z_extent=(96.0, 96.0))
+from tests.app.helpers import SMALL
 
 
 @pytest.fixture

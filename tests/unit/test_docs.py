@@ -1,14 +1,84 @@
-"""The generated docs match the code and the committed results."""
+"""The generated docs match the code and the committed results, and every relative link resolves."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from apps.slpt.config import SLPTConfig
 from tools import docs
 
+LINK = re.compile(r"\]\(([^)\s]+)\)")
 
-def test_settings_page_and_readme_status_box_are_up_to_date():
+
+def test_settings_page_and_generated_blocks_are_up_to_date():
     assert docs.main(["--check"]) == 0, "run python -m tools.docs and commit the result"
 
 
-def test_settings_page_lists_every_setting():
+def test_every_listed_setting_and_default_is_accepted_by_the_config():
+    settings = list(docs.config_settings())
+    assert "slpt_epochs" in {s.key for s in settings} and len({s.key for s in settings}) == len(settings)
+    for s in settings:
+        SLPTConfig.from_conf({s.key: s.default})  # raises on a key or default the config would refuse
     page = docs.settings_page()
-    assert "`slpt_epochs`" in page and "`slpt_lease_seconds`" in page and "`slpt_backbone`" in page
+    assert all(f"| `{s.key}` | {s.type} | `{s.default}` |" in page for s in settings)
+
+
+@dataclasses.dataclass
+class _Train:
+    epochs: int = dataclasses.field(default=7, metadata={"help": "epochs per round"})
+
+
+@dataclasses.dataclass
+class _NestedConfig:
+    stages: tuple[str, ...] = dataclasses.field(default=("a", "b"), metadata={"help": "stages"})
+    train: _Train = dataclasses.field(default_factory=_Train)
+
+
+def test_nested_sections_keep_their_keys_and_name_their_section():
+    assert list(docs.config_settings(_NestedConfig)) == [
+        docs.Setting("slpt_stages", "names, comma-separated", "a,b", "stages", ""),
+        docs.Setting("slpt_epochs", "int", "7", "epochs per round", "train"),
+    ]
+
+
+def test_stale_blocks_are_rewritten_on_their_own_lines_or_inline():
+    text = ("x\n<!-- status:begin -->\nSTALE table\n<!-- status:end -->\ny "
+            "<!-- epoch-cost:begin -->STALE figure<!-- epoch-cost:end --> z")
+    fresh = docs.with_blocks(text)
+    assert "STALE" not in fresh
+    assert f"<!-- status:begin -->\n{docs.status_box()}\n<!-- status:end -->" in fresh
+    assert f"y <!-- epoch-cost:begin -->{docs.epoch_cost()}<!-- epoch-cost:end --> z" in fresh
+    assert docs.with_blocks(fresh) == fresh
+
+
+def test_an_unknown_block_name_is_refused():
+    with pytest.raises(ValueError, match="unknown generated block 'nope'"):
+        docs.with_blocks("<!-- nope:begin --><!-- nope:end -->")
+
+
+def test_status_box_follows_the_result_files(tmp_path, monkeypatch):
+    for path in docs.RESULTS.glob("*/*.json*"):
+        (tmp_path / path.parent.name).mkdir(exist_ok=True)
+        shutil.copy(path, tmp_path / path.parent.name / path.name)
+    monkeypatch.setattr(docs, "RESULTS", tmp_path)
+    assert "| tumour Dice per case" in docs.status_box() and "**no** | [slpt_vs_finetune]" in docs.status_box()
+
+    compare = json.loads((tmp_path / "slpt_vs_finetune" / "result.json").read_text())
+    compare["summary"]["slpt"]["dice_tumor"]["mean"] = 0.9
+    (tmp_path / "slpt_vs_finetune" / "result.json").write_text(json.dumps(compare))
+    row = next(line for line in docs.status_box().splitlines() if line.startswith("| tumour Dice per case"))
+    assert "SLPT 0.9000" in row and "| yes |" in row
+
+
+@pytest.mark.parametrize("page", [docs.README, *sorted((docs.ROOT / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_relative_links_point_to_existing_files(page: Path):
+    targets = [t.split("#")[0] for t in LINK.findall(page.read_text())]
+    local = [t for t in targets if t and not re.match(r"[a-z]+:", t)]
+    missing = [t for t in local if not (page.parent / t).exists()]
+    assert not missing, f"{page.name} links to missing files: {missing}"

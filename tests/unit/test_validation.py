@@ -10,6 +10,7 @@ import pytest
 
 from apps.slpt.config import SLPTConfig
 from lib.request_params import (
+    CHECKED_SETTINGS,
     InvalidParameter,
     RequestSpec,
     check_request,
@@ -18,6 +19,7 @@ from lib.request_params import (
     flag,
     one_of,
     parse_params,
+    task_specs,
 )
 from lib.validation import InvalidUpload, check_image, check_label, check_safe_id, volume_shape
 
@@ -153,11 +155,15 @@ INFER = RequestSpec("infer/slpt", checks={"slpt_output": one_of(["label", "uncer
 
 
 def test_valid_requests_pass_and_apply_their_overrides():
-    cfg = check_request({"model": "slpt", "max_epochs": "3", "learning_rate": 0.001, "warm_start": "false",
-                         "device": "cuda", "client_id": "reader-1"}, TRAIN, SLPTConfig())
-    assert cfg.epochs == 3 and cfg.learning_rate == 0.001
+    checked = check_request({"model": "slpt", "max_epochs": "3", "learning_rate": 0.001, "warm_start": "false",
+                             "device": "cuda", "client_id": "reader-1"}, TRAIN, SLPTConfig())
+    assert checked.config.epochs == 3 and checked.config.learning_rate == 0.001
+    # What the trainer receives: the overridden fields, parsed ("3" -> 3), and nothing else.
+    assert checked.overrides == {"epochs": 3, "learning_rate": 0.001}
+    assert SLPTConfig().with_overrides(**checked.overrides) == checked.config
     assert check_request({"strategy": "tesla", "lease_seconds": 60, "client_id": "r1"}, LEASE,
-                         SLPTConfig()).lease_seconds == 60.0
+                         SLPTConfig()).config.lease_seconds == 60.0
+    assert check_request({"model": "slpt"}, TRAIN, SLPTConfig()).overrides == {}
     check_request({"slpt_output": ["label", "uncertainty"], "device": "NVIDIA H100", "result_extension": ".nrrd",
                    "restore_label_idx": False, "label_info": [{"name": "liver"}]}, INFER, SLPTConfig())
 
@@ -166,12 +172,14 @@ def test_valid_requests_pass_and_apply_their_overrides():
     "request_, spec, name, message",
     [
         ({"max_epochs": "abc"}, TRAIN, "max_epochs", r"'max_epochs' of train/slpt has a bad value 'abc'.*expects int"),
-        ({"max_epochs": -1}, TRAIN, "max_epochs", "bad value -1: slpt_epochs and iterations must be >= 1$"),
+        ({"max_epochs": -1}, TRAIN, "max_epochs", "bad value -1: slpt_epochs.* must be >= 1$"),
         ({"max_epochs": 2.5}, TRAIN, "max_epochs", "expects int"),
         ({"max_epochs": True}, TRAIN, "max_epochs", "expects int"),
         ({"learning_rate": 0}, TRAIN, "learning_rate", "learning_rate must be > 0"),
         ({"warm_start": "maybe"}, TRAIN, "warm_start", "must be true or false"),
         ({"max_epoch": 3}, TRAIN, "max_epoch", "unknown parameter 'max_epoch' for train/slpt"),
+        # Only the server hands a run its checked settings; a client cannot slip them past the checks.
+        ({CHECKED_SETTINGS: {"epochs": 0}}, TRAIN, CHECKED_SETTINGS, f"unknown parameter '{CHECKED_SETTINGS}'"),
         ({"lease_seconds": "soon"}, LEASE, "lease_seconds", "expects float"),
         ({"lease_seconds": -5}, LEASE, "lease_seconds", "slpt_lease_seconds must be > 0"),
         ({"lease_seconds": float("nan")}, LEASE, "lease_seconds", "must be > 0"),
@@ -226,3 +234,17 @@ def test_a_checkpoint_that_would_run_code_is_refused_unread(tmp_path):
     with pytest.raises(CheckpointError, match="prompts_v0002.pt is damaged"):
         store.read(2)
     assert store.summary(1)["error"] and store.summary(2)["error"]  # /info/ reports, never raises
+
+
+def test_task_specs_follow_what_each_task_advertises():
+    specs = task_specs({"slpt": {"slpt_output": ["label", "uncertainty"], "note": "x"}},
+                       {"slpt": {"max_epochs": 200, "warm_start": True, "multi_gpu": False}}, ["NVIDIA H100"])
+    assert sorted(specs) == ["activelearning/tesla", "infer/slpt", "train/slpt"]
+    with pytest.raises(InvalidParameter, match="must be one of"):
+        check_request({"slpt_output": "bogus"}, specs["infer/slpt"], SLPTConfig())
+    # A trainer's advertised settings come back from Slicer and MONAI Label; they are accepted, and parsed.
+    checked = check_request({"model": "slpt", "max_epochs": "7", "multi_gpu": False, "bundle_path": "/b"},
+                            specs["train/slpt"], SLPTConfig())
+    assert checked.overrides == {"epochs": 7}
+    with pytest.raises(InvalidParameter, match="unknown parameter 'gpus'"):
+        check_request({"gpus": "all"}, specs["train/slpt"], SLPTConfig())

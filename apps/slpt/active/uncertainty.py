@@ -108,6 +108,6 @@ def mc_dropout_probabilities(model: torch.nn.Module, image: torch.Tensor, infere
     """``samples`` stochastic passes of ``image [1, *S]`` -> ``[samples, 1, C, *S]`` softmax (baseline scorer)."""
     if samples < 2:
         raise ValueError(f"MC dropout needs at least 2 samples, got {samples}")
-    torch.manual_seed(seed)
-    with dropout_enabled(model):
+    with torch.random.fork_rng(), dropout_enabled(model):  # seeded dropout masks; the global stream is left as it was
+        torch.manual_seed(seed)
         return torch.stack([torch.as_tensor(inferer(image[None], model)).softmax(1) for _ in range(samples)])

@@ -1,4 +1,4 @@
-"""Prompt-only training (DVPT loss), sliding-window prediction and per-case evaluation.
+"""Prompt-only training: the DVPT loss, patch sampling, one optimiser step and the epoch loop.
 
 Plain PyTorch + MONAI: no datastore, no server. ``lib/trainers/slpt.py`` feeds it labelled scans and
 persists what it reports; the benchmark calls the same functions.
@@ -44,7 +44,7 @@ def dvpt_loss(
 
     Returns:
         ``mean_k seg_loss(logits_k) - diversity_weight * diversity`` and its parts, where diversity is
-        the prompts' mutual information averaged over the organ (label > 0): it keeps the K
+        the prompts' mutual information averaged over the organ (:func:`labels.organ`): it keeps the K
         predictions from collapsing where disagreement is informative, and leaves background alone.
     """
     per_prompt = logits.chunk(num_prompts, dim=1)
