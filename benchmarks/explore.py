@@ -33,7 +33,7 @@ from apps.slpt.inference import predict, task_inferer, task_label
 from apps.slpt.model.backbone import load_backbone
 from apps.slpt.model.build import build_model
 from apps.slpt.training.loop import fit
-from apps.slpt.training.splits import update_split
+from apps.slpt.training.splits import split_scans, update_split
 from benchmarks.baselines import finetune_config, full_finetune
 from benchmarks.compare import CompareSettings, labelled_seeds, phantom_pairs
 from phantoms.phantom import phantom_header
@@ -67,7 +67,7 @@ def exploration_data(n_val: int, backbone_dir: str, device: str):
     labelled = phantom_pairs(labelled_seeds(CompareSettings.n_labelled), backbone.preprocessing)
     cfg = SLPTConfig()
     split = update_split(labelled, {}, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans, 0)
-    train = [labelled[i] for i, side in sorted(split.items()) if side == "train"]
+    train, _ = split_scans(labelled, split)
     seeds = range(VALIDATION_FIRST_SEED, VALIDATION_FIRST_SEED + n_val)
     val = list(phantom_pairs(seeds, backbone.preprocessing).values())
     types = [phantom_header(s)["tumor_type"] for s in seeds]

@@ -24,7 +24,8 @@ from apps.slpt.model.checkpoints import PromptCheckpointStore, atomic_write_json
 from apps.slpt.model.prompts import parameter_report
 from apps.slpt.training.data import as_pair, pair_transforms
 from apps.slpt.training.loop import prompt_optimizer, task_loss
-from apps.slpt.training.rounds import TrainingRound, round_split, split_scans, starting_model, train_round
+from apps.slpt.training.rounds import TrainingRound, round_split, starting_model, train_round
+from apps.slpt.training.splits import split_scans
 from lib.request_params import CHECKED_SETTINGS
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ from apps.slpt.config import SLPTConfig
 from apps.slpt.inference import sliding_window
 from apps.slpt.model.backbone import Backbone
 from apps.slpt.model.checkpoints import PromptCheckpointStore
-from apps.slpt.training.rounds import TrainingRound, round_split, split_scans, starting_model, train_round
+from apps.slpt.training.rounds import TrainingRound, round_split, starting_model, train_round
+from apps.slpt.training.splits import split_scans
 
 IDENTITY = {"name": "tiny", "path": "tiny", "sha256": "a" * 64}
 CFG = SLPTConfig(stages=("down_layers.2", "up_layers.0"), head_stages=("up_layers.2",), epochs=3,

@@ -28,7 +28,7 @@ from apps.slpt.evaluation import evaluate
 from apps.slpt.labels import NUM_CLASSES
 from apps.slpt.model.checkpoints import atomic_write_bytes
 from apps.slpt.model.prompts import PromptedSegmenter, format_parameter_report, model_device, parameter_report
-from apps.slpt.training.splits import update_split
+from apps.slpt.training.splits import split_scans, update_split
 
 Pair = tuple[torch.Tensor, torch.Tensor]  # ([1, *S] image, [1, *S] long label), backbone space
 
@@ -292,5 +292,4 @@ def training_split(labelled: dict, cfg: SLPTConfig, keep: str) -> tuple[list[Pai
     if keep != "best":
         raise ValueError(f"keep must be 'last' or 'best', not {keep!r}")
     split = update_split(labelled, {}, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans, cfg.seed)
-    return ([labelled[i] for i, side in sorted(split.items()) if side == "train"],
-            [labelled[i] for i, side in sorted(split.items()) if side == "val"])
+    return split_scans(labelled, split)

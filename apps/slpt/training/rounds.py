@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,12 +83,6 @@ def round_split(ids: Iterable[str], path: str | Path, cfg: SLPTConfig) -> tuple[
     split = update_split(ids, previous, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans, cfg.seed)
     atomic_write_json(path, split)
     return split, describe_split(split, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans)
-
-
-def split_scans(scans: Mapping[str, Pair], split: Mapping[str, str]) -> tuple[list[Pair], list[Pair]]:
-    """``(train, val)``: the ``scans`` on each side of ``split``, in id order."""
-    return ([scans[i] for i, side in sorted(split.items()) if side == "train"],
-            [scans[i] for i, side in sorted(split.items()) if side == "val"])
 
 
 def checkpoint_metadata(data: TrainingRound, cfg: SLPTConfig, parameters: dict, report: EpochReport) -> dict[str, Any]:

@@ -8,7 +8,10 @@ new labels join validation only while it is below its target share.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def val_target(n_labelled: int, val_fraction: float, min_val: int, min_train: int) -> int:
@@ -51,3 +54,9 @@ def describe_split(split: dict[str, str], val_fraction: float, min_val: int, min
     need = next(n for n in range(1, 10_000) if val_target(n, val_fraction, min_val, min_train))
     return (f"{n_train} train scans, no validation: too few labelled scans to validate "
             f"(have {len(split)}, need {need}); the last epoch is kept")
+
+
+def split_scans(scans: Mapping[str, T], split: Mapping[str, str]) -> tuple[list[T], list[T]]:
+    """``(train, val)``: the ``scans`` on each side of ``split``, in id order."""
+    return ([scans[i] for i, side in sorted(split.items()) if side == "train"],
+            [scans[i] for i, side in sorted(split.items()) if side == "val"])
