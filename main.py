@@ -81,7 +81,8 @@ class MyApp(MONAILabelApp):
     def init_infers(self):
         return {
             "slpt": SLPTSegmentation(self.backbone, self.config),
-            "backbone": BackboneSegmentation(self.backbone, overlap=self.config.sw_overlap),
+            "backbone": BackboneSegmentation(self.backbone, overlap=self.config.sw_overlap,
+                                             precision=self.config.precision),
         }
 
     def init_trainers(self):

@@ -2,9 +2,9 @@
 
 They wrap or subclass the method's own classes, so the method code stays as it is:
 
-* :class:`PlainPromptedSegmenter` — SLPT without the feature-aware prompt updater (FPU): each stage's
+* :func:`without_fpu` — SLPT without the feature-aware prompt updater (FPU): each stage's
   prompt is mapped to a residual on the feature by a zero-initialised ``1x1x1`` conv that never sees the
-  feature (VPT-deep style: every stage has its own prompt and nothing is carried between stages).
+  feature (VPT-deep style: nothing is carried between stages).
 * :func:`from_scratch` — the same network architecture as the backbone, randomly initialised and fully
   trained with SLPT's task head (no pre-training at all).
 * :class:`EnsembleMean` — a ``K``-prompt model seen as one model whose logits are the log of the ensemble
@@ -14,15 +14,16 @@ They wrap or subclass the method's own classes, so the method code stays as it i
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
 
 from apps.slpt.config import SLPTConfig
-from apps.slpt.labels import NUM_CLASSES
 from apps.slpt.model.backbone import Backbone
+from apps.slpt.model.build import build_model
 from apps.slpt.model.prompts import PromptedSegmenter, split_prompts
-from benchmarks.baselines import HeadSegmenter
+from benchmarks.baselines import full_finetune
 
 
 class PlainPromptUpdater(nn.Module):
@@ -44,29 +45,19 @@ class PlainPromptUpdater(nn.Module):
 
     def forward(self, feature: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``feature [N, C, *S]``, ``prompt [N, Cp, *S]`` -> ``([N, C, *S], zeros [N, Cp, *S])``."""
-        return feature + self.to_feature(prompt), torch.zeros_like(prompt)
+        return feature + self.to_feature(prompt.to(feature.dtype)), torch.zeros_like(prompt)
 
 
-class PlainPromptedSegmenter(PromptedSegmenter):
-    """:class:`PromptedSegmenter` with every FPU replaced by a :class:`PlainPromptUpdater` (same prompts, hooks, head).
-
-    The prompt hooks look their updaters up at call time, so replacing the ``updaters`` entries is enough.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        for key, updaters in self.updaters.items():
-            plain = [PlainPromptUpdater(u.to_feature.out_channels, u.to_prompt.out_channels) for u in updaters]
-            self.updaters[key] = nn.ModuleList(plain)
+def without_fpu(model: PromptedSegmenter) -> PromptedSegmenter:
+    """``model`` with every FPU replaced by a :class:`PlainPromptUpdater` (same prompts, decoder deltas, head)."""
+    for key, updater in model.updaters.items():
+        model.updaters[key] = PlainPromptUpdater(updater.to_feature.out_channels, model.prompts[key].shape[1])
+    return model
 
 
-def build_plain_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = NUM_CLASSES) -> PlainPromptedSegmenter:
+def build_plain_model(backbone: Backbone, cfg: SLPTConfig) -> PromptedSegmenter:
     """Like :func:`apps.slpt.model.build.build_model`, without the feature-aware prompt updaters."""
-    return PlainPromptedSegmenter(
-        copy.deepcopy(backbone.network), stages=cfg.stages, head_stages=cfg.head_stages, num_classes=num_classes,
-        num_prompts=cfg.num_prompts, prompt_channels=cfg.prompt_channels, prompt_size=cfg.prompt_size,
-        hidden_ratio=cfg.hidden_ratio, head_channels=cfg.head_channels, head_layers=cfg.head_layers,
-        share_updaters=cfg.share_updaters, seed=cfg.seed)
+    return without_fpu(build_model(backbone, cfg))
 
 
 def reinitialise(network: nn.Module, seed: int) -> nn.Module:
@@ -83,11 +74,11 @@ def reinitialise(network: nn.Module, seed: int) -> nn.Module:
     return fresh
 
 
-def from_scratch(backbone: Backbone, cfg: SLPTConfig, num_classes: int = NUM_CLASSES) -> HeadSegmenter:
+def from_scratch(backbone: Backbone, cfg: SLPTConfig) -> PromptedSegmenter:
     """The backbone's architecture without its pre-trained weights (re-initialised with ``cfg.seed``), fully
-    trainable, with SLPT's task head."""
-    return HeadSegmenter(reinitialise(backbone.network, cfg.seed), cfg.head_stages, num_classes,
-                         freeze_backbone=False, head_channels=cfg.head_channels, head_layers=cfg.head_layers)
+    trainable, with SLPT's tumour head."""
+    fresh = dataclasses.replace(backbone, network=reinitialise(backbone.network, cfg.seed))
+    return full_finetune(fresh, cfg)
 
 
 class EnsembleMean(nn.Module):

@@ -34,7 +34,7 @@ from apps.slpt.model.backbone import load_backbone
 from apps.slpt.model.build import build_model
 from apps.slpt.training.loop import fit
 from apps.slpt.training.splits import split_scans, update_split
-from benchmarks.baselines import finetune_config, full_finetune
+from benchmarks.baselines import FINETUNE_LEARNING_RATE, finetune_config, full_finetune
 from benchmarks.compare import CompareSettings, labelled_seeds, phantom_pairs
 from phantoms.phantom import phantom_header
 
@@ -84,7 +84,7 @@ def run_variant(variant: dict, n_val: int, backbone_dir: str, device: str = "cpu
     torch.manual_seed(cfg.seed)
     if method == "ft":
         model = full_finetune(backbone, cfg)
-        cfg = finetune_config(cfg)
+        cfg = finetune_config(cfg, variant.get("learning_rate", FINETUNE_LEARNING_RATE))
     else:
         model = build_model(backbone, cfg)
     model = model.to(device)
@@ -111,18 +111,18 @@ def run(variants: list[dict], n_val: int, backbone_dir: str, device: str = "cpu"
     return [row for v in variants for row in run_variant(v, n_val, backbone_dir, device)]
 
 
-def pick(rows: list[dict]) -> dict:
-    """The rule for choosing a default, fixed before looking: among SLPT variants (``name`` without its
-    ``@seed`` suffix) that finished seed 0, the highest final-epoch validation tumour Dice per case, averaged
-    over the seeds all of them finished; ties go to the higher global Dice. Returns its overrides with
-    ``epochs`` made explicit."""
-    final = [r for r in rows if r["final"] and r["method"] == "slpt"]
+def pick(rows: list[dict], method: str = "slpt") -> dict:
+    """The rule for choosing a default, fixed before looking: among the variants of ``method`` (``slpt``, or
+    ``ft`` for full fine-tuning's own settings; ``name`` without its ``@seed`` suffix) that finished seed 0,
+    the highest final-epoch validation tumour Dice per case, averaged over the seeds all of them finished;
+    ties go to the higher global Dice. Returns its overrides with ``epochs`` made explicit."""
+    final = [r for r in rows if r["final"] and r["method"] == method]
     by_name: dict[str, dict[int, dict]] = {}
     for r in final:
         by_name.setdefault(r["name"].split("@")[0], {})[r["overrides"].get("seed", 0)] = r
     by_name = {n: runs for n, runs in by_name.items() if 0 in runs}  # a variant counts once seed 0 finished
     if not by_name:
-        raise ValueError("no SLPT variant finished seed 0")
+        raise ValueError(f"no {method} variant finished seed 0")
     seeds = set.intersection(*(set(v) for v in by_name.values()))  # seeds every counted variant finished
 
     def score(runs):
@@ -146,12 +146,13 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['name']} ({r['method']}) | {r['epoch']}{'' if r['final'] else ' (not final)'} | "
                      f"{r['trainable']:,} | {r['tumour_dice_per_case']:.4f} | {r['tumour_dice_global']:.4f} | "
                      f"{hits} of {len(tumour_cases)} |")
-    try:
-        chosen = pick(rows)
-        lines += ["", f"Pick (rule in `benchmarks.explore.pick`): **{chosen['name']}**, overrides "
-                      f"`{json.dumps(chosen['overrides'])}`, seeds {chosen['seeds']}."]
-    except ValueError as e:
-        lines += ["", f"No pick: {e}."]
+    for method, label in (("slpt", "SLPT"), ("ft", "full fine-tuning")):
+        try:
+            chosen = pick(rows, method)
+            lines += ["", f"{label} pick (rule in `benchmarks.explore.pick`): **{chosen['name']}**, overrides "
+                          f"`{json.dumps(chosen['overrides'])}`, seeds {chosen['seeds']}."]
+        except ValueError as e:
+            lines += ["", f"No {label} pick: {e}."]
     return "\n".join(lines) + "\n"
 
 
@@ -162,11 +163,12 @@ def main(argv=None) -> None:
     parser.add_argument("--backbone", default="models/backbone")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--pick", type=Path, help="instead of training: read rows (JSON lines) and print the pick")
+    parser.add_argument("--method", default="slpt", choices=("slpt", "ft"), help="with --pick: whose settings")
     parser.add_argument("--table", type=Path, help="instead of training: read rows and print them as markdown")
     args = parser.parse_args(argv)
     if args.pick or args.table:
         rows = [json.loads(line) for line in (args.pick or args.table).read_text().splitlines() if line.startswith("{")]
-        print(table(rows) if args.table else json.dumps(pick(rows)))
+        print(table(rows) if args.table else json.dumps(pick(rows, args.method)))
         return
     run(json.loads(args.variants), args.val, args.backbone, args.device)
 

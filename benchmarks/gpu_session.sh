@@ -5,8 +5,8 @@
 #   3. the speed benchmark on the GPU (no server: MONAI Label is not installed there).
 # Everything lands in $OUT (default: logs/gpu). Each stage has its own time limit, so a slow one cannot
 # starve the next. Everything runs in ONE process at a time: a training step is launch-bound on the GPU
-# (measured on an H100 with `python -m benchmarks.gpu_step_profile`: 48 ms per step, of which 7.5 ms GPU
-# time), and 3-8 processes sharing the GPU made each step 8x slower (0.4 s), so parallel workers lose.
+# (measured on an H100 for SLPT v1: 48 ms per step, of which 7.5 ms GPU time), and 3-8 processes sharing
+# the GPU made each step 8x slower (0.4 s), so parallel workers lose.
 # One 60-epoch variant with 40 validation phantoms takes about 50 s there: pick VARIANTS to fit
 # EXPLORE_LIMIT.
 # The machine has PyTorch but not MONAI or nibabel: their wheels travel in .whl/

@@ -79,7 +79,7 @@ def settings_page() -> str:
         "help there, not this page. Every setting is `--conf slpt_<name> <value>` on `monailabel start_server`.",
         "The app validates them all at start-up: an out-of-range value stops it with a message naming the",
         "setting, and an unknown `slpt_*` name stops it with the list of valid ones. Lists are comma-separated",
-        "(`--conf slpt_stages down_layers.3,up_layers.0`); an unknown stage name lists the backbone's stages.",
+        "(`--conf slpt_stages up_layers.0,up_layers.1`); an unknown stage name lists the decoder's stages.",
         "A training request's `max_epochs` overrides `slpt_epochs` for that run, checked against the same",
         "type and range; how bad request parameters are answered: [robustness.md](robustness.md).",
     ]

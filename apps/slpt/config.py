@@ -13,11 +13,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 CONF_PREFIX = "slpt_"
-# Every encoder and decoder stage of MONAI's SegResNet. On validation phantoms, prompting all seven with
-# full-width FPUs (hidden_ratio 1) beat prompting the inner five with quarter-width ones
-# (docs/results/explore/rows-cpu-window32-seed0.jsonl, picked by benchmarks.explore.pick).
-SEGRESNET_STAGES = ("down_layers.0", "down_layers.1", "down_layers.2", "down_layers.3",
-                    "up_layers.0", "up_layers.1", "up_layers.2")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def _f(default, help_: str, **kw):
@@ -31,30 +27,32 @@ class SLPTConfig:
     # Backbone and storage
     backbone: str = _f("models/backbone", "frozen backbone bundle directory (configs/inference.json + models/model.pt)")
     model_dir: str = _f("model/slpt", "prompt checkpoint directory (versions + current.json)")
-    # Prompts
-    stages: tuple[str, ...] = _f(SEGRESNET_STAGES, "backbone stages that get a prompt + FPU, in forward order")
-    head_stages: tuple[str, ...] = _f(("up_layers.2", "down_layers.0"),
-                                      "backbone stages read by the new task head: the last decoder stage, and the "
-                                      "first encoder stage that still sees the faint tumour contrast")
-    head_channels: int = _f(16, "width of the task head's 3x3x3 convs")
-    # Three dilated convs (context of 15 voxels) lifted validation tumour Dice per case well above one conv
-    # (docs/results/explore/rows-cpu-window32-seed0.jsonl, picked by benchmarks.explore.pick).
-    head_layers: int = _f(3, "3x3x3 convs in the task head (dilations 1, 2, 4, ...: each widens its context)")
+    # The SLPT v2 design (apps/slpt/model/prompts.py)
+    stages: tuple[str, ...] = _f(("up_layers.0",),
+                                 "consecutive decoder stages that get the K prompt sets and their FPUs; the "
+                                 "finer stages run once, shared by the K sets")
     num_prompts: int = _f(3, "K, the number of diversified prompt sets")
     prompt_channels: int = _f(4, "channels of each prompt tensor")
     prompt_size: int = _f(4, "spatial size of each learnable prompt cube")
     hidden_ratio: float = _f(1.0, "FPU hidden width as a fraction of the stage channels")
-    share_updaters: bool = _f(True, "share the FPUs between the K prompt sets")
+    decoder_rank: int = _f(4, "rank of the low-rank updates of every decoder kernel (0: none)")
+    decoder_shifts: bool = _f(True, "tune shifts of the decoder's norm scales, norm shifts and biases")
+    encoder_stages: int = _f(0, "the first this many encoder stages get the decoder's deltas too (0: the encoder "
+                                "stays frozen whole and training runs no backward pass through it)")
+    head_channels: int = _f(16, "hidden width of the tumour head")
+    head_kernel: int = _f(1, "kernel size of the tumour head's first conv: 1, or 3 to compare each voxel with "
+                             "its neighbours (one more full-resolution conv)")
+    organ: str = _f("liver", "the backbone's label (configs/metadata.json) of the organ that holds the lesions")
     # Training
-    # 200 epochs scored highest on validation tumour Dice per case: prompts were still learning at 120 and
-    # 160 (docs/results/explore/rows-cpu-window32-seed0.jsonl, ep200, picked by benchmarks.explore.pick).
     epochs: int = _f(200, "training epochs per round")
     iterations_per_epoch: int = _f(8, "optimiser steps per epoch")
     val_interval: int = _f(10, "validate every this many epochs (and after the last one)")
-    batch_size: int = _f(4, "patches per optimiser step (each seen by all K prompt sets)")
+    batch_size: int = _f(4, "patches per optimiser step")
     patch_size: int = _f(32, "training patch edge in backbone voxels (multiple of 8)")
-    learning_rate: float = _f(1e-2, "AdamW learning rate for prompts, updaters and head")
-    view_jitter: float = _f(1.0, "strength of the intensity jitter of the K-1 augmented training views (0: none)")
+    learning_rate: float = _f(1e-2, "AdamW peak learning rate of prompts, updaters and head (one-cycle schedule)")
+    decoder_learning_rate: float = _f(1e-3, "AdamW peak learning rate of the decoder's shifts and low-rank updates")
+    precision: str = _f("auto", "bf16 autocast for training and inference: auto (where the CPU has avx512_bf16 "
+                                "or AMX, or on a CUDA GPU with bf16), bf16, or fp32")
     diversity_weight: float = _f(0.1, "weight of the prompt-diversity term in the loss")
     tumour_weight: float = _f(5.0, "loss weight of the tumour class (Dice and cross-entropy); tumour is ~1% of voxels")
     tumour_patch_ratio: float = _f(4.0, "tumour-centred training patches per background- and per liver-centred one")
@@ -73,26 +71,31 @@ class SLPTConfig:
     lease_seconds: float = _f(1800.0, "how long a served scan stays reserved for its annotator")
     train_after_labels: int = _f(0, "retrain after this many new final labels (0: when the round is complete)")
     embed_stage: str = _f("down_layers.3", "backbone stage pooled into the scan embedding (the bottleneck)")
+    # Server
+    max_upload_mb: int = _f(1024, "largest file a client may upload (a scan to /infer/*, an image or a label to "
+                                  "the datastore), in MB; a 512x512x1000 CT is about 500 MB uncompressed")
 
     def __post_init__(self):
-        self.stages, self.head_stages = tuple(self.stages), tuple(self.head_stages)
+        self.stages = tuple(self.stages)
         checks = [
             (0.0 <= self.sw_overlap < 1.0, "slpt_sw_overlap must be in [0, 1)"),
             (self.num_prompts >= 1, "slpt_num_prompts must be >= 1"),
             (self.prompt_channels >= 1 and self.prompt_size >= 1,
              "slpt_prompt_channels and slpt_prompt_size must be >= 1"),
             (0.0 < self.hidden_ratio <= 4.0, "slpt_hidden_ratio must be in (0, 4]"),
-            (len(self.stages) >= 1, "slpt_stages needs at least one stage"),
-            (len(self.head_stages) >= 1, "slpt_head_stages needs at least one stage"),
+            (len(self.stages) >= 1 or self.num_prompts == 1, "slpt_stages needs a stage for K > 1 prompt sets"),
             (self.head_channels >= 1, "slpt_head_channels must be >= 1"),
-            (self.head_layers >= 1, "slpt_head_layers must be >= 1"),
+            (self.head_kernel in (1, 3), "slpt_head_kernel must be 1 or 3"),
+            (self.decoder_rank >= 0, "slpt_decoder_rank must be >= 0"),
+            (self.encoder_stages >= 0, "slpt_encoder_stages must be >= 0"),
+            (self.precision in PRECISIONS, f"slpt_precision must be one of {PRECISIONS}"),
             (self.epochs >= 1 and self.iterations_per_epoch >= 1,
              "slpt_epochs and slpt_iterations_per_epoch must be >= 1"),
             (self.val_interval >= 1, "slpt_val_interval must be >= 1"),
             (self.batch_size >= 1, "slpt_batch_size must be >= 1"),
             (self.patch_size >= 16 and self.patch_size % 8 == 0, "slpt_patch_size must be a multiple of 8, >= 16"),
-            (self.learning_rate > 0, "slpt_learning_rate must be > 0"),
-            (0.0 <= self.view_jitter <= 1.0, "slpt_view_jitter must be in [0, 1]"),
+            (self.learning_rate > 0 and self.decoder_learning_rate > 0,
+             "slpt_learning_rate and slpt_decoder_learning_rate must be > 0"),
             (self.diversity_weight >= 0, "slpt_diversity_weight must be >= 0"),
             (self.tumour_weight > 0, "slpt_tumour_weight must be > 0"),
             (self.tumour_patch_ratio >= 0, "slpt_tumour_patch_ratio must be >= 0"),
@@ -105,6 +108,7 @@ class SLPTConfig:
             (self.rounds >= 1 and self.min_round_size >= 1, "slpt_rounds and slpt_min_round_size must be >= 1"),
             (self.lease_seconds > 0, "slpt_lease_seconds must be > 0"),
             (self.train_after_labels >= 0, "slpt_train_after_labels must be >= 0"),
+            (1 <= self.max_upload_mb <= 65536, "slpt_max_upload_mb must be in [1, 65536]"),
         ]
         for ok, message in checks:
             if not ok:

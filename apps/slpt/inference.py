@@ -73,9 +73,9 @@ def task_inferer(cfg: SLPTConfig) -> SlidingWindowInferer:
     """Sliding windows of the training patch size, for every model trained by :func:`fit`.
 
     The backbone's GroupNorm normalises each window over its whole extent, so a stage feature depends on
-    the window it was computed in. Prompts and head learnt on ``patch_size``-cubed patches read features
-    like those only in windows of that size. ``benchmarks/window_probe.py`` measures it on validation
-    phantoms (``docs/results/explore/window_probe.jsonl``): the training size found the most tumours.
+    the window it was computed in. Prompts, deltas and head learnt on ``patch_size``-cubed patches read
+    features like those only in windows of that size (SLPT v1's window probe on validation phantoms: the
+    training size found the most tumours, ``docs/results/explore``).
     """
     return sliding_window((cfg.patch_size,) * 3, cfg.sw_overlap)
 

@@ -8,12 +8,13 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from apps.slpt.model.backbone import Backbone
+from apps.slpt.model.precision import autocast
 
 
 class BackboneSegmentation(BasicInferTask):
     """Organ label map from the frozen backbone, written back in the input's own geometry."""
 
-    def __init__(self, backbone: Backbone, overlap: float = 0.25):
+    def __init__(self, backbone: Backbone, overlap: float = 0.25, precision: str = "fp32"):
         super().__init__(
             path=None,
             network=backbone.network,
@@ -25,12 +26,20 @@ class BackboneSegmentation(BasicInferTask):
         )
         self.backbone = backbone
         self.overlap = overlap
+        self.precision = precision
 
     def pre_transforms(self, data=None):
         return [LoadImaged(keys="image"), *self.backbone.preprocessing]
 
     def inferer(self, data=None):
         return SlidingWindowInferer(roi_size=self.roi_size, sw_batch_size=1, overlap=self.overlap)
+
+    def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+        """MONAI Label's own pass, at the app's precision (``slpt_precision``), as ``/infer/slpt`` runs."""
+        with autocast(self.precision, device):
+            data = super().run_inferer(data, convert_to_batch, device)
+        data[self.output_label_key] = data[self.output_label_key].float()
+        return data
 
     def post_transforms(self, data=None):
         return [

@@ -50,20 +50,20 @@ def test_finished_runs_are_reused_only_for_the_same_inputs(root, tmp_path, one_t
 def test_a_seed_trained_on_its_own_is_reused_by_the_report(root, tmp_path, one_thread, capsys):
     args = ["--out", str(tmp_path), "--quick", "--backbone", str(root / "models" / "backbone")]
     # A seed can be split further by method: its table shows what is kept so far.
+    runs = tmp_path / f"labels{compare.QUICK.n_labelled}" / "runs"
     compare.main([*args, "--seed", "0", "--method", "full_finetune"])
-    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"seed0-full_finetune.json", "seed0.md"}
-    assert "full fine-tuning" in (tmp_path / "runs" / "seed0.md").read_text()
-    assert "SLPT (K=3" not in (tmp_path / "runs" / "seed0.md").read_text()
+    assert {p.name for p in runs.iterdir()} == {"seed0-full_finetune.json", "seed0.md"}
+    assert "full fine-tuning" in (runs / "seed0.md").read_text()
+    assert "SLPT v2 (K=3" not in (runs / "seed0.md").read_text()
     capsys.readouterr()
     compare.main([*args, "--seed", "0"])
     assert "[full_finetune]" not in capsys.readouterr().out  # kept, not trained again
-    assert {p.name for p in (tmp_path / "runs").iterdir()} == {"seed0-slpt.json", "seed0-full_finetune.json",
-                                                               "seed0.md"}
+    assert {p.name for p in runs.iterdir()} == {"seed0-slpt.json", "seed0-full_finetune.json", "seed0.md"}
     assert not (tmp_path / "result.md").exists()  # one seed alone makes no report
     # The seed's own table holds the Dice its kept runs measured.
-    seed_table = (tmp_path / "runs" / "seed0.md").read_text()
+    seed_table = (runs / "seed0.md").read_text()
     for method in compare.METHODS:
-        kept = json.loads((tmp_path / "runs" / f"seed0-{method}.json").read_text())["result"]
+        kept = json.loads((runs / f"seed0-{method}.json").read_text())["result"]
         assert f"| {kept['dice_tumor']:.4f} | {kept['dice_liver']:.4f} |" in seed_table
     capsys.readouterr()
 
@@ -71,7 +71,9 @@ def test_a_seed_trained_on_its_own_is_reused_by_the_report(root, tmp_path, one_t
     out = capsys.readouterr().out
     assert out.count("finished earlier") == 2 and "[slpt]" not in out
     # One epoch per run in quick mode, so the epoch kept can only be that one.
-    assert "SLPT [1]; full fine-tuning [1]" in (tmp_path / "result.md").read_text()
+    report = (tmp_path / "result.md").read_text()
+    assert "SLPT [1]; full fine-tuning [1]" in report and "Wall time of the whole comparison" in report
+    assert json.loads((tmp_path / "result.json").read_text())["by_labels"].keys() == {str(compare.QUICK.n_labelled)}
 
     with pytest.raises(ValueError, match=r"seeds \[7\] are not among"):
         compare.main([*args, "--seed", "7"])

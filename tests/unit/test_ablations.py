@@ -7,9 +7,8 @@ import torch
 from monai.networks.nets import SegResNet
 
 from apps.slpt.active.uncertainty import dropout_enabled, ensemble
-from apps.slpt.config import SEGRESNET_STAGES, SLPTConfig
 from apps.slpt.model.prompts import FeatureAwarePromptUpdater, PromptedSegmenter, count_parameters
-from benchmarks.ablations import EnsembleMean, PlainPromptedSegmenter, PlainPromptUpdater, reinitialise
+from benchmarks.ablations import EnsembleMean, PlainPromptUpdater, reinitialise, without_fpu
 
 
 def segresnet(dropout=None):
@@ -18,8 +17,8 @@ def segresnet(dropout=None):
                      blocks_up=(1, 1, 1), dropout_prob=dropout).eval()
 
 
-def plain(net, k=3):
-    return PlainPromptedSegmenter(net, SEGRESNET_STAGES, SLPTConfig().head_stages, num_classes=3, num_prompts=k)
+def slpt(net, k=3):
+    return PromptedSegmenter(net, organ_channel=1, num_prompts=k)
 
 
 def test_plain_prompts_have_no_feature_aware_updater_and_start_as_a_no_op():
@@ -27,9 +26,9 @@ def test_plain_prompts_have_no_feature_aware_updater_and_start_as_a_no_op():
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         frozen = net(x)
-    model = plain(net)
+    model = without_fpu(slpt(net))
     assert not any(isinstance(m, FeatureAwarePromptUpdater) for m in model.modules())
-    assert sum(isinstance(m, PlainPromptUpdater) for m in model.modules()) == len(SEGRESNET_STAGES)
+    assert sum(isinstance(m, PlainPromptUpdater) for m in model.modules()) == len(model.stages)
     torch.testing.assert_close(model.backbone_output(x), frozen, rtol=0, atol=1e-5)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -39,12 +38,10 @@ def test_plain_prompts_have_no_feature_aware_updater_and_start_as_a_no_op():
 
 
 def test_plain_prompts_train_fewer_parameters_than_slpt_and_never_the_backbone():
-    model = plain(segresnet())
-    slpt = PromptedSegmenter(segresnet(), SEGRESNET_STAGES, SLPTConfig().head_stages, num_classes=3, num_prompts=3)
-    assert count_parameters(model)[0] < count_parameters(slpt)[0]
+    model = without_fpu(slpt(segresnet()))
+    assert count_parameters(model)[0] < count_parameters(slpt(segresnet()))[0]
     assert not any(p.requires_grad for p in model.backbone.parameters())
-    y = model(torch.randn(1, 1, 32, 32, 32))
-    assert y.shape == (1, 9, 32, 32, 32)
+    assert model(torch.randn(1, 1, 32, 32, 32)).shape == (1, 9, 32, 32, 32)
 
 
 def test_reinitialise_draws_new_seeded_weights_and_leaves_the_original_alone():
@@ -60,8 +57,7 @@ def test_reinitialise_draws_new_seeded_weights_and_leaves_the_original_alone():
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_ensemble_mean_softmax_is_the_prompt_ensemble_and_mc_dropout_reaches_the_backbone(k):
-    model = PromptedSegmenter(segresnet(dropout=0.5), SEGRESNET_STAGES, SLPTConfig().head_stages, num_classes=3,
-                              num_prompts=k).eval()
+    model = slpt(segresnet(dropout=0.5), k).eval()
     x = torch.randn(1, 1, 32, 32, 32)
     wrapped = EnsembleMean(model).eval()
     with torch.no_grad():

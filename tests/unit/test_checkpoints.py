@@ -17,7 +17,7 @@ def tiny_model(seed=0, k=2):
     torch.manual_seed(0)
     net = SegResNet(spatial_dims=3, in_channels=1, out_channels=4, init_filters=8,
                     blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1)).eval()
-    return PromptedSegmenter(net, ["down_layers.2", "up_layers.0"], ("up_layers.2",), 3, num_prompts=k, seed=seed)
+    return PromptedSegmenter(net, organ_channel=1, num_prompts=k, seed=seed)
 
 
 def trained(model):
@@ -58,6 +58,15 @@ def test_checkpoint_with_other_prompt_shapes_is_refused(tmp_path):
     store.save(tiny_model(k=3).trainable_state_dict(), {"backbone": IDENTITY})
     with pytest.raises(CheckpointError, match="shape mismatch"):
         load_into(tiny_model(k=2), store.read(), IDENTITY)
+
+
+def test_a_checkpoint_of_the_first_design_is_refused_with_what_to_do(tmp_path):
+    store = PromptCheckpointStore(tmp_path)
+    store.save(tiny_model().trainable_state_dict(), {"backbone": IDENTITY})
+    payload = torch.load(store.path(1), weights_only=True)
+    torch.save({**payload, "format_version": 1}, store.path(1))  # as SLPT v1 wrote them
+    with pytest.raises(CheckpointError, match=r"holds SLPT v1 .* serves SLPT v2: train a new version"):
+        store.read(1)
 
 
 def test_foreign_and_truncated_files_are_named(tmp_path):

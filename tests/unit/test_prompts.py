@@ -1,4 +1,4 @@
-"""PEFT-style invariants of prompt injection on a tiny SegResNet."""
+"""PEFT-style invariants of the SLPT v2 model on small SegResNets."""
 
 from __future__ import annotations
 
@@ -6,181 +6,179 @@ import pytest
 import torch
 from monai.networks.nets import SegResNet
 
-from apps.slpt.config import SEGRESNET_STAGES, SLPTConfig
+from apps.slpt.config import SLPTConfig
+from apps.slpt.model.deltas import ParameterDeltas
 from apps.slpt.model.prompts import (
-    IMAGE,
+    GROUPS,
     PromptedSegmenter,
-    StageTap,
-    TaskHead,
     count_parameters,
     format_parameter_report,
+    parameter_group,
     parameter_report,
-    resolve_stages,
     split_prompts,
-    stage_channels,
+    task_logits,
 )
 
+LIVER = 1
 
-def segresnet(init_filters=8, out_channels=8):
+
+def segresnet(init_filters=8, out_channels=9):
     torch.manual_seed(0)
     return SegResNet(spatial_dims=3, in_channels=1, out_channels=out_channels, init_filters=init_filters,
-                     blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1)).eval()
+                     blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1), dropout_prob=0.2).eval()
 
 
-def prompted(net=None, stages=SEGRESNET_STAGES, k=3, **kw):
-    """The app's default prompt architecture on ``net``, with ``kw`` overriding it."""
+def prompted(net=None, k=3, **kw):
+    """The app's default SLPT v2 architecture on ``net``, with ``kw`` overriding it."""
     cfg = SLPTConfig()
-    kw = {"hidden_ratio": cfg.hidden_ratio, "head_channels": cfg.head_channels, **kw}
-    return PromptedSegmenter(net or segresnet(), stages, cfg.head_stages, num_classes=3, num_prompts=k, **kw)
+    kw = {"stages": cfg.stages, "hidden_ratio": cfg.hidden_ratio, "decoder_rank": cfg.decoder_rank,
+          "decoder_shifts": cfg.decoder_shifts, "head_channels": cfg.head_channels, **kw}
+    return PromptedSegmenter(net or segresnet(), organ_channel=LIVER, num_prompts=k, **kw)
 
 
-def _perturb_updaters(model):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "to_feature" in name:
-                p.normal_(0, 0.1)
+def _train(model, steps=3, size=32):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    torch.manual_seed(1)
+    for _ in range(steps):
+        x = torch.randn(2, 1, size, size, size)
+        logits = split_prompts(model(x), model.num_prompts)
+        # Push the sets apart and towards tumour, so that every group gets a gradient.
+        loss = -logits[..., 2, :, :, :].mean() - sum(logits[k].std() for k in range(model.num_prompts))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
 
 
 @pytest.mark.parametrize("k", [1, 3])
-def test_untrained_prompts_reproduce_the_frozen_network(k):
+def test_untrained_added_parts_reproduce_the_frozen_backbone(k):
     net = segresnet()
     x = torch.randn(2, 1, 32, 32, 32)
     with torch.no_grad():
         frozen = net(x)
-    model = prompted(net, k=k)  # every stage prompted
-    torch.testing.assert_close(model.backbone_output(x), frozen, rtol=0, atol=1e-6)
-    _perturb_updaters(model)  # sanity: the comparison above can fail
+    model = prompted(net, k=k)
+    organ_logits = model.backbone_output(x)
+    torch.testing.assert_close(organ_logits, frozen, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        sets = split_prompts(model(x), k)
+    log_p = torch.log_softmax(frozen, 1)
+    for logits in sets:  # background and liver are the backbone's own; tumour starts below liver everywhere
+        torch.testing.assert_close(logits[:, 1], log_p[:, LIVER], rtol=0, atol=1e-5)
+        torch.testing.assert_close(logits[:, 0].exp(), 1 - log_p[:, LIVER].exp(), rtol=0, atol=1e-5)
+        assert (logits[:, 2] < logits[:, 1]).all()
+    _train(model)  # sanity: the comparison above can fail
     assert not torch.allclose(model.backbone_output(x), frozen, atol=1e-3)
 
 
-def test_backbone_state_dict_keys_are_unchanged_and_hooks_come_off():
-    net = segresnet()
-    keys = list(net.state_dict())
-    model = prompted(net)
-    assert [k[len("backbone."):] for k in model.state_dict() if k.startswith("backbone.")] == keys
-    x = torch.randn(1, 1, 16, 16, 16)
-    _perturb_updaters(model)
-    model.remove_hooks()
-    with torch.no_grad():
-        torch.testing.assert_close(net(x), segresnet()(x))
-
-
-def test_unknown_stage_lists_the_valid_names():
-    with pytest.raises(ValueError,
-                       match=r"unknown backbone stage\(s\) \['down_layers.9'\].*down_layers.3.*up_layers.2"):
-        prompted(stages=("down_layers.9",))
-
-
-def test_only_prompt_parts_change_during_training():
+def test_training_changes_only_the_declared_groups_and_leaves_every_frozen_tensor_bit_identical():
     model = prompted()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    model.train()
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    before = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    _train(model)
+    assert all(torch.equal(backbone_before[k], v) for k, v in model.backbone.state_dict().items())
+    after = model.trainable_state_dict()
+    changed = {parameter_group(k) for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"prompts", "updaters", "norm_bias", "low_rank", "head"}
+    assert set(model.state_dict()) == {f"backbone.{k}" for k in backbone_before} | set(before)
+
+
+def test_the_frozen_backbone_stays_in_eval_mode_and_runs_its_encoder_without_autograd():
+    model = prompted().train()
     assert not model.backbone.training
-    for _ in range(3):
-        loss = model(torch.randn(1, 1, 32, 32, 32)).square().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    after = model.state_dict()
-    changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))  # bit-identical
-    assert any(k.startswith("prompts.") for k in changed)
-    assert any(k.startswith("updaters.") for k in changed)
-    assert any(k.startswith("head.") for k in changed)
-    assert set(model.trainable_state_dict()) == {k for k in before if not k.startswith("backbone.")}
+    seen = []
+    model.backbone.down_layers[-1].register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    model(torch.randn(1, 1, 16, 16, 16)).sum().backward()
+    assert seen == [False]  # no graph (and no backward pass) through the frozen encoder
 
 
-def test_output_layout_and_prompt_sets_differ():
+def test_the_k_sets_share_one_pass_and_part_only_at_the_prompted_stages():
     model = prompted(k=3)
-    _perturb_updaters(model)
+    sizes = {}
+    for name in ("down_layers.0", "up_layers.0", "up_layers.1", "up_layers.2"):
+        module = model.backbone.get_submodule(name)
+        module.register_forward_hook(lambda m, i, o, name=name: sizes.__setitem__(name, o.shape[0]))
     with torch.no_grad():
         out = model(torch.randn(2, 1, 32, 32, 32))
     assert out.shape == (2, 9, 32, 32, 32)
-    per_prompt = split_prompts(out, 3)
-    assert per_prompt.shape == (3, 2, 3, 32, 32, 32)
-    assert not torch.allclose(per_prompt[0], per_prompt[1])  # different initialisations
+    assert sizes == {"down_layers.0": 2, "up_layers.0": 2, "up_layers.1": 2, "up_layers.2": 2}
 
 
-def test_unshared_updaters_hold_k_copies():
-    shared, separate = prompted(k=3), prompted(k=3, share_updaters=False)
-    assert count_parameters(separate)[0] > count_parameters(shared)[0]
+def test_prompt_stages_must_be_consecutive_decoder_stages():
+    with pytest.raises(ValueError, match=r"prompts go in the decoder, one of \['up_layers.0'"):
+        prompted(stages=("down_layers.1",))
+    with pytest.raises(ValueError, match="consecutive"):
+        prompted(stages=("up_layers.0", "up_layers.2"))
+    with pytest.raises(ValueError, match="need at least one prompted stage"):
+        prompted(stages=())
+
+
+def test_a_backbone_that_is_not_a_segresnet_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="SegResNet.*Conv3d"):
+        PromptedSegmenter(torch.nn.Conv3d(1, 2, 1), organ_channel=1)
+
+
+def test_the_k_predictions_differ_after_training():
+    model = _train(prompted(k=3), steps=5)
     with torch.no_grad():
-        assert separate(torch.randn(1, 1, 16, 16, 16)).shape == (1, 9, 16, 16, 16)
+        sets = split_prompts(model(torch.randn(1, 1, 32, 32, 32)), 3).softmax(2)
+    assert (sets[0] - sets[1]).abs().max() > 1e-3 and (sets[1] - sets[2]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize(
     "init_filters, out_channels",
-    [(8, 8),  # our default backbone
+    [(8, 9),  # our default backbone
      (32, 105)],  # wholeBody_ct_segmentation's SegResNet
 )
-def test_trainable_parameters_stay_under_six_percent_of_the_backbone(init_filters, out_channels):
+def test_parameter_groups_sum_to_the_trainable_total_and_stay_under_six_percent(init_filters, out_channels):
     model = prompted(segresnet(init_filters, out_channels))
     report = parameter_report(model)
-    assert report["trainable"] == count_parameters(model)[0] > 0
+    assert report["trainable"] == count_parameters(model)[0] == sum(report["groups"].values()) > 0
+    assert set(report["groups"]) == {"prompts", "updaters", "norm_bias", "low_rank", "head"}
+    assert set(report["groups"]) <= {g for g, _ in GROUPS}
     assert report["backbone"] == sum(p.numel() for p in model.backbone.parameters())
     assert report["trainable_percent_of_backbone"] <= 6.0
-    assert format_parameter_report(report).startswith(f"trainable params: {report['trainable']:,} || all params:")
+    assert format_parameter_report(report).startswith(f"trainable params: {report['trainable']:,} (prompts ")
+
+
+def test_bf16_and_fp32_predictions_agree():
+    net = segresnet()
+    fp32, bf16 = prompted(net, precision="fp32"), prompted(net, precision="bf16")
+    _train(fp32)
+    bf16.load_state_dict(fp32.state_dict())
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        p32, p16 = (split_prompts(m(x), 3).softmax(2) for m in (fp32, bf16))
+    assert p16.dtype == torch.float32  # logits come back in fp32 whatever ran inside
+    # bf16 keeps 8 bits of mantissa: probabilities agree to a few hundredths, labels almost everywhere.
+    assert (p32 - p16).abs().max() < 0.05
+    assert (p32.mean(0).argmax(1) == p16.mean(0).argmax(1)).float().mean() > 0.99
+
+
+def test_low_rank_deltas_start_at_zero_and_fold_into_the_kernel():
+    conv = torch.nn.Conv3d(4, 6, 3, padding=1)
+    deltas = ParameterDeltas(conv, rank=2)
+    x = torch.randn(1, 4, 8, 8, 8)
+    torch.testing.assert_close(deltas(x), conv(x), rtol=0, atol=0)
+    with torch.no_grad():
+        deltas.lora_b["weight"].normal_()
+    merged = conv.weight + deltas.scale["weight"] * (deltas.lora_b["weight"] @ deltas.lora_a["weight"]).view_as(conv.weight)
+    torch.testing.assert_close(deltas(x), torch.nn.functional.conv3d(x, merged, conv.bias, padding=1))
+    assert set(deltas.shift) == {"bias"} and tuple(deltas.lora_a["weight"].shape) == (2, 4 * 27)
+
+
+def test_task_logits_start_from_the_organ_and_make_tau_the_tumour_vs_liver_log_odds():
+    organ_logits = torch.randn(2, 5, 4, 4, 4)
+    tau = torch.randn(2, 3, 4, 4, 4)
+    logits = task_logits(organ_logits, tau, organ_channel=2).view(2, 3, 3, 4, 4, 4)
+    p_organ = organ_logits.softmax(1)[:, 2][:, None].expand(-1, 3, -1, -1, -1)
+    torch.testing.assert_close(logits[:, :, 1].exp(), p_organ)
+    torch.testing.assert_close(logits[:, :, 0].exp(), 1 - p_organ)
+    probs = logits.softmax(2)
+    torch.testing.assert_close(probs[:, :, 2] / probs[:, :, 1], tau.exp(), rtol=1e-4, atol=1e-4)
 
 
 def test_count_parameters_counts_requires_grad():
     layer = torch.nn.Linear(3, 2)  # 8 parameters
     layer.bias.requires_grad_(False)
     assert count_parameters(layer) == (6, 8)
-
-
-def test_task_head_reads_every_head_stage_and_sees_the_prompted_feature():
-    model = prompted(stages=("down_layers.0", "up_layers.0"), k=1)  # down_layers.0 is also a head stage
-    x = torch.randn(1, 1, 16, 16, 16)
-    with torch.no_grad():
-        before = model(x)
-        _perturb_updaters(model)  # changes the prompted down_layers.0 output the head reads
-        assert not torch.allclose(model(x), before, atol=1e-4)
-
-
-def test_task_head_brings_coarser_features_onto_the_first_stage_grid():
-    head = TaskHead(in_channels=5, num_classes=3)
-    logits = head([torch.randn(2, 3, 16, 16, 16), torch.randn(2, 2, 8, 8, 8)])
-    assert logits.shape == (2, 3, 16, 16, 16)
-
-
-def test_the_image_head_stage_is_the_network_input_itself():
-    net = segresnet()
-    tap = StageTap(resolve_stages(net, [IMAGE, "down_layers.0"]))
-    x = torch.randn(1, 1, 16, 16, 16)
-    with torch.no_grad():
-        net(x)
-    assert tap.outputs[IMAGE] is x
-    assert stage_channels(net, [IMAGE, "down_layers.0"]) == {IMAGE: 1, "down_layers.0": 8}
-
-
-def test_a_head_reading_the_image_gets_one_more_input_channel():
-    with_image = PromptedSegmenter(segresnet(), SEGRESNET_STAGES, ("up_layers.2", IMAGE), num_classes=3)
-    without = PromptedSegmenter(segresnet(), SEGRESNET_STAGES, ("up_layers.2",), num_classes=3)
-    assert with_image.head.layers[0].in_channels == without.head.layers[0].in_channels + 1
-    assert with_image(torch.randn(2, 1, 16, 16, 16)).shape == (2, 9, 16, 16, 16)
-
-
-def test_the_image_cannot_be_prompted():
-    with pytest.raises(ValueError, match="cannot be prompted"):
-        PromptedSegmenter(segresnet(), (IMAGE, "down_layers.1"), ("up_layers.2",), num_classes=3)
-
-
-@pytest.mark.parametrize("layers, reach", [(1, 1), (2, 3), (3, 7)])
-def test_each_head_layer_doubles_its_dilation_and_widens_what_a_voxel_sees(layers, reach):
-    torch.manual_seed(0)
-    head = TaskHead(in_channels=2, num_classes=3, hidden_channels=8, layers=layers).eval()
-    x = torch.randn(1, 2, 33, 33, 33)
-    assert head([x]).shape == (1, 3, 33, 33, 33)
-
-    def centre_change(offset: int) -> float:
-        y = x.clone()
-        y[0, :, 16 + offset, 16, 16] += 10.0
-        with torch.no_grad():
-            return float((head([x]) - head([y]))[0, :, 16, 16, 16].abs().max())
-
-    # GroupNorm couples every voxel faintly (a voxel far outside the reach shows that level); inside the
-    # reach of the 3x3x3 convs with dilations 1, 2, 4, ... the change is an order of magnitude larger.
-    coupling = centre_change(15)
-    assert centre_change(reach) > 10 * coupling
-    assert centre_change(reach + 1) < 5 * coupling

@@ -42,7 +42,7 @@ def test_large_scans_are_downsampled_but_the_organ_mask_keeps_the_input_shape():
 
 
 def disagreeing_model():
-    model = PromptedSegmenter(tiny_net(), ["down_layers.2", "up_layers.0"], ("up_layers.2",), 3, num_prompts=3)
+    model = PromptedSegmenter(tiny_net(), organ_channel=1, num_prompts=3)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "to_feature" in name:

@@ -15,7 +15,7 @@ from apps.slpt.training.rounds import TrainingRound, round_split, starting_model
 from apps.slpt.training.splits import split_scans
 
 IDENTITY = {"name": "tiny", "path": "tiny", "sha256": "a" * 64}
-CFG = SLPTConfig(stages=("down_layers.2", "up_layers.0"), head_stages=("up_layers.2",), epochs=3,
+CFG = SLPTConfig(stages=("up_layers.0",), epochs=3,
                  iterations_per_epoch=1, patch_size=16, batch_size=1, num_prompts=2, val_interval=1)
 CLASSES = {"liver": 1, "tumor": 2}
 
@@ -24,7 +24,8 @@ def tiny_backbone() -> Backbone:
     torch.manual_seed(0)
     net = SegResNet(spatial_dims=3, in_channels=1, out_channels=4, init_filters=8,
                     blocks_down=(1, 2, 2, 4), blocks_up=(1, 1, 1)).eval()
-    return Backbone(network=net, preprocessing=[], roi_size=(32, 32, 32), identity=IDENTITY)
+    return Backbone(network=net, preprocessing=[], roi_size=(32, 32, 32), labels={"background": 0, "liver": 1},
+                    identity=IDENTITY)
 
 
 def scan():

@@ -16,14 +16,14 @@ from apps.slpt.model.build import checkpoint_config
 from apps.slpt.model.prompts import PromptedSegmenter, count_parameters
 from apps.slpt.training.loop import (
     PatchSampler,
-    augmented_views,
     dvpt_loss,
+    prompt_optimizer,
     fit,
     fit_keeping_best,
     task_loss,
     training_split,
 )
-from benchmarks.baselines import HeadSegmenter
+from benchmarks.baselines import finetune_config
 
 
 def tiny_net():
@@ -44,23 +44,12 @@ def tiny_pair(seed):
     return image, label
 
 
-CFG = SLPTConfig(stages=("down_layers.2", "up_layers.0"), epochs=3, iterations_per_epoch=2, patch_size=16,
+CFG = SLPTConfig(stages=("up_layers.0",), epochs=3, iterations_per_epoch=2, patch_size=16,
                  batch_size=1, num_prompts=2, val_interval=1)
 
 
-def test_augmented_views_keep_view_zero_clean():
-    x = torch.rand(2, 1, 8, 8, 8)
-    views = augmented_views(x, 3, np.random.default_rng(0))
-    assert views.shape == (6, 1, 8, 8, 8)
-    assert torch.equal(views[:2], x) and not torch.equal(views[2:4], x)
-
-
-def test_view_jitter_scales_how_far_augmented_views_move():
-    x = torch.rand(2, 1, 8, 8, 8)
-    moved = {j: augmented_views(x, 3, np.random.default_rng(0), jitter=j)[2:] - x.repeat(2, 1, 1, 1, 1)
-             for j in (0.0, 0.25, 1.0)}
-    distance = {j: m.abs().mean() for j, m in moved.items()}
-    assert distance[0.0] == 0 and 0 < distance[0.25] < distance[1.0]
+def prompted(net=None, **kw):
+    return PromptedSegmenter(net or tiny_net(), organ_channel=1, stages=CFG.stages, num_prompts=2, **kw)
 
 
 def test_dvpt_loss_has_no_diversity_for_one_prompt_and_rewards_it_for_several():
@@ -76,7 +65,7 @@ def test_dvpt_loss_has_no_diversity_for_one_prompt_and_rewards_it_for_several():
 
 
 def test_fit_without_validation_keeps_every_epoch_and_says_so():
-    model = PromptedSegmenter(tiny_net(), CFG.stages, CFG.head_stages, 3, num_prompts=2)
+    model = prompted()
     reports, best = [], []
     fit(model, [tiny_pair(0), tiny_pair(1)], [], CFG, sliding_window((32, 32, 32)), on_epoch=reports.append,
         on_best=best.append, log=lambda m: None)
@@ -85,7 +74,7 @@ def test_fit_without_validation_keeps_every_epoch_and_says_so():
 
 
 def test_fit_with_validation_reports_dice_and_only_improvements_are_best():
-    model = PromptedSegmenter(tiny_net(), CFG.stages, CFG.head_stages, 3, num_prompts=2)
+    model = prompted()
     reports, best = [], []
     fit(model, [tiny_pair(0)], [tiny_pair(2)], CFG, sliding_window((32, 32, 32)), on_epoch=reports.append,
         on_best=best.append, log=lambda m: None)
@@ -97,7 +86,7 @@ def test_fit_with_validation_reports_dice_and_only_improvements_are_best():
 
 def test_fit_keeping_best_leaves_the_model_at_its_best_validated_epoch():
     def model():
-        return PromptedSegmenter(tiny_net(), CFG.stages, CFG.head_stages, 3, num_prompts=2)
+        return prompted()
 
     train, val, inferer = [tiny_pair(0)], [tiny_pair(2)], sliding_window((32, 32, 32))
     # The same seeded run twice: once watching every epoch's weights, once keeping the best.
@@ -117,7 +106,7 @@ class Stop(Exception):
 
 def test_a_killed_run_continues_from_its_progress_file_as_if_never_stopped(tmp_path):
     def model():
-        return PromptedSegmenter(tiny_net(), CFG.stages, CFG.head_stages, 3, num_prompts=2)
+        return prompted()
 
     train, val, inferer = [tiny_pair(0), tiny_pair(1)], [tiny_pair(2)], sliding_window((32, 32, 32))
     whole = model()
@@ -153,22 +142,34 @@ def test_training_split_trains_on_everything_or_holds_out_the_apps_fixed_validat
         training_split(labelled, cfg, "first")
 
 
-@pytest.mark.parametrize("freeze_backbone", [True, False])
-def test_head_baselines_train_what_they_claim(freeze_backbone):
-    model = HeadSegmenter(tiny_net(), ("up_layers.2", "down_layers.0"), 3, freeze_backbone=freeze_backbone)
+@pytest.mark.parametrize("train_backbone", [False, True])
+def test_head_baselines_train_what_they_claim(train_backbone):
+    model = PromptedSegmenter(tiny_net(), organ_channel=1, stages=(), num_prompts=1, decoder_rank=0,
+                              decoder_shifts=False)
+    for p in model.backbone.parameters():
+        p.requires_grad_(train_backbone)
     trainable, total = count_parameters(model)
     head = sum(p.numel() for p in model.head.parameters())
-    assert trainable == (head if freeze_backbone else total)
+    assert trainable == (total if train_backbone else head)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    cfg = SLPTConfig(epochs=1, iterations_per_epoch=2, patch_size=16, batch_size=1, learning_rate=1e-2)
-    fit(model, [tiny_pair(0)], [], cfg, sliding_window((32, 32, 32)), log=lambda m: None)
+    cfg = SLPTConfig(epochs=1, iterations_per_epoch=2, patch_size=16, batch_size=1, stages=(), num_prompts=1)
+    fit(model, [tiny_pair(0)], [], finetune_config(cfg, 1e-2), sliding_window((32, 32, 32)), log=lambda m: None)
     unchanged = all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
-    assert unchanged == freeze_backbone
+    assert unchanged != train_backbone
     assert 0.0 <= evaluate(model, [tiny_pair(3)], sliding_window((32, 32, 32)))["dice_liver"] <= 1.0
 
 
+def test_the_decoder_deltas_take_their_own_smaller_step():
+    optimizer = prompt_optimizer(prompted(), SLPTConfig(learning_rate=1e-2, decoder_learning_rate=1e-3))
+    rates = sorted(g["lr"] for g in optimizer.param_groups)
+    assert rates == [1e-3, 1e-2]
+    small = next(g for g in optimizer.param_groups if g["lr"] == 1e-3)
+    assert len(small["params"]) == sum(1 for n, p in prompted().named_parameters()
+                                       if p.requires_grad and n.startswith("deltas."))
+
+
 def test_validation_runs_every_interval_and_after_the_last_epoch():
-    model = PromptedSegmenter(tiny_net(), CFG.stages, CFG.head_stages, 3, num_prompts=2)
+    model = prompted()
     reports = []
     cfg = SLPTConfig(**{**CFG.to_dict(), "epochs": 5, "iterations_per_epoch": 1, "val_interval": 2})
     fit(model, [tiny_pair(0)], [tiny_pair(2)], cfg, sliding_window((32, 32, 32)), on_epoch=reports.append,
@@ -204,11 +205,8 @@ def test_models_trained_by_fit_infer_in_windows_of_their_training_patch_size():
     assert checkpoint_inferer({"metadata": {}}, cfg).roi_size == (48, 48, 48)
 
 
-def test_a_checkpoint_is_rebuilt_with_its_own_head_even_from_before_head_layers_existed():
-    app = SLPTConfig(head_layers=3, hidden_ratio=0.5)
-    older = {"metadata": {"config": {"hidden_ratio": 1.0, "stages": ["up_layers.0"]}}}  # written without the field
-    newer = {"metadata": {"config": {"hidden_ratio": 1.0, "stages": ["up_layers.0"], "head_layers": 2}}}
-    rebuilt = checkpoint_config(older, app)
-    assert rebuilt.head_layers == 1
-    assert rebuilt.stages == ("up_layers.0",) and rebuilt.hidden_ratio == 1.0
-    assert checkpoint_config(newer, app).head_layers == 2
+def test_a_checkpoint_is_rebuilt_with_its_own_architecture():
+    app = SLPTConfig(decoder_rank=8, hidden_ratio=0.5)
+    saved = {"metadata": {"config": {"hidden_ratio": 1.0, "stages": ["up_layers.0"], "decoder_rank": 2}}}
+    rebuilt = checkpoint_config(saved, app)
+    assert rebuilt.stages == ("up_layers.0",) and rebuilt.hidden_ratio == 1.0 and rebuilt.decoder_rank == 2

@@ -23,7 +23,7 @@ from torch import nn
 
 from apps.slpt.active.uncertainty import ensemble, scan_uncertainty
 from apps.slpt.inference import task_label
-from apps.slpt.model.prompts import model_device, resolve_stages
+from apps.slpt.model.prompts import model_device
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -61,7 +61,10 @@ def embed_scan(
         x = F.interpolate(x, scale_factor=1 / factor, mode="trilinear", align_corners=False)
     x, spatial = _pad_to_multiple(x, multiple)
     captured = {}
-    handle = resolve_stages(network, [stage])[stage].register_forward_hook(
+    modules = dict(network.named_modules())
+    if stage not in modules or not stage:
+        raise ValueError(f"unknown backbone stage {stage!r} for the scan embedding (e.g. 'down_layers.3')")
+    handle = modules[stage].register_forward_hook(
         lambda m, i, o: captured.__setitem__("feature", o))
     try:
         network.eval()

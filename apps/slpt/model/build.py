@@ -10,45 +10,50 @@ from monai.inferers import SlidingWindowInferer
 
 from apps.slpt.config import SLPTConfig
 from apps.slpt.inference import checkpoint_inferer
-from apps.slpt.labels import NUM_CLASSES
 from apps.slpt.model.backbone import Backbone
 from apps.slpt.model.checkpoints import PromptCheckpointStore, load_into
 from apps.slpt.model.prompts import PromptedSegmenter
 
 
-def build_model(backbone: Backbone, cfg: SLPTConfig, num_classes: int = NUM_CLASSES) -> PromptedSegmenter:
-    """A prompted copy of the backbone (the shared backbone object itself stays hook-free)."""
+def organ_channel(backbone: Backbone, organ: str) -> int:
+    """The backbone's output channel of ``organ``, from its bundle's labels; a clear error when absent."""
+    if organ not in backbone.labels:
+        raise ValueError(f"backbone {backbone.identity.get('name')!r} declares no label {organ!r} in "
+                         f"configs/metadata.json (labels: {sorted(backbone.labels)}); set slpt_organ")
+    return int(backbone.labels[organ])
+
+
+def build_model(backbone: Backbone, cfg: SLPTConfig) -> PromptedSegmenter:
+    """A prompted copy of the backbone (the shared backbone object itself stays untouched)."""
     return PromptedSegmenter(
         copy.deepcopy(backbone.network),
+        organ_channel=organ_channel(backbone, cfg.organ),
         stages=cfg.stages,
-        head_stages=cfg.head_stages,
-        num_classes=num_classes,
         num_prompts=cfg.num_prompts,
         prompt_channels=cfg.prompt_channels,
         prompt_size=cfg.prompt_size,
         hidden_ratio=cfg.hidden_ratio,
+        decoder_rank=cfg.decoder_rank,
+        decoder_shifts=cfg.decoder_shifts,
+        encoder_stages=cfg.encoder_stages,
         head_channels=cfg.head_channels,
-        head_layers=cfg.head_layers,
-        share_updaters=cfg.share_updaters,
+        head_kernel=cfg.head_kernel,
+        precision=cfg.precision,
         seed=cfg.seed,
     )
 
 
 # The fields that define a prompt checkpoint's architecture; a checkpoint is rebuilt with its own values.
-# The K prompt sets and their updaters, then the task head (which a full fine-tuning baseline shares).
-PROMPT_SET_FIELDS = ("stages", "num_prompts", "prompt_channels", "prompt_size", "hidden_ratio", "share_updaters")
-HEAD_FIELDS = ("head_stages", "head_channels", "head_layers")
+# The K prompt sets and their updaters, then what a full fine-tuning baseline shares (decoder and head).
+PROMPT_SET_FIELDS = ("stages", "num_prompts", "prompt_channels", "prompt_size", "hidden_ratio")
+HEAD_FIELDS = ("decoder_rank", "decoder_shifts", "encoder_stages", "head_channels", "head_kernel", "organ")
 PROMPT_FIELDS = PROMPT_SET_FIELDS + HEAD_FIELDS + ("seed",)
-
-
-# Prompt fields added after checkpoints had been written, with the value that rebuilds those checkpoints.
-FIELDS_ADDED_LATER = {"head_layers": 1}
 
 
 def checkpoint_config(payload: dict, cfg: SLPTConfig) -> SLPTConfig:
     """``cfg`` with the prompt architecture a checkpoint was trained with (the app config may have moved on)."""
-    saved = {**FIELDS_ADDED_LATER, **payload["metadata"].get("config", {})}
-    return dataclasses.replace(cfg, **{k: tuple(saved[k]) if k in ("stages", "head_stages") else saved[k]
+    saved = payload["metadata"].get("config", {})
+    return dataclasses.replace(cfg, **{k: tuple(saved[k]) if k == "stages" else saved[k]
                                        for k in PROMPT_FIELDS if k in saved})
 
 
@@ -77,7 +82,8 @@ def load_checkpoint(backbone: Backbone, store: PromptCheckpointStore, version: i
     """Read checkpoint ``version`` from ``store`` and rebuild it on ``backbone``, strictly.
 
     Raises:
-        CheckpointError: the file is unreadable, belongs to another backbone or does not fit its architecture.
+        CheckpointError: the file is unreadable, belongs to another backbone, holds another design or does
+            not fit its architecture.
         ValueError, TypeError, KeyError: its metadata names an unknown stage or holds a mistyped setting.
     """
     payload = store.read(version)

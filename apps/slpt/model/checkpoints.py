@@ -32,7 +32,10 @@ from apps.slpt.model.backbone import check_state_dict
 from apps.slpt.model.prompts import is_backbone_key
 
 FORMAT = "slpt-prompts"
-FORMAT_VERSION = 1
+# 2: the SLPT v2 design (prompts in the decoder, decoder deltas, organ-based tumour head). Version 1 files
+# hold v1's prompts on every backbone stage and its 3x3x3 head: nothing of them maps onto v2.
+FORMAT_VERSION = 2
+DESIGNS = {1: "SLPT v1 (prompts on every backbone stage, 3x3x3 task head)", 2: "SLPT v2"}
 _NAME = re.compile(r"^prompts_v(\d{4,})\.pt$")
 
 
@@ -94,6 +97,7 @@ class PromptCheckpointStore:
         payload = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
+            "design": DESIGNS[FORMAT_VERSION],
             "version": version,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "metadata": metadata,
@@ -168,7 +172,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an SLPT prompt checkpoint (format {FORMAT!r} expected)")
     if payload.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {payload.get('format_version')}, expected {FORMAT_VERSION}")
+        held = DESIGNS.get(payload.get("format_version"), f"format version {payload.get('format_version')}")
+        raise CheckpointError(f"{path} holds {held}, but this app serves {DESIGNS[FORMAT_VERSION]}: train a new "
+                              "version (POST /train/slpt), or run the app release that wrote it")
     state = payload.get("state_dict")
     if not isinstance(payload.get("metadata"), dict) or not isinstance(state, dict) or not all(
         isinstance(v, torch.Tensor) for v in state.values()

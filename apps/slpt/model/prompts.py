@@ -1,24 +1,34 @@
-"""Prompts with feature-aware prompt updaters (FPU) injected into a frozen backbone by forward hooks.
+"""SLPT v2: K diversified prompt sets in the decoder of a frozen SegResNet, a tuned decoder, a tumour head.
 
-SLPT (Bai et al., MICCAI 2023, arXiv 2308.04911) tunes only a few prompt parameters on a frozen,
-task-agnostic segmentation network. Our reconstruction of the paper (only its abstract is public):
+SLPT (Bai et al., MICCAI 2023, arXiv 2308.04911) tunes a few parameters of a frozen, task-agnostic
+segmentation network: prompts with feature-aware prompt updaters (FPU), and ``K`` diversified prompt
+sets (DVPT) whose disagreement is the prompt-based uncertainty. Only the paper's abstract is public; this
+design places those parts where parameter-efficient tuning of a small CNN is known to work (see
+``docs/method.md``): tumour-vs-liver is a new class carved out of an organ the backbone already knows, an
+output-level shift, so the encoder stays frozen and the decoder is specialised.
 
-* At each configured stage ``s`` (e.g. SegResNet's ``down_layers.i`` / ``up_layers.i``), a learnable
-  prompt ``P_s`` (``prompt_channels`` x ``prompt_size``³, resized to the feature's size) meets the
-  frozen stage output ``F_s``. The FPU mixes ``[F_s, P_s]`` with a depthwise + pointwise conv and returns
-  ``F_s + ΔF_s`` and a feature-aware prompt that is carried, resized, into the next stage.
-* ``ΔF_s``'s last conv is zero-initialised (as LoRA's ``B``), so an untrained prompt set reproduces the
-  frozen network exactly.
-* ``K`` prompt sets (diversified visual prompt tuning) share the FPU weights by default; they differ by
-  initialisation and by the augmented view each sees in training. All ``K`` run in one batched pass:
-  the batch is laid out ``[K * B, ...]`` and each hook adds prompt set ``k`` to rows ``k*B:(k+1)*B``.
-* A new task head (:class:`TaskHead`) reads the features of ``head_stages``: by default the last decoder
-  stage and the first encoder stage. The backbone was pre-trained with tumour counted as liver, so its
-  decoder learnt to ignore the faint tumour-liver contrast; the first encoder stage still carries it. The
-  head may also read the image itself (:data:`IMAGE`).
+One pass over ``x [B, 1, *S]``:
 
-The backbone's code is never copied or edited: its state-dict keys stay unchanged, and hook handles
-are removed by :meth:`PromptedSegmenter.remove_hooks`.
+1. **Encoder, frozen and shared.** SegResNet's ``encode`` runs once for all ``K`` sets, without autograd
+   when nothing in it is trained (no backward pass through it).
+2. **Prompted decoder stages** (``stages``, consecutive decoder stages, by default the two coarse ones).
+   The batch is repeated ``K`` times (``[K * B, ...]``) at the first of them; after each, the FPU mixes
+   the stage feature with set ``k``'s prompt (plus the prompt carried from the previous stage) and
+   returns the modulated feature and the updated prompt. The FPU's feature output starts at zero.
+3. After the last prompted stage each set reads its own **tumour evidence** at that (coarse) resolution,
+   and the ``K`` features are averaged: the fine stages run **once**, so the sets share the costly
+   full-resolution work (the K sets cost about what one coarse decoder stage costs, per extra set).
+4. **Decoder deltas** (:mod:`apps.slpt.model.deltas`): every decoder module (up-sampling, stages, final
+   conv) runs with zero-initialised shifts of its norms and biases and low-rank updates of its kernels.
+5. **Task logits from the organ the backbone knows.** The backbone's own final conv gives organ
+   log-probabilities; background is ``log(1 - p_liver)`` and liver ``log p_liver``, exactly. Tumour is
+   ``log p_liver + tau_k``, where ``tau_k`` (tumour-vs-healthy-liver log-odds) is a small 1x1x1 head on
+   the decoder's output, the first encoder stage's feature (which still carries the faint lesion
+   contrast) and the image, plus set ``k``'s coarse evidence. It starts at :data:`TUMOUR_PRIOR`, so only
+   tumour has to be learnt; liver and background start as the backbone's own.
+
+With nothing trained, the organ logits are the frozen backbone's, bit for bit. The backbone module is
+never edited (its state-dict keys and tensors stay as loaded); checkpoints hold only what is trained.
 """
 
 from __future__ import annotations
@@ -29,6 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from apps.slpt.model.deltas import ParameterDeltas
+from apps.slpt.model.precision import autocast, uses_bf16
+
+# Initial tumour-vs-healthy-liver log-odds: a tumour probability of about 2% inside the liver, so an
+# untrained head predicts no tumour and the loss starts from the backbone's liver.
+TUMOUR_PRIOR = -4.0
+
 
 class FeatureAwarePromptUpdater(nn.Module):
     """Mixes a stage feature with its prompt; returns the modulated feature and the updated prompt.
@@ -37,269 +54,291 @@ class FeatureAwarePromptUpdater(nn.Module):
         feature_channels: channels ``C`` of the stage output.
         prompt_channels: channels ``Cp`` of the prompt.
         hidden_channels: width of the pointwise mixing layer.
+        updates_prompt: return an updated prompt for the next stage (the last prompted stage has none).
     """
 
-    def __init__(self, feature_channels: int, prompt_channels: int, hidden_channels: int):
+    def __init__(self, feature_channels: int, prompt_channels: int, hidden_channels: int,
+                 updates_prompt: bool = True):
         super().__init__()
         c = feature_channels + prompt_channels
         self.depthwise = nn.Conv3d(c, c, kernel_size=3, padding=1, groups=c)
         self.pointwise = nn.Conv3d(c, hidden_channels, kernel_size=1)
         self.norm = nn.GroupNorm(1, hidden_channels)
         self.to_feature = nn.Conv3d(hidden_channels, feature_channels, kernel_size=1)
-        self.to_prompt = nn.Conv3d(hidden_channels, prompt_channels, kernel_size=1)
+        self.to_prompt = nn.Conv3d(hidden_channels, prompt_channels, kernel_size=1) if updates_prompt else None
         nn.init.zeros_(self.to_feature.weight)  # a fresh updater is an exact no-op on the feature
         nn.init.zeros_(self.to_feature.bias)
 
-    def forward(self, feature: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``feature [N, C, *S]``, ``prompt [N, Cp, *S]`` -> ``([N, C, *S], [N, Cp, *S])``."""
+    def forward(self, feature: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``feature [N, C, *S]``, ``prompt [N, Cp, *S]`` -> ``([N, C, *S], [N, Cp, *S] or None)``."""
         h = F.gelu(self.norm(self.pointwise(self.depthwise(torch.cat([feature, prompt], dim=1)))))
-        return feature + self.to_feature(h), prompt + self.to_prompt(h)
+        return feature + self.to_feature(h), prompt + self.to_prompt(h) if self.to_prompt is not None else None
 
 
-class TaskHead(nn.Module):
-    """The new task head: stage features, resized to the first one's grid and stacked, -> class logits.
+class TumourHead(nn.Module):
+    """Tumour-vs-healthy-liver log-odds per voxel from stacked full-resolution features.
 
-    3x3x3 convs (not 1x1x1) let the head compare a voxel with its neighbours, which is what tells a
-    low-contrast lesion from noise. Each further layer doubles its dilation, widening the context the head
-    sees (e.g. whether a dark voxel lies inside the liver or on its partial-volume edge) at the cost of
-    one more conv.
-
-    Args:
-        in_channels: channels of the stacked stage features.
-        num_classes: task classes, background included.
-        hidden_channels: width of the 3x3x3 convs.
-        layers: number of 3x3x3 convs (dilations 1, 2, 4, ...).
+    ``kernel_size`` 1 leaves all spatial context to the decoder's 3x3x3 convs (tuned by their deltas);
+    3 lets the head compare a voxel with its neighbours itself, at the cost of one full-resolution conv.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, hidden_channels: int = 16, layers: int = 1):
+    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int = 1):
         super().__init__()
-        blocks = []
-        for i in range(layers):
-            blocks += [
-                nn.Conv3d(in_channels if i == 0 else hidden_channels, hidden_channels, kernel_size=3,
-                          padding=2**i, dilation=2**i),
-                nn.GroupNorm(min(8, hidden_channels), hidden_channels),
-                nn.ReLU(),
-            ]
-        self.layers = nn.Sequential(*blocks, nn.Conv3d(hidden_channels, num_classes, kernel_size=1))
+        self.mix = nn.Conv3d(in_channels, hidden_channels, kernel_size=kernel_size, padding=kernel_size // 2)
+        self.out = nn.Conv3d(hidden_channels, 1, kernel_size=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.constant_(self.out.bias, TUMOUR_PRIOR)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        size = features[0].shape[2:]
-        resized = [f if f.shape[2:] == size else F.interpolate(f, size=size, mode="trilinear", align_corners=False)
-                   for f in features]
-        return self.layers(torch.cat(resized, dim=1))
-
-
-# A head "stage" that is the network's own input: the image itself, where a lesion's contrast to the
-# liver is undiluted by layers that were trained to count tumour as liver.
-IMAGE = "image"
-
-
-class StageTap:
-    """Forward hooks that keep the outputs of named modules (the input, for :data:`IMAGE`) for one pass."""
-
-    def __init__(self, modules: dict[str, nn.Module]):
-        self.outputs: dict[str, torch.Tensor] = {}
-        self.handles = [
-            m.register_forward_pre_hook(lambda mod, args, name=name: self.outputs.__setitem__(name, args[0]))
-            if name == IMAGE else
-            m.register_forward_hook(lambda mod, i, o, name=name: self.outputs.__setitem__(name, o))
-            for name, m in modules.items()
-        ]
-
-    def take(self, names: Sequence[str]) -> list[torch.Tensor]:
-        """The kept outputs in ``names`` order, forgetting them (no activation outlives its pass)."""
-        try:
-            return [self.outputs[n] for n in names]
-        finally:
-            self.clear()
-
-    def clear(self) -> None:
-        self.outputs.clear()
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-        self.clear()
-
-
-def resolve_stages(network: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
-    """Named submodules of ``network`` (the network itself for :data:`IMAGE`); an unknown name raises a
-    ``ValueError`` listing valid ones."""
-    modules = {**dict(network.named_modules()), IMAGE: network}
-    unknown = [n for n in names if n not in modules or n == ""]
-    if unknown:
-        # Only list containers of blocks, the plausible stage names, to keep the message readable.
-        candidates = [n for n, m in network.named_children() if isinstance(m, (nn.ModuleList, nn.Sequential))]
-        stages = [f"{c}.{i}" for c in candidates for i, _ in enumerate(modules[c])]
-        raise ValueError(f"unknown backbone stage(s) {unknown}; valid stage names include: {', '.join(stages)} "
-                         f"(and {IMAGE!r}, the input, for the head)")
-    return {n: modules[n] for n in names}
-
-
-def stage_channels(network: nn.Module, stages: Sequence[str], in_channels: int = 1, size: int = 32) -> dict[str, int]:
-    """Output channels of each stage, found with one tiny dry run (works for any backbone)."""
-    tap = StageTap(resolve_stages(network, stages))
-    try:
-        with torch.no_grad():
-            network(torch.zeros(1, in_channels, size, size, size, device=model_device(network)))
-        return {name: out.shape[1] for name, out in tap.outputs.items()}
-    finally:
-        tap.remove()
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out(F.gelu(self.mix(features)))
 
 
 class PromptedSegmenter(nn.Module):
-    """Frozen backbone + ``K`` prompt sets with FPUs at named stages + a task head.
+    """Frozen SegResNet + ``K`` prompt sets with FPUs in its decoder + decoder deltas + a tumour head.
 
     Args:
-        backbone: the frozen network (its parameters are frozen here, in one place).
-        stages: names of the modules whose outputs are prompted, in forward order.
-        head_stages: modules whose outputs feed the task head; the first one sets its grid.
-        num_classes: task classes, background included.
-        num_prompts: ``K``, the number of diversified prompt sets.
+        backbone: a MONAI ``SegResNet`` (frozen here, in one place).
+        organ_channel: the backbone's output channel of the organ that holds the lesions (liver).
+        stages: consecutive decoder stages (``up_layers.i``) that get the K prompt sets; may be empty
+            (then ``K`` must be 1: the head-only and decoder-only baselines).
+        num_prompts: ``K``.
         prompt_channels: channels of each prompt tensor.
         prompt_size: spatial size of each learnable prompt (a cube), resized to each feature.
         hidden_ratio: FPU hidden width as a fraction of the stage channels (at least 4).
-        head_channels: width of the task head's 3x3x3 convs.
-        head_layers: number of the task head's 3x3x3 convs.
-        share_updaters: one FPU per stage shared by all prompt sets, or one per set.
-        seed: initialises the prompt sets differently but reproducibly.
+        decoder_rank: rank of the decoder kernels' updates (0: none).
+        decoder_shifts: tune shifts of the decoder's norms and biases.
+        encoder_stages: the first this many encoder stages get the same deltas as the decoder (0: the
+            encoder is frozen whole and no backward pass runs through it).
+        head_channels: hidden width of the tumour head.
+        head_kernel: kernel size of the tumour head's first conv (1 or 3).
+        precision: ``auto``, ``bf16`` or ``fp32``: whether the pass runs under bf16 autocast
+            (:mod:`apps.slpt.model.precision`); task logits are always returned in fp32.
+        seed: initialises the prompt sets and low-rank factors differently but reproducibly.
     """
 
     def __init__(
         self,
         backbone: nn.Module,
-        stages: Sequence[str],
-        head_stages: Sequence[str],
-        num_classes: int,
+        organ_channel: int,
+        stages: Sequence[str] = ("up_layers.0",),
         num_prompts: int = 3,
         prompt_channels: int = 4,
         prompt_size: int = 4,
         hidden_ratio: float = 1.0,
+        decoder_rank: int = 4,
+        decoder_shifts: bool = True,
+        encoder_stages: int = 0,
         head_channels: int = 16,
-        head_layers: int = 1,
-        share_updaters: bool = True,
+        head_kernel: int = 1,
+        precision: str = "fp32",
         seed: int = 0,
-        in_channels: int = 1,
     ):
         super().__init__()
+        for method in ("encode", "up_samples", "up_layers", "conv_final"):
+            if not hasattr(backbone, method):
+                raise ValueError(f"SLPT needs a MONAI SegResNet backbone (encode, up_samples, up_layers, "
+                                 f"conv_final); {type(backbone).__name__} has no {method!r}")
         if num_prompts < 1:
             raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
-        if not stages:
-            raise ValueError("at least one prompted stage is required")
-        if isinstance(head_stages, str) or not head_stages:
-            raise ValueError(f"head_stages must be a non-empty sequence of stage names, got {head_stages!r}")
-        if IMAGE in stages:
-            raise ValueError(f"{IMAGE!r} (the network's input) can feed the head but cannot be prompted")
         self.backbone = backbone
         freeze(self.backbone)
-        self.stages = list(stages)
-        self.head_stages = list(head_stages)
         self.num_prompts = num_prompts
-        channels = stage_channels(backbone, [*self.stages, *self.head_stages], in_channels)
+        self.organ_channel = organ_channel
+        uses_bf16(precision, "cpu")  # validates the name
+        self.precision = precision
+        self.prompted = prompted_stage_indices(stages, len(backbone.up_layers))
+        if not self.prompted and num_prompts > 1:
+            raise ValueError(f"K={num_prompts} prompt sets need at least one prompted stage")
+        self.stages = tuple(stages)
+        channels, first_stage = feature_channels(backbone)
 
         generator = torch.Generator().manual_seed(seed)
         self.prompts = nn.ParameterDict({
-            _key(stage): nn.Parameter(
-                0.02 * torch.randn(num_prompts, prompt_channels, *(prompt_size,) * 3, generator=generator)
-            )
-            for stage in self.stages
+            str(i): nn.Parameter(0.02 * torch.randn(num_prompts, prompt_channels, *(prompt_size,) * 3,
+                                                    generator=generator))
+            for i in self.prompted
         })
-
-        def updater(c: int) -> FeatureAwarePromptUpdater:
-            return FeatureAwarePromptUpdater(c, prompt_channels, max(4, int(round(c * hidden_ratio))))
-
-        copies = 1 if share_updaters else num_prompts
         self.updaters = nn.ModuleDict({
-            _key(stage): nn.ModuleList(updater(channels[stage]) for _ in range(copies)) for stage in self.stages
+            str(i): FeatureAwarePromptUpdater(channels[i], prompt_channels,
+                                              max(4, int(round(channels[i] * hidden_ratio))),
+                                              updates_prompt=i != self.prompted[-1])
+            for i in self.prompted
         })
-        self.head = TaskHead(sum(channels[s] for s in self.head_stages), num_classes, head_channels, head_layers)
-        self._handles: list = []
-        self._carried: torch.Tensor | None = None
-        self._active = True
-        modules = resolve_stages(backbone, [*self.stages, *self.head_stages])
-        for stage in self.stages:
-            self._handles.append(modules[stage].register_forward_hook(self._prompt_hook(stage)))
-        # Registered after the prompt hooks, so a prompted head stage is read with its prompt applied.
-        self._tap = StageTap({s: modules[s] for s in self.head_stages})
-
-    # -- hooks ---------------------------------------------------------------------------------------
-    def _prompt_hook(self, stage: str):
-        def hook(module, inputs, feature):
-            if not self._active:
-                return None
-            n = feature.shape[0]
-            if n % self.num_prompts:
-                raise RuntimeError(f"prompted batch of {n} is not a multiple of K={self.num_prompts}")
-            per_set = n // self.num_prompts
-            size = feature.shape[2:]
-            prompt = F.interpolate(self.prompts[_key(stage)], size=size, mode="trilinear", align_corners=False)
-            prompt = prompt.repeat_interleave(per_set, dim=0)  # row k*B + b uses prompt set k
-            if self._carried is not None:  # the previous stage's feature-aware prompt
-                prompt = prompt + F.interpolate(self._carried, size=size, mode="trilinear", align_corners=False)
-            updaters = self.updaters[_key(stage)]
-            if len(updaters) == 1:
-                feature, self._carried = updaters[0](feature, prompt)
-            else:
-                outs = [u(f, p) for u, f, p in zip(updaters, feature.split(per_set), prompt.split(per_set))]
-                feature, self._carried = (torch.cat(t) for t in zip(*outs))
-            return feature
-
-        return hook
-
-    def remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._tap.remove()
+        # Each set's own tumour evidence, read where the sets part (after the last prompted stage): 1x1x1
+        # weights, then a zero bias. The weights are drawn per set (as nn.Linear draws them): from equal
+        # weights the sets would get equal gradients and stay one prediction.
+        self.set_evidence = None
+        if self.prompted:
+            c = channels[self.prompted[-1]]
+            weights = (torch.rand(num_prompts, c, generator=generator) * 2 - 1) / c**0.5
+            self.set_evidence = nn.Parameter(torch.cat([weights, torch.zeros(num_prompts, 1)], dim=1))
+        self.deltas = nn.ModuleDict()
+        if decoder_rank or decoder_shifts:
+            tuned = {**{f"down_layers.{i}": backbone.down_layers[i] for i in range(encoder_stages)},
+                     **decoder_modules(backbone)}
+            for n, (name, module) in enumerate(tuned.items()):
+                self.deltas[_key(name)] = ParameterDeltas(module, decoder_rank, shifts=decoder_shifts, seed=seed + n)
+        self.head = TumourHead(channels[-1] + first_stage + backbone.convInit.conv.in_channels, head_channels,
+                               head_kernel)
 
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, Cin, *S]`` -> task logits of every prompt set, ``[B, K * num_classes, *S]``.
+        """``x [B, 1, *S]`` -> task logits of every prompt set, ``[B, K * 3, *S]``.
 
         The ``K`` predictions sit side by side on the channel axis so that MONAI's sliding-window
         inferer (which stitches ``[B, C, *S]``) handles them unchanged; :func:`split_prompts` undoes it.
         """
-        return self.forward_views(x.repeat(self.num_prompts, *(1,) * (x.dim() - 1)))
+        return self.logits(x)[0]
 
-    def forward_views(self, views: torch.Tensor) -> torch.Tensor:
-        """``views [K * B, Cin, *S]`` (row ``k*B + b`` seen by prompt set ``k``) -> ``[B, K * classes, *S]``.
+    def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [B, 1, *S]`` -> ``(task logits [B, K * 3, *S], organ logits [B, out, *S])``, the latter the
+        backbone's own output classes as the tuned decoder now gives them."""
+        with autocast(self.precision, x.device):
+            return self._logits(x)
 
-        Training feeds each prompt set its own augmented view of the batch through this entry point.
-        """
-        self._carried = None
-        try:
-            self.backbone(views)
-            logits = self.head(self._tap.take(self.head_stages))
-        finally:
-            self._carried = None
-        b = views.shape[0] // self.num_prompts
-        return torch.cat(logits.split(b), dim=1)
+    def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net, k, b = self.backbone, self.num_prompts, x.shape[0]
+        skips = self._encode(x)
+        h = skips.pop()
+        skips = [h, *reversed(skips)]  # as SegResNet.decode reads them: bottleneck first
+        carried, evidence = None, None
+        for i in range(len(net.up_layers)):
+            up = self._run(f"up_samples.{i}", net.up_samples[i], h)
+            skip = skips[i + 1]
+            h = self._run(f"up_layers.{i}", net.up_layers[i], up + (skip if up.shape[0] == skip.shape[0]
+                                                                     else _repeat(skip, k)))
+            if i in self.prompted:
+                if h.shape[0] == b:
+                    h = _repeat(h, k)  # the K sets part here: row k*B + b holds set k
+                h, carried = self._prompt(i, h, carried, b)
+                if i == self.prompted[-1]:
+                    evidence = self._set_evidence(h, b)
+                    h = h.view(k, b, *h.shape[1:]).mean(0)  # the finer stages run once, for all sets
+        organ_logits = self._run("conv_final", net.conv_final, h)
+        tau = self.head(torch.cat([h, skips[-1], x], dim=1))
+        if evidence is not None:
+            tau = tau + F.interpolate(evidence, size=x.shape[2:], mode="trilinear", align_corners=False)
+        return task_logits(organ_logits, tau, self.organ_channel), organ_logits.float()
+
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """SegResNet's ``encode``, stage by stage (each through its deltas, if it has any); no autograd up to
+        the first stage with something trainable, so no backward pass runs through the frozen ones."""
+        net = self.backbone
+        stages = [("convInit", net.convInit), *((f"down_layers.{i}", m) for i, m in enumerate(net.down_layers))]
+        trainable = [_key(name) in self.deltas or _any_trainable(m) for name, m in stages]
+        first = trainable.index(True) if True in trainable else len(stages)
+        outputs, h = [], x
+        for n, (name, module) in enumerate(stages):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and n >= first):
+                h = self._run(name, module, h)
+                if name == "convInit" and net.dropout_prob is not None:
+                    h = net.dropout(h)
+            if n:
+                outputs.append(h)
+        return outputs
+
+    def _run(self, name: str, module: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        delta = self.deltas[_key(name)] if _key(name) in self.deltas else None
+        return delta(h) if delta is not None else module(h)
+
+    def _prompt(self, i: int, feature: torch.Tensor, carried: torch.Tensor | None, b: int):
+        size = feature.shape[2:]
+        prompt = F.interpolate(self.prompts[str(i)], size=size, mode="trilinear", align_corners=False)
+        prompt = prompt.repeat_interleave(b, dim=0)  # row k*B + b uses prompt set k
+        if carried is not None:  # the previous stage's feature-aware prompt
+            prompt = prompt + F.interpolate(carried, size=size, mode="trilinear", align_corners=False)
+        return self.updaters[str(i)](feature, prompt)
+
+    def _set_evidence(self, h: torch.Tensor, b: int) -> torch.Tensor:
+        """``[K * B, C, *s]`` -> ``[B, K, *s]``: set ``k``'s 1x1x1 read-out of its own feature."""
+        k = self.num_prompts
+        w, bias = self.set_evidence[:, :-1], self.set_evidence[:, -1]
+        per_set = torch.einsum("kbc...,kc->bk...", h.view(k, b, *h.shape[1:]), w.to(h.dtype))
+        return per_set + bias.to(per_set.dtype).view(1, k, *(1,) * (h.dim() - 2))
 
     @torch.no_grad()
-    def backbone_output(self, x: torch.Tensor, prompted: bool = True) -> torch.Tensor:
-        """The frozen network's own output, with prompt set 0 applied or with prompts switched off."""
-        self._active = prompted
-        try:
-            if prompted:
-                x = x.repeat(self.num_prompts, *(1,) * (x.dim() - 1))
-            out = self.backbone(x)
-        finally:
-            self._active, self._carried = True, None
-            self._tap.clear()
-        return out[: out.shape[0] // self.num_prompts] if prompted else out
+    def backbone_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's own output classes, through the prompted, shifted decoder."""
+        return self.logits(x)[1]
 
     # -- checkpoint state ----------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only what is trained: prompts, updaters and head (no backbone tensor), as CPU copies."""
+        """Only what is trained (no backbone tensor), as CPU copies."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self.state_dict().items() if not is_backbone_key(k)}
 
     def train(self, mode: bool = True):
-        """Train mode for the prompt parts only; the frozen backbone always stays in eval mode."""
+        """Train mode for the added parts; a frozen backbone always stays in eval mode (its dropout off)."""
         super().train(mode)
-        self.backbone.eval()
+        self.backbone.train(mode and _any_trainable(self.backbone))
         return self
+
+
+def task_logits(organ_logits: torch.Tensor, tumour_log_odds: torch.Tensor, organ_channel: int) -> torch.Tensor:
+    """Backbone organ logits ``[B, out, *S]`` and tumour log-odds ``[B, K, *S]`` -> ``[B, K * 3, *S]``.
+
+    Background is ``log(1 - p_organ)`` and liver ``log p_organ`` (exactly, from the log-softmax); tumour is
+    ``log p_organ + tau``: a softmax over the three gives tumour ``p e^tau / (1 + p e^tau)``, so tumour
+    is always carved out of the organ, and ``tau > 0`` is where it wins over healthy liver.
+    """
+    log_p = F.log_softmax(organ_logits.float(), dim=1)
+    organ = log_p[:, organ_channel:organ_channel + 1]
+    others = torch.cat([log_p[:, :organ_channel], log_p[:, organ_channel + 1:]], dim=1)
+    background = torch.logsumexp(others, dim=1, keepdim=True)
+    tumour = organ + tumour_log_odds.float()
+    return torch.cat([torch.cat([background, organ, tumour[:, j:j + 1]], dim=1)
+                      for j in range(tumour.shape[1])], dim=1)
+
+
+def prompted_stage_indices(stages: Sequence[str], n_up: int) -> tuple[int, ...]:
+    """``("up_layers.0", "up_layers.1")`` -> ``(0, 1)``; anything else raises a ``ValueError`` naming the
+    valid stages."""
+    valid = [f"up_layers.{i}" for i in range(n_up)]
+    unknown = [s for s in stages if s not in valid]
+    if unknown:
+        raise ValueError(f"unknown prompt stage(s) {unknown}: prompts go in the decoder, one of {valid}")
+    indices = tuple(sorted(valid.index(s) for s in stages))
+    if indices and indices != tuple(range(indices[0], indices[-1] + 1)):
+        raise ValueError(f"prompt stages {list(stages)} must be consecutive decoder stages")
+    return indices
+
+
+def decoder_modules(network: nn.Module) -> dict[str, nn.Module]:
+    """The decoder's modules in forward order: up-sampling, stage, ..., final conv."""
+    modules = {}
+    for i in range(len(network.up_layers)):
+        modules[f"up_samples.{i}"] = network.up_samples[i]
+        modules[f"up_layers.{i}"] = network.up_layers[i]
+    modules["conv_final"] = network.conv_final
+    return modules
+
+
+def feature_channels(network: nn.Module, size: int = 16) -> tuple[list[int], int]:
+    """``(channels of each decoder stage, channels of the first encoder stage)``, found with one tiny dry
+    run (any SegResNet width)."""
+    out: list[int] = []
+    modules = [*network.up_layers, network.down_layers[0]]
+    handles = [m.register_forward_hook(lambda mod, i, o: out.append(o.shape[1])) for m in modules]
+    try:
+        with torch.no_grad():
+            network(torch.zeros(1, network.convInit.conv.in_channels, size, size, size,
+                                device=model_device(network)))
+    finally:
+        for h in handles:
+            h.remove()
+    return out[1:], out[0]  # the encoder's stage runs first
+
+
+def _any_trainable(*modules: nn.Module) -> bool:
+    return any(p.requires_grad for m in modules for p in m.parameters())
+
+
+def _repeat(t: torch.Tensor, k: int) -> torch.Tensor:
+    return t.repeat(k, *(1,) * (t.dim() - 1))
+
+
+def _key(name: str) -> str:
+    # ParameterDict / ModuleDict keys cannot contain dots.
+    return name.replace(".", "__")
 
 
 def split_prompts(logits: torch.Tensor, num_prompts: int) -> torch.Tensor:
@@ -333,27 +372,47 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def parameter_report(model: PromptedSegmenter) -> dict:
-    """Counts in the spirit of PEFT's ``print_trainable_parameters``, plus the ratio to the backbone."""
+# Trainable parameters by what they are, from their names (the first matching prefix wins).
+GROUPS = (("prompts", ("prompts.",)), ("updaters", ("updaters.", "set_evidence")),
+          ("norm_bias", ("deltas.*.shift",)), ("low_rank", ("deltas.*.lora_",)), ("head", ("head.",)),
+          ("backbone", ("backbone.",)))
+
+
+def parameter_group(name: str) -> str:
+    """The group of a trainable parameter's name (see :data:`GROUPS`)."""
+    for group, prefixes in GROUPS:
+        for prefix in prefixes:
+            if "*" in prefix:
+                first, rest = prefix.split("*")
+                if name.startswith(first) and rest in name:
+                    return group
+            elif name.startswith(prefix):
+                return group
+    raise ValueError(f"parameter {name!r} belongs to no group of {[g for g, _ in GROUPS]}")
+
+
+def parameter_report(model: nn.Module) -> dict:
+    """Counts in the spirit of PEFT's ``print_trainable_parameters``, per group, plus the ratio to the backbone."""
     trainable, total = count_parameters(model)
     backbone = sum(p.numel() for p in model.backbone.parameters())
+    groups = {g: 0 for g, _ in GROUPS}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups[parameter_group(name)] += p.numel()
     return {
         "trainable": trainable,
         "all": total,
         "backbone": backbone,
+        "groups": {g: n for g, n in groups.items() if n},
         "trainable_percent_of_all": round(100.0 * trainable / total, 4),
         "trainable_percent_of_backbone": round(100.0 * trainable / backbone, 4),
     }
 
 
 def format_parameter_report(report: dict) -> str:
+    groups = ", ".join(f"{g} {n:,}" for g, n in report["groups"].items())
     return (
-        f"trainable params: {report['trainable']:,} || all params: {report['all']:,} || "
+        f"trainable params: {report['trainable']:,} ({groups}) || all params: {report['all']:,} || "
         f"trainable%: {report['trainable_percent_of_all']:.4f} "
         f"({report['trainable_percent_of_backbone']:.2f}% of the frozen backbone's {report['backbone']:,})"
     )
-
-
-def _key(stage: str) -> str:
-    # ParameterDict / ModuleDict keys cannot contain dots.
-    return stage.replace(".", "__")
