@@ -1,7 +1,7 @@
 """MONAI Label's local datastore, with uploads checked before anything is written.
 
-MONAI Label stores whatever a client sends: a label that is not an image, or of the wrong shape, is
-copied into ``labels/final`` and breaks the next training round, and an id or tag is joined into a path
+MONAI Label stores whatever a client sends: a label that is not an image, or of the wrong shape or
+geometry, is copied into ``labels/final`` and breaks the next training round, and an id or tag is joined into a path
 unchecked (``tag=../../x`` writes outside the studies folder). This subclass runs ``lib.validation``
 first and answers a 4xx with a message; on a refusal nothing under the studies folder changes.
 
@@ -27,7 +27,7 @@ from lib.validation import (
     check_image,
     check_label,
     check_safe_id,
-    volume_shape,
+    volume_geometry,
 )
 
 
@@ -55,14 +55,14 @@ class ValidatingDatastore(LocalDatastore):
             raise HTTPException(404, f"no image {image_id!r} in the datastore to save a label for")
         _check(check_safe_id, label_tag, "label tag")
         try:
-            shape = volume_shape(image)
+            geometry = volume_geometry(image)
         except InvalidUpload as e:  # the stored scan, not the upload, is the problem
             raise HTTPException(409, f"the stored image {image_id!r} cannot be read, so no label can be "
                                      f"checked against it: {e}") from e
         # Task values are enforced where training reads them; other tags also hold model outputs, e.g. the
         # backbone's organ map that batch inference saves as "original".
         values = TASK_LABEL_VALUES if label_tag == DefaultLabelTag.FINAL.value else None
-        _check(check_label, label_filename, shape, values)
+        _check(check_label, label_filename, geometry, values)
         return super().save_label(image_id, label_filename, label_tag, label_info)
 
     # MONAI Label raises ImageNotFoundException for these, which its server answers with a 500.

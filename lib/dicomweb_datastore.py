@@ -13,6 +13,8 @@ What MONAI Label 0.8.5's ``DICOMWebDatastore`` does, and what this subclass chan
 * It caches the image and label lists for ``MONAI_LABEL_DICOMWEB_CACHE_EXPIRY`` (2 h by default), so a saved
   label is not seen until then. Here the label list is refreshed right after every save.
 * Its ``get_label_uri`` wants the SEG's series UID, but trainers ask by image id; here both work.
+* It joins any requested id into a cache path (``../../x`` reaches outside the cache); here an id that is
+  not a listed series, or a final label's SEG, resolves to nothing.
 * Its ``get_image_uri`` lets several callers (scoring, a training process, a Next Sample request) fetch
   the same uncached series at once: a second caller converts a half-downloaded folder, or answers before
   the image is registered, without the StudyInstanceUID OHIF's Next Sample opens. Here one caller per
@@ -45,7 +47,7 @@ from monailabel.datastore.utils.dicom import dicom_web_download_series, dicom_we
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
-from lib.validation import InvalidUpload, check_label, read_volume, volume_shape
+from lib.validation import InvalidUpload, check_label, read_volume, volume_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,10 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
     # --- reading an image ---------------------------------------------------------------------------
 
     def get_image_uri(self, image_id: str) -> str:
+        # MONAI Label joins the id into a cache path and serves whatever lies there, so an id such as
+        # "../../x" would reach files outside the cache: only a series the PACS lists is an image.
+        if image_id not in self.list_images():
+            return ""  # as MONAI Label's local datastore answers an unknown id
         # A file lock, not a threading one: MONAI Label trains in a separate process on the same cache.
         name = hashlib.sha1(image_id.encode()).hexdigest()
         with FileLock(os.path.join(self._datastore.image_path(), f".fetch-{name}.lock")):
@@ -132,7 +138,9 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
         if label_tag != DefaultLabelTag.FINAL:
             return LocalDatastore.get_label_uri(self, label_id, label_tag)
         segs = self.final_segs()
-        seg_uid = segs.get(label_id) or segs.get(image_id) or label_id
+        seg_uid = segs.get(label_id) or segs.get(image_id) or (label_id if label_id in segs.values() else None)
+        if seg_uid is None:  # the id becomes a cache path below: only a known image or SEG may get there
+            return ""
         folder = os.path.realpath(os.path.join(self._datastore.label_path(label_tag), seg_uid))
         nifti = f"{folder}.nii.gz"  # keyed by SEG: a newer save is a new file, never a stale cache hit
         if not os.path.exists(nifti):
@@ -152,7 +160,7 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
             raise HTTPException(404, f"no image {image_id!r} in the DICOMweb store")
         image_nifti = self.get_image_uri(image_id)
         try:
-            check_label(label_filename, volume_shape(image_nifti), values=tuple(sorted({0, *self._labels.values()})))
+            check_label(label_filename, volume_geometry(image_nifti), values=tuple(sorted({0, *self._labels.values()})))
         except InvalidUpload as e:
             raise HTTPException(422, str(e)) from e
         if label_tag != DefaultLabelTag.FINAL:

@@ -6,7 +6,11 @@ request with ``max_epochs: "abc"`` is answered 200 and fails later in the traini
 :class:`RequestSpec` first (``main.py``), so a bad value is a 422 that names the parameter.
 
 * A parameter that overrides a setting (``max_epochs`` -> ``epochs``, ``lease_seconds``) takes its type
-  and range from :class:`~apps.slpt.config.SLPTConfig`, the one place ranges are defined.
+  and its validity (e.g. a patch size that is a multiple of 8) from :class:`~apps.slpt.config.SLPTConfig`.
+  A training request is also bounded by :data:`TRAIN_RANGES`, what one client may make the server spend:
+  ``max_epochs``/``epochs`` 1-5000, ``iterations_per_epoch`` 1-1000, ``batch_size`` 1-32, ``patch_size``
+  16-192 and ``learning_rate`` 1e-6-1 (``--conf`` settings are the operator's and only the config's checks
+  bound them).
 * Other parameters have a check function (a choice, a device name, a flag).
 
 A request is checked once, in the server, and what the check parsed travels on with it: a training run's
@@ -40,6 +44,13 @@ Check = Callable[[Any], None]  # raises ValueError with a message that completes
 TRAIN_SETTINGS = {"max_epochs": "epochs", "epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch",
                   "learning_rate": "learning_rate", "batch_size": "batch_size", "patch_size": "patch_size"}
 
+# The values a training request may set, {config field: (lowest, highest)}, both included; out of range is a 422
+# before any training subprocess starts. They bound memory (batch_size x patch_size^3 voxels, times the K prompt
+# sets) and time (epochs x iterations_per_epoch steps): 32 patches of 192^3 already need tens of GB, and the
+# default round is 200 x 8 steps. A learning rate above 1 only diverges.
+TRAIN_RANGES = {"epochs": (1, 5000), "iterations_per_epoch": (1, 1000), "batch_size": (1, 32),
+                "patch_size": (16, 192), "learning_rate": (1e-6, 1.0)}
+
 # Request key under which the server hands a task the setting overrides it checked ({config field: value}).
 # A client cannot send it: it is an unknown ``slpt_*`` name, which every spec refuses.
 CHECKED_SETTINGS = "slpt_checked_settings"
@@ -60,6 +71,7 @@ class RequestSpec:
     Args:
         task: how messages call the task, e.g. ``"train/slpt"``.
         settings: request key -> :class:`SLPTConfig` field it overrides for this request.
+        ranges: :class:`SLPTConfig` field -> the (lowest, highest) value a request may set it to.
         checks: request key -> check of its value.
         framework: keys MONAI Label or its clients send, accepted as they are.
         open: accept any other key too (inference), except server settings and ``slpt_*`` keys.
@@ -67,6 +79,7 @@ class RequestSpec:
 
     task: str
     settings: Mapping[str, str] = field(default_factory=dict)
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     checks: Mapping[str, Check] = field(default_factory=dict)
     framework: frozenset[str] = frozenset()
     open: bool = False
@@ -95,6 +108,7 @@ def check_request(request: Mapping[str, Any], spec: RequestSpec, config: SLPTCon
         InvalidParameter: an unknown or server-only name, a value of the wrong type or out of range.
     """
     fields = {f.name for f in dataclasses.fields(SLPTConfig)}
+    base = config
     accepted = ", ".join(spec.accepted()) or "none"
     for key in request:
         if key in spec.settings or key in spec.checks or key in spec.framework:
@@ -123,7 +137,13 @@ def check_request(request: Mapping[str, Any], spec: RequestSpec, config: SLPTCon
                 reason = str(e).split(" (config: ")[0]
                 raise InvalidParameter(key, f"parameter {key!r} of {spec.task} has a bad value "
                                             f"{request[key]!r}: {reason}") from e
-            overrides[name] = getattr(config, name)
+            value = getattr(config, name)
+            low, high = spec.ranges.get(name, (value, value))
+            # The server's own setting always passes: clients such as Slicer echo the advertised config back.
+            if not low <= value <= high and value != getattr(base, name):
+                raise InvalidParameter(key, f"parameter {key!r} of {spec.task} is {request[key]!r}, outside its "
+                                            f"range [{low:g}, {high:g}]")
+            overrides[name] = value
     return CheckedRequest(config, overrides)
 
 
@@ -149,7 +169,7 @@ def task_specs(
     for name, config in train_configs.items():
         own = {*TRAIN_SETTINGS, "warm_start"}
         specs[f"train/{name}"] = RequestSpec(
-            f"train/{name}", settings=TRAIN_SETTINGS, checks={"warm_start": flag},
+            f"train/{name}", settings=TRAIN_SETTINGS, ranges=TRAIN_RANGES, checks={"warm_start": flag},
             framework=frozenset({*config, "model", "bundle_path", "client_id"} - own),
         )
     specs["activelearning/tesla"] = RequestSpec(

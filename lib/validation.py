@@ -11,9 +11,14 @@ What is accepted (and why):
   singleton 4th dimension (``[X, Y, Z, 1]``) is refused too rather than squeezed: stored files are kept
   byte for byte as uploaded, and a 4D file reaches MONAI's loaders as a channel-last volume in some code
   paths and as 4D in others. The message says which dimension to drop.
-* **Labels:** three dimensions with exactly the image's shape (voxel grid; the affine is not compared, so a
-  label written in LPS for an RAS image of the same grid passes, as MONAI Label itself allows). Task labels
-  (``final``, the ones training reads) must hold integers in ``{0, 1, 2}`` (LiTS: background, liver, tumour).
+* **Labels:** three dimensions with exactly the image's shape, and the image's geometry: every voxel of the
+  label must lie within a tenth of a voxel of the image's same voxel in world coordinates (both affines as
+  MONAI's loaders give them, RAS). A label in a mirrored frame (LPS data under an RAS image's grid) or with
+  another spacing is refused, naming what differs, rather than resampled: a voxel grid that disagrees with
+  its scan says the label was drawn on something else. OHIF's and Slicer's labels (NRRD in LPS) describe
+  the image's own grid and pass. Task labels (``final``, the ones training reads) must hold integers in
+  ``{0, 1, 2}`` (LiTS: background, liver, tumour).
+* **Size:** an upload larger than ``--conf slpt_max_upload_mb`` is refused before it is read.
 * **Ids and tags** become file and folder names, so they are restricted to letters, digits, ``_``, ``-``
   and ``.``; they start with a letter or digit, contain no ``..`` and are at most 128 characters.
   MONAI Label's own ids (``phantom_000123``, ``liver_001``, DICOM UIDs ``1.2.840...``) all fit.
@@ -25,6 +30,7 @@ import os
 import re
 from collections.abc import Collection
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -35,6 +41,9 @@ UPLOAD_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd")
 MAX_ID_LENGTH = 128
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _LISTED = 8  # offending values named in a message
+MB = 1024 * 1024
+# How far (in voxels of the image's finest spacing) a label voxel may lie from the image's same voxel.
+GEOMETRY_TOLERANCE = 0.1
 
 
 class InvalidUpload(ValueError):
@@ -68,18 +77,48 @@ def upload_suffix(path: str | Path, what: str = "file") -> str:
     raise InvalidUpload(f"{what} type {found!r} is not supported: upload NIfTI (.nii.gz, .nii) or NRRD (.nrrd)")
 
 
-def volume_shape(path: str | Path, what: str = "image") -> tuple[int, ...]:
-    """Voxel-grid shape, from the header alone for NIfTI (no voxel data is read)."""
+class Geometry(NamedTuple):
+    """A volume's voxel grid: ``shape`` and the 4x4 voxel-to-world ``affine`` (RAS, millimetres)."""
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+
+
+def check_upload_size(size: int, limit_mb: float, what: str = "file") -> None:
+    """Refuse an upload of ``size`` bytes above ``limit_mb`` megabytes (``--conf slpt_max_upload_mb``)."""
+    if size > limit_mb * MB:
+        raise InvalidUpload(f"{what} is {size / MB:.1f} MB, over the server's limit of {limit_mb:g} MB "
+                            "(--conf slpt_max_upload_mb)")
+
+
+def volume_geometry(path: str | Path, what: str = "image") -> Geometry:
+    """Voxel grid and affine, from the header alone for NIfTI (no voxel data is read)."""
     if upload_suffix(path, what) in NIFTI_SUFFIXES:
         try:
-            return tuple(int(n) for n in nib.load(str(path)).shape)
+            header = nib.load(str(path))
+            return Geometry(tuple(int(n) for n in header.shape), np.asarray(header.affine, float))
         except Exception as e:  # nibabel raises several types for a damaged header
             raise InvalidUpload(f"{what} is not a readable NIfTI file: {_first_line(e, path)}") from e
-    return read_volume(path, what).shape
+    data, affine = load_volume(path, what)
+    return Geometry(data.shape, affine)
+
+
+def volume_shape(path: str | Path, what: str = "image") -> tuple[int, ...]:
+    """Voxel-grid shape, from the header alone for NIfTI (no voxel data is read)."""
+    return volume_geometry(path, what).shape
 
 
 def read_volume(path: str | Path, what: str = "image") -> np.ndarray:
     """The voxel array as training's loader sees it, ``[*spatial]`` (plus any extra dimensions).
+
+    Raises:
+        InvalidUpload: unsupported type, empty file, or a file the loader cannot read.
+    """
+    return load_volume(path, what)[0]
+
+
+def load_volume(path: str | Path, what: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """The voxel array, ``[*spatial]``, and its 4x4 RAS affine, as MONAI's loaders see them.
 
     Raises:
         InvalidUpload: unsupported type, empty file, or a file the loader cannot read.
@@ -90,10 +129,13 @@ def read_volume(path: str | Path, what: str = "image") -> np.ndarray:
     kind = "NIfTI" if suffix in NIFTI_SUFFIXES else "NRRD"
     try:
         if suffix in NIFTI_SUFFIXES:
-            return np.asanyarray(nib.load(str(path)).dataobj)
+            image = nib.load(str(path))
+            return np.asanyarray(image.dataobj), np.asarray(image.affine, float)
         from monai.transforms import LoadImage  # only NRRD needs it; keeps the common path light
 
-        return np.asarray(LoadImage(image_only=True)(str(path)))
+        # NRRD from Slicer and OHIF is in LPS; MONAI's reader turns its affine into RAS, as nibabel's is.
+        volume = LoadImage(image_only=True)(str(path))
+        return np.asarray(volume), np.asarray(volume.affine, float)
     except Exception as e:  # truncated gzip, foreign bytes, bad header: all "not readable"
         raise InvalidUpload(f"{what} is not a readable {kind} image: {_first_line(e, path)}") from e
 
@@ -120,23 +162,28 @@ def check_image(path: str | Path) -> tuple[int, int, int]:
 
 
 def check_label(
-    path: str | Path, image_shape: tuple[int, ...], values: Collection[int] | None = TASK_LABEL_VALUES
+    path: str | Path, image: Geometry | tuple[int, ...], values: Collection[int] | None = TASK_LABEL_VALUES
 ) -> None:
     """Check an uploaded label against its image.
 
     Args:
         path: the uploaded label file.
-        image_shape: the stored image's voxel grid, e.g. from :func:`volume_shape`.
-        values: allowed label values; ``None`` checks readability and shape only (model outputs, drafts).
+        image: the stored image's :class:`Geometry` (:func:`volume_geometry`); a bare shape checks the grid
+            only.
+        values: allowed label values; ``None`` checks readability, shape and geometry only (model outputs,
+            drafts).
 
     Raises:
-        InvalidUpload: unreadable, not 3D, a shape other than the image's, non-integer values or values
-            outside ``values`` (the offending ones are named).
+        InvalidUpload: unreadable, not 3D, a shape or geometry other than the image's, non-integer values or
+            values outside ``values`` (the offending ones are named).
     """
-    data = read_volume(path, "label")
+    data, affine = load_volume(path, "label")
     _check_3d(data.shape, "label")
+    image_shape = image.shape if isinstance(image, Geometry) else image
     if tuple(data.shape) != tuple(image_shape):
         raise InvalidUpload(f"label shape {tuple(data.shape)} differs from its image's shape {tuple(image_shape)}")
+    if isinstance(image, Geometry):
+        check_same_geometry(affine, image.affine, image.shape)
     if values is None:
         return
     if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
@@ -151,8 +198,48 @@ def check_label(
                             "(0 background, 1 liver, 2 tumour)")
 
 
+def check_same_geometry(affine: np.ndarray, image_affine: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Refuse a label whose voxels lie elsewhere in the world than its image's same voxels.
+
+    Compares where the eight corners of the voxel grid land under both 4x4 affines: a mirrored axis, another
+    spacing or a shifted origin moves some corner by a voxel or more, while the float rounding of NIfTI and
+    NRRD headers (and of a DICOM series' geometry) moves it by far less than :data:`GEOMETRY_TOLERANCE`.
+
+    Raises:
+        InvalidUpload: naming what differs (orientation, spacing, origin) and by how much.
+    """
+    corners = np.array(np.meshgrid(*[(0, max(n - 1, 0)) for n in shape[:3]], indexing="ij")).reshape(3, -1)
+    corners = np.vstack([corners, np.ones(corners.shape[1])])
+    moved = float(np.max(np.linalg.norm((affine @ corners - image_affine @ corners)[:3], axis=0)))
+    spacing, image_spacing = (np.linalg.norm(a[:3, :3], axis=0) for a in (affine, image_affine))
+    allowed = GEOMETRY_TOLERANCE * float(image_spacing.min())
+    if moved <= allowed:
+        return
+    differs = []
+    orientation, image_orientation = ("".join(nib.aff2axcodes(a)) for a in (affine, image_affine))
+    if orientation != image_orientation:
+        differs.append(f"orientation {orientation} vs the image's {image_orientation}")
+    if not np.allclose(spacing, image_spacing, rtol=1e-3):
+        differs.append(f"spacing {_mm(spacing)} vs {_mm(image_spacing)}")
+    if not np.allclose(affine[:3, 3], image_affine[:3, 3], atol=allowed):
+        differs.append(f"origin {_mm(affine[:3, 3])} vs {_mm(image_affine[:3, 3])}")
+    if not differs:
+        differs.append("axis directions")
+    raise InvalidUpload(
+        f"label geometry differs from its image's ({'; '.join(differs)}): a label voxel lies up to {moved:.1f} mm "
+        f"from the image's same voxel (allowed {allowed:.2g} mm); save the label on the image's own grid and "
+        "affine (as OHIF and Slicer do), not resampled or reoriented"
+    )
+
+
+def _mm(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ") mm"
+
+
 def _check_3d(shape: tuple[int, ...], what: str) -> None:
     if len(shape) == 3:
+        if 0 in shape:
+            raise InvalidUpload(f"{what} has no voxels: shape {tuple(shape)}")
         return
     hint = ""
     if len(shape) > 3 and all(n == 1 for n in shape[3:]):

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
+import nrrd
 import numpy as np
 import pytest
 import requests
@@ -34,15 +35,15 @@ pytestmark = pytest.mark.server
 SEEDS = (900, 901)
 
 
-def start_watched_server(workdir: Path, seeds, settle: bool = True) -> Server:
+def start_watched_server(workdir: Path, seeds, settle: bool = True, conf: dict[str, str] | None = None) -> Server:
     """A server on small phantoms whose every file, its temporary uploads included, lies under ``workdir``;
-    with ``settle``, once its start-up scoring has finished writing."""
+    with ``settle``, once its start-up scoring has finished writing. ``conf`` adds ``--conf`` settings."""
     studies = workdir / "studies"
     write_studies(studies, seeds, spec=SMALL, ground_truth=workdir / "truth")
     # The server's temporary files (MONAI Label copies every upload there) go under the watched folder
     # too, so a refused upload that leaves its copy behind counts as a change.
     (workdir / "tmp").mkdir()
-    srv = start_server(workdir, studies, {"slpt_model_dir": str(workdir / "prompts")},
+    srv = start_server(workdir, studies, {"slpt_model_dir": str(workdir / "prompts"), **(conf or {})},
                        env={"TMPDIR": str(workdir / "tmp")})
     srv.model_dir = workdir / "prompts"
     srv.model_dir.mkdir(exist_ok=True)
@@ -362,6 +363,15 @@ def test_valid_uploads_are_still_accepted(tmp_path):
         r = put_label(srv, name, truth, filename=f"{name}.nii.gz")
         assert r.status_code == 200, r.text
         assert (srv.studies / "labels" / "final" / f"{name}.nii.gz").read_bytes() == truth
+
+        # What Slicer and OHIF save: NRRD in LPS, on the image's own grid (its geometry, not its numbers).
+        lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ image.affine
+        header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T,
+                  "space origin": lps[:3, 3], "kinds": ["domain"] * 3, "encoding": "gzip"}
+        nrrd.write(str(tmp_path / "label.nrrd"), np.asarray(nib.load(srv.workdir / "truth" / f"{name}.nii.gz")
+                                                            .dataobj).astype(np.uint8), header)
+        r = put_label(srv, name, (tmp_path / "label.nrrd").read_bytes(), filename="label.nrrd")
+        assert r.status_code == 200, r.text
 
         scan = np.random.default_rng(1).normal(40, 20, (24, 24, 12)).astype(np.float32)
         r = put_image(srv, "uploaded_001", nifti_bytes(scan, image.affine))

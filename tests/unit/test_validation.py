@@ -11,6 +11,7 @@ import pytest
 from apps.slpt.config import SLPTConfig
 from lib.request_params import (
     CHECKED_SETTINGS,
+    TRAIN_RANGES,
     InvalidParameter,
     RequestSpec,
     check_request,
@@ -21,13 +22,25 @@ from lib.request_params import (
     parse_params,
     task_specs,
 )
-from lib.validation import InvalidUpload, check_image, check_label, check_safe_id, volume_shape
+from lib.validation import (
+    MB,
+    InvalidUpload,
+    check_image,
+    check_label,
+    check_safe_id,
+    check_upload_size,
+    volume_geometry,
+    volume_shape,
+)
 
 SHAPE = (8, 7, 6)
 
 
-def nifti(path, array):
-    nib.save(nib.Nifti1Image(np.asarray(array), np.diag([2.0, 2.0, 3.0, 1.0])), str(path))
+AFFINE = np.array([[2.0, 0, 0, -40], [0, 2.0, 0, 12], [0, 0, 3.0, -90], [0, 0, 0, 1]])
+
+
+def nifti(path, array, affine=AFFINE):
+    nib.save(nib.Nifti1Image(np.asarray(array), affine), str(path))
     return path
 
 
@@ -129,6 +142,67 @@ def test_unreadable_label_is_named_as_the_label(tmp_path):
         check_label(path, SHAPE)
 
 
+def _mirrored(affine):  # the same numbers read in LPS: x and y flip
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+
+
+def _doubled_spacing(affine):
+    return affine @ np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def _shifted(affine):
+    return affine + np.array([[0, 0, 0, 1.5], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    "move, message",
+    [
+        (_mirrored, "orientation LPS vs the image's RAS"),
+        (_doubled_spacing, r"spacing \(4, 4, 6\) mm vs \(2, 2, 3\) mm"),
+        (_shifted, r"origin \(-38.5, 12, -90\) mm vs \(-40, 12, -90\) mm"),
+    ],
+    ids=["mirrored", "doubled-spacing", "shifted"],
+)
+def test_a_label_in_another_geometry_is_refused_naming_the_mismatch(tmp_path, move, message):
+    image = volume_geometry(nifti(tmp_path / "scan.nii.gz", ct()))
+    with pytest.raises(InvalidUpload, match=f"label geometry differs from its image's.*{message}"):
+        check_label(nifti(tmp_path / "l.nii.gz", label(), move(AFFINE)), image)
+    check_label(nifti(tmp_path / "l.nii.gz", label(), move(AFFINE)), image.shape)  # a bare shape: grid only
+
+
+def test_a_label_in_the_image_geometry_passes_despite_header_rounding(tmp_path):
+    image = volume_geometry(nifti(tmp_path / "scan.nii.gz", ct()))
+    check_label(nifti(tmp_path / "l.nii.gz", label(), AFFINE + 1e-4), image)  # float32 headers, DICOM rounding
+
+
+def test_an_lps_nrrd_label_of_the_image_grid_passes(tmp_path):
+    """What OHIF's Save Label and Slicer write: NRRD in LPS describing the RAS image's own grid."""
+    pytest.importorskip("nrrd")
+    import nrrd
+
+    image = volume_geometry(nifti(tmp_path / "scan.nii.gz", ct()))
+    lps = _mirrored(AFFINE)
+    header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T, "space origin": lps[:3, 3],
+              "kinds": ["domain"] * 3}
+    nrrd.write(str(tmp_path / "l.nrrd"), label(), header)
+    check_label(tmp_path / "l.nrrd", image)
+    nrrd.write(str(tmp_path / "m.nrrd"), label(), {**header, "space directions": AFFINE[:3, :3].T})
+    with pytest.raises(InvalidUpload, match="orientation"):
+        check_label(tmp_path / "m.nrrd", image)
+
+
+def test_an_image_without_voxels_is_refused(tmp_path):
+    # nibabel reads a zero-length axis back as a 1-D shape (0,); either way it is no scan, and not a 500.
+    with pytest.raises(InvalidUpload, match=r"image has no voxels|image must be a 3D volume; got 1 .*\(0,\)"):
+        check_image(nifti(tmp_path / "scan.nii.gz", np.zeros((8, 0, 6), np.float32)))
+
+
+def test_uploads_over_the_size_limit_are_refused():
+    check_upload_size(1024 * MB, 1024)
+    with pytest.raises(InvalidUpload, match=r"uploaded file is 1024.0 MB, over the server's limit of 1 MB"):
+        check_upload_size(1024 * MB, 1, "uploaded file")
+
+
 # ---- ids and tags ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value", ["phantom_000123", "liver_001", "liver_001.nii", "final", "original",
@@ -199,6 +273,32 @@ def test_bad_parameters_are_refused_naming_them(request_, spec, name, message):
     assert err.value.name == name and name in str(err.value)
 
 
+RANGED = RequestSpec("train/slpt", settings={"max_epochs": "epochs", "patch_size": "patch_size",
+                                             "batch_size": "batch_size", "learning_rate": "learning_rate",
+                                             "iterations_per_epoch": "iterations_per_epoch"}, ranges=TRAIN_RANGES)
+
+
+@pytest.mark.parametrize("key, field_", [("max_epochs", "epochs"), ("patch_size", "patch_size"),
+                                         ("batch_size", "batch_size"), ("learning_rate", "learning_rate"),
+                                         ("iterations_per_epoch", "iterations_per_epoch")])
+def test_training_values_outside_their_range_are_refused(key, field_):
+    low, high = TRAIN_RANGES[field_]
+    kind = float if field_ == "learning_rate" else int
+    for value in (low, high):
+        assert getattr(check_request({key: kind(value)}, RANGED, SLPTConfig()).config, field_) == value
+    too_big = kind(high * 2) if field_ != "patch_size" else 100000
+    with pytest.raises(InvalidParameter, match=rf"'{key}' of train/slpt is {too_big!r}, outside its range") as err:
+        check_request({key: too_big}, RANGED, SLPTConfig())
+    assert err.value.name == key
+    # The server's own setting passes, in or out of range: clients echo the advertised config back.
+    assert check_request({key: too_big}, RANGED, SLPTConfig(**{field_: too_big})).overrides == {field_: too_big}
+
+
+def test_defaults_lie_within_the_training_ranges():
+    for name, (low, high) in TRAIN_RANGES.items():
+        assert low <= getattr(SLPTConfig(), name) <= high, name
+
+
 @pytest.mark.parametrize("text, message", [("{bad json", "params is not valid JSON"),
                                            ("[1, 2]", "must be a JSON object, got list"),
                                            ('"x"', "got str")])
@@ -221,12 +321,12 @@ class _RunsCode:
 def test_a_checkpoint_that_would_run_code_is_refused_unread(tmp_path):
     import torch
 
-    from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore
+    from apps.slpt.model.checkpoints import FORMAT_VERSION, CheckpointError, PromptCheckpointStore
 
     store, marker = PromptCheckpointStore(tmp_path), tmp_path / "code_ran"
     torch.save({"format": "slpt-prompts", "format_version": 1, "metadata": _RunsCode(marker), "state_dict": {}},
                store.path(1))
-    torch.save({"format": "slpt-prompts", "format_version": 1, "state_dict": {"w": "not a tensor"},
+    torch.save({"format": "slpt-prompts", "format_version": FORMAT_VERSION, "state_dict": {"w": "not a tensor"},
                 "metadata": {}}, store.path(2))
     with pytest.raises(CheckpointError, match=r"prompts_v0001.pt is not a readable.*not unpickled"):
         store.read(1)
