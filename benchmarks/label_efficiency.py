@@ -198,7 +198,7 @@ class Benchmark:
         for case in self.pool:
             t = time.perf_counter()
             emb, organ = embed_scan(self.backbone.network, case["image"], cfg.embed_stage,
-                                    self.backbone.labels.get("liver"))
+                                    self.backbone.labels.get("liver"), precision=cfg.precision)
             self._time("embed_scan", time.perf_counter() - t)
             embeddings.append(emb)
             organs.append(organ)

@@ -51,7 +51,8 @@ def run(pool: int, compare: int, backbone_dir: Path, cfg: SLPTConfig, log=print)
         ph = make_phantom(seed)
         image, _ = load_phantom_pair(ph, backbone.preprocessing, target="task")
         t = time.perf_counter()
-        embedding, organ = embed_scan(backbone.network, image, cfg.embed_stage, backbone.labels.get("liver"))
+        embedding, organ = embed_scan(backbone.network, image, cfg.embed_stage, backbone.labels.get("liver"),
+                                         precision=cfg.precision)
         t_embed = time.perf_counter() - t
         t = time.perf_counter()
         roi_pu = prompt_uncertainty(model, image, organ, inferer, cfg.uncertainty_margin, cfg.uncertainty_top_fraction)

@@ -21,7 +21,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from apps.slpt.config import CONF_PREFIX, SLPTConfig
-from benchmarks.speed import INFER_VS_BACKBONE_MAX, MC_DROPOUT_VS_SCORING_MIN, SCORING_VS_INFER_MAX
+from benchmarks.speed import (
+    EPOCH_SPEEDUP_VS_V1_MIN,
+    EPOCH_VS_FINETUNE_MAX,
+    INFER_VS_BACKBONE_MAX,
+    MC_DROPOUT_VS_SCORING_MIN,
+    REQUEST_VS_BACKBONE_MAX,
+    SCORING_VS_INFER_MAX,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 README, SETTINGS = ROOT / "README.md", ROOT / "docs" / "settings.md"
@@ -133,26 +140,7 @@ def status_rows() -> list[tuple[str, str, str, str, str]]:
                      f"≤ {TRAINABLE_PERCENT_MAX:g}% (the paper's)", _holds(share <= TRAINABLE_PERCENT_MAX),
                      _link("slpt_vs_finetune")))
     if speed:
-        cores, server, scoring = speed["machine"]["cores"], speed.get("server"), speed["scoring"]
-        if server:
-            ratio = server["ratio_slpt_vs_backbone"]
-            rows.append((f"`/infer/slpt` vs `/infer/backbone`, {cores} cores",
-                         f"{server['slpt']['median_s']:.2f} s vs {server['backbone']['median_s']:.2f} s "
-                         f"({ratio:.2f}x)", f"≤ {INFER_VS_BACKBONE_MAX:.1f}x",
-                         _holds(ratio <= INFER_VS_BACKBONE_MAX), _link("speed")))
-        ratio = scoring["ratios"]["tesla_scoring_vs_slpt_inference"]
-        rows.append(("TESLA scoring of a scan vs one SLPT inference",
-                     f"{scoring['tesla_scoring']['median_s']:.2f} s vs {scoring['slpt_inference']['median_s']:.2f} s "
-                     f"({ratio:.2f}x)", f"≤ {SCORING_VS_INFER_MAX:.1f}x", _holds(ratio <= SCORING_VS_INFER_MAX),
-                     _link("speed")))
-        faster = scoring["ratios"]["mc_dropout_vs_tesla_scoring"]
-        rows.append(("TESLA scoring vs MC-dropout (5 samples)", f"{faster:.2f}x faster",
-                     f"≥ {MC_DROPOUT_VS_SCORING_MIN:.1f}x faster", _holds(faster >= MC_DROPOUT_VS_SCORING_MIN),
-                     _link("speed")))
-        training = speed["training"]
-        rows.append((f"seconds per training epoch, {cores} cores",
-                     f"SLPT {training['slpt']['epoch']['median_s']:.1f}, full fine-tuning "
-                     f"{training['full_finetune']['epoch']['median_s']:.1f}", NOT_JUDGED, NOT_JUDGED, _link("speed")))
+        rows += _speed_rows(speed) if speed.get("format", 1) >= 2 else _speed_rows_v1(speed)
     bar = (efficiency or {}).get("bars", {}).get("tesla_slpt_percent_of_full_data")
     if bar and bar["value"] is not None and not efficiency.get("quick"):
         rows.append(("label efficiency: TESLA + SLPT at the budget, share of full-data tumour Dice",
@@ -161,6 +149,73 @@ def status_rows() -> list[tuple[str, str, str, str, str]]:
     else:
         rows.append(("label efficiency: TESLA + SLPT at 5% labels, share of full-data tumour Dice", "not measured yet",
                      "paper: 94%", NOT_JUDGED, "[experiments](docs/experiments.md)"))
+    return rows
+
+
+def _speed_rows(speed: dict) -> list[tuple[str, str, str, str, str]]:
+    """Speed rows of a ``format`` 2 result: the server and scoring on the full-size CT, epochs vs full
+    fine-tuning and vs SLPT v1."""
+    rows, cores = [], speed["machine"]["cores"]
+    server, scoring, training = speed.get("server"), speed["scoring"], speed["training"]
+    if server:
+        shape, v = "x".join(map(str, server["scan"]["shape"])), server["full_size"]
+        for key, part, bar in (("infer", "inferer part", INFER_VS_BACKBONE_MAX),
+                               ("total", "whole request", REQUEST_VS_BACKBONE_MAX)):
+            ratio = v["ratios"]["inferer" if key == "infer" else key]
+            rows.append((f"`/infer/slpt` vs `/infer/backbone`, {part}, {shape} CT, {cores} cores",
+                         (f"{v['slpt']['latencies'][key]['median_s']:.2f} s vs "
+                          f"{v['backbone']['latencies'][key]['median_s']:.2f} s ({ratio:.2f}x)"), f"≤ {bar:.1f}x",
+                         _holds(ratio <= bar), _link("speed")))
+    ratio = scoring["ratios"]["tesla_scoring_vs_slpt_inference"]
+    rows.append(("TESLA scoring of a scan vs one SLPT inference",
+                 (f"{scoring['tesla_scoring']['median_s']:.2f} s vs {scoring['slpt_inference']['median_s']:.2f} s "
+                  f"({ratio:.2f}x)"), f"≤ {SCORING_VS_INFER_MAX:.1f}x", _holds(ratio <= SCORING_VS_INFER_MAX),
+                 _link("speed")))
+    if "mc_dropout_vs_tesla_scoring" in scoring["ratios"]:
+        samples = next(k for k in scoring if k.startswith("mc_dropout_")).rsplit("_", 1)[1]
+        faster = scoring["ratios"]["mc_dropout_vs_tesla_scoring"]
+        rows.append((f"TESLA scoring vs MC-dropout ({samples} samples)", f"{faster:.2f}x faster",
+                     f"≥ {MC_DROPOUT_VS_SCORING_MIN:.1f}x faster", _holds(faster >= MC_DROPOUT_VS_SCORING_MIN),
+                     _link("speed")))
+    slpt, ratio = training["slpt"]["epoch"]["median_s"], training["epoch_time_ratio_slpt_vs_full_finetune"]
+    rows.append((f"seconds per training epoch, {cores} cores",
+                 (f"SLPT {slpt:.1f}, full fine-tuning {training['full_finetune']['epoch']['median_s']:.1f} "
+                  f"({ratio:.2f}x)"), f"≤ {EPOCH_VS_FINETUNE_MAX:.1f}x full fine-tuning",
+                 _holds(ratio <= EPOCH_VS_FINETUNE_MAX), _link("speed")))
+    if "slpt_v1" in training:
+        speedup = training["epoch_speedup_vs_slpt_v1"]
+        rows.append(("SLPT epoch vs SLPT v1's, same run",
+                     f"{training['slpt_v1']['epoch']['median_s']:.1f} s -> {slpt:.1f} s ({speedup:.2f}x faster)", f"≥ {EPOCH_SPEEDUP_VS_V1_MIN:.1f}x faster",
+                     _holds(speedup >= EPOCH_SPEEDUP_VS_V1_MIN), _link("speed")))
+    else:
+        rows.append(("SLPT epoch vs SLPT v1's, same run", "not measured yet",
+                     f"≥ {EPOCH_SPEEDUP_VS_V1_MIN:.1f}x faster", NOT_JUDGED, _link("speed")))
+    return rows
+
+
+def _speed_rows_v1(speed: dict) -> list[tuple[str, str, str, str, str]]:
+    """Speed rows of a result written before the full-size CT and the SLPT v1 comparison (no ``format``)."""
+    rows = []
+    cores, server, scoring = speed["machine"]["cores"], speed.get("server"), speed["scoring"]
+    if server:
+        ratio = server["ratio_slpt_vs_backbone"]
+        rows.append((f"`/infer/slpt` vs `/infer/backbone`, {cores} cores",
+                     f"{server['slpt']['median_s']:.2f} s vs {server['backbone']['median_s']:.2f} s "
+                     f"({ratio:.2f}x)", f"≤ {INFER_VS_BACKBONE_MAX:.1f}x",
+                     _holds(ratio <= INFER_VS_BACKBONE_MAX), _link("speed")))
+    ratio = scoring["ratios"]["tesla_scoring_vs_slpt_inference"]
+    rows.append(("TESLA scoring of a scan vs one SLPT inference",
+                 f"{scoring['tesla_scoring']['median_s']:.2f} s vs {scoring['slpt_inference']['median_s']:.2f} s "
+                 f"({ratio:.2f}x)", f"≤ {SCORING_VS_INFER_MAX:.1f}x", _holds(ratio <= SCORING_VS_INFER_MAX),
+                 _link("speed")))
+    faster = scoring["ratios"]["mc_dropout_vs_tesla_scoring"]
+    rows.append(("TESLA scoring vs MC-dropout (5 samples)", f"{faster:.2f}x faster",
+                 f"≥ {MC_DROPOUT_VS_SCORING_MIN:.1f}x faster", _holds(faster >= MC_DROPOUT_VS_SCORING_MIN),
+                 _link("speed")))
+    training = speed["training"]
+    rows.append((f"seconds per training epoch, {cores} cores",
+                 f"SLPT {training['slpt']['epoch']['median_s']:.1f}, full fine-tuning "
+                 f"{training['full_finetune']['epoch']['median_s']:.1f}", NOT_JUDGED, NOT_JUDGED, _link("speed")))
     return rows
 
 
@@ -192,13 +247,19 @@ def _latest_compare(r: dict) -> str:
 
 def _latest_speed(r: dict) -> str:
     parts = []
-    if r.get("server"):
+    if r.get("server") and r.get("format", 1) >= 2:
+        ratios = r["server"]["full_size"]["ratios"]
+        parts.append(f"`/infer/slpt` on a {'x'.join(map(str, r['server']['scan']['shape']))} CT: inferer "
+                     f"{ratios['inferer']:.2f}x, whole request {ratios['total']:.2f}x the backbone's")
+    elif r.get("server"):
         parts.append(f"`/infer/slpt` {r['server']['ratio_slpt_vs_backbone']:.2f}x the backbone")
     ratios = r["scoring"]["ratios"]
     parts.append(f"TESLA scoring {ratios['tesla_scoring_vs_slpt_inference']:.2f}x one inference")
     if "tesla_rescoring_vs_slpt_inference" in ratios:
         parts.append(f"re-scoring {ratios['tesla_rescoring_vs_slpt_inference']:.2f}x")
     parts.append(f"SLPT epoch {r['training']['epoch_time_ratio_slpt_vs_full_finetune']:.2f}x full fine-tuning's")
+    if "epoch_speedup_vs_slpt_v1" in r["training"]:
+        parts.append(f"{r['training']['epoch_speedup_vs_slpt_v1']:.2f}x faster than SLPT v1's")
     return "; ".join(parts)
 
 

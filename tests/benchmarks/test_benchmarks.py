@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from apps.slpt.model.backbone import load_backbone
@@ -63,12 +65,12 @@ def test_label_efficiency_cache_refuses_other_settings(backbone, tmp_path):
         Benchmark(QUICK, backbone, tmp_path)
 
 
-def test_speed_quick_run_writes_every_figure(root, tmp_path, one_thread):
+def test_speed_quick_run_writes_every_figure_and_judges_every_target(root, tmp_path, one_thread):
     settings = dataclasses.replace(speed.QUICK, server=False)  # the server path is covered by tests/app
     result = {**speed.run(settings, root / "models" / "backbone", log=lambda m: None), "quick": True}
     table = speed.markdown(result)
 
-    assert {"settings", "machine", "scoring", "training", "scale"} <= set(result)
+    assert {"settings", "machine", "precision", "scoring", "training", "scale"} <= set(result)
     assert result["machine"]["device"] in ("cpu", "cuda")
     scoring = result["scoring"]
     for key in ("slpt_inference", "tesla_scoring", "tesla_uncertainty", f"mc_dropout_{settings.mc_samples}"):
@@ -84,5 +86,46 @@ def test_speed_quick_run_writes_every_figure(root, tmp_path, one_thread):
     assert training["slpt"]["trainable_parameters"] < training["full_finetune"]["trainable_parameters"]
     assert [p["pool"] for p in result["scale"]["pools"]] == list(settings.pool_sizes)
     assert result["scale"]["selection"]["embeddings"] == settings.selection_embeddings
-    for heading in ("## Scoring one scan", "## Training", "## Scale", "Quick mode"):
+    for heading in ("## Scoring one scan", "## Training", "## Scale", "Quick mode", "not measured in this run"):
         assert heading in table
+
+    # Outside quick mode every target gets a verdict, from the figures measured.
+    judged = speed.markdown({**result, "quick": False, "training": {**training, "slpt_v1": {
+        **training["slpt"], "epoch": {"median_s": 10 * training["slpt"]["epoch"]["median_s"]},
+        "code": {"tree": "/tmp/v1", "commit": "cc22fdd" + "0" * 33}}, "epoch_speedup_vs_slpt_v1": 10.0}})
+    assert "not judged" not in judged and "SLPT v1" in judged and "`cc22fdd`" in judged
+    assert judged.count("holds") + judged.count("does NOT hold") == 6  # scoring x2, MC, epoch x2, selection
+    assert "10.00x (holds)" in judged
+
+
+def test_speed_full_size_ct_is_512_square_in_the_same_world_place():
+    small = speed.make_phantom(5, speed.PhantomSpec(**speed.SMALL))
+    padded = speed.pad_inplane(small, 80)
+
+    assert padded.image.shape == (80, 80, small.image.shape[2]) and padded.label.shape == padded.image.shape
+    lo = [(80 - n) // 2 for n in small.image.shape[:2]]
+    assert (padded.image[lo[0]:lo[0] + small.image.shape[0], lo[1]:lo[1] + small.image.shape[1]] == small.image).all()
+    assert padded.image[0, 0, 0] == -1024 and padded.label.sum() == small.label.sum()
+    # The original voxel (0, 0, 0) sits at (lo0, lo1, 0) now, at the same world position.
+    np.testing.assert_allclose(padded.affine @ [lo[0], lo[1], 0, 1], small.affine @ [0, 0, 0, 1])
+    spec = speed.PhantomSpec(**speed.FULL_SIZE_CT)  # what the full run makes, checked without making it
+    assert spec.inplane_spacing == (0.8, 0.8) and spec.slice_spacing == (1.5, 1.5)
+    assert spec.z_extent[0] / spec.slice_spacing[1] >= 200
+    widest = 2 * 160 * spec.body_scale[1] * 1.07 + 24  # phantom.py's largest field of view across, in mm
+    assert widest / spec.inplane_spacing[0] <= speed.FULL_SIZE_INPLANE
+
+
+def test_speed_reads_monai_label_latencies_from_a_multipart_answer():
+    from requests_toolbelt import MultipartEncoder
+
+    params = {"latencies": {"pre": 1.0, "infer": 2.0, "invert": 0.5, "post": 0.3, "write": 0.2, "total": 4.0}}
+    body = MultipartEncoder(fields={"params": (None, json.dumps(params), "application/json"),
+                                    "image": ("label.nii.gz", b"\x00" * 16, "application/gzip")})
+
+    answer = SimpleNamespace(headers={"content-type": body.content_type}, content=body.to_string())
+    assert speed.answer_params(answer) == params
+
+
+def test_speed_v1_tree_must_hold_v1s_benchmark(root, tmp_path):
+    with pytest.raises(ValueError, match="git worktree add"):
+        speed.v1_epoch(tmp_path, speed.QUICK, root / "models" / "backbone", 1)

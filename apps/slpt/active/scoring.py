@@ -23,6 +23,7 @@ from torch import nn
 
 from apps.slpt.active.uncertainty import ensemble, scan_uncertainty
 from apps.slpt.inference import task_label
+from apps.slpt.model.precision import autocast
 from apps.slpt.model.prompts import model_device
 
 
@@ -41,6 +42,7 @@ def embed_scan(
     organ_channel: int | None = 1,
     max_voxels: int = 160**3,
     multiple: int = 16,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One prompt-free pass of the frozen backbone over the whole scan.
 
@@ -50,6 +52,7 @@ def embed_scan(
         stage: module whose output is pooled (the bottleneck).
         organ_channel: output channel of the organ of interest (liver), or ``None`` for none.
         max_voxels: larger scans are downsampled to this many voxels first (bounded memory and time).
+        precision: ``auto``, ``bf16`` or ``fp32`` (:mod:`apps.slpt.model.precision`), as inference runs.
 
     Returns:
         ``(embedding [3 * C], organ mask [*S] bool or None)``: the bottleneck's mean and standard deviation
@@ -68,11 +71,12 @@ def embed_scan(
         lambda m, i, o: captured.__setitem__("feature", o))
     try:
         network.eval()
-        logits = network(x)
+        with autocast(precision, x.device):
+            logits = network(x).float()
     finally:
         handle.remove()
     logits = logits[(..., *[slice(0, s) for s in spatial])]
-    feature = captured["feature"][0]  # [C, *s]
+    feature = captured["feature"][0].float()  # [C, *s]
     organ = None
     weights = torch.ones(feature.shape[1:], device=feature.device)
     if organ_channel is not None:
