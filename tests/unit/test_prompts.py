@@ -32,7 +32,8 @@ def prompted(net=None, k=3, **kw):
     """The app's default SLPT v2 architecture on ``net``, with ``kw`` overriding it."""
     cfg = SLPTConfig()
     kw = {"stages": cfg.stages, "hidden_ratio": cfg.hidden_ratio, "decoder_rank": cfg.decoder_rank,
-          "decoder_shifts": cfg.decoder_shifts, "head_channels": cfg.head_channels, **kw}
+          "decoder_shifts": cfg.decoder_shifts, "encoder_stages": cfg.encoder_stages,
+          "head_channels": cfg.head_channels, "head_kernel": cfg.head_kernel, **kw}
     return PromptedSegmenter(net or segresnet(), organ_channel=LIVER, num_prompts=k, **kw)
 
 
@@ -83,13 +84,15 @@ def test_training_changes_only_the_declared_groups_and_leaves_every_frozen_tenso
     assert set(model.state_dict()) == {f"backbone.{k}" for k in backbone_before} | set(before)
 
 
-def test_the_frozen_backbone_stays_in_eval_mode_and_runs_its_encoder_without_autograd():
-    model = prompted().train()
+@pytest.mark.parametrize("encoder_stages, graph", [(0, [False] * 5), (2, [False, True, True, True, True])])
+def test_no_autograd_runs_through_frozen_stages_before_the_first_trainable_one(encoder_stages, graph):
+    model = prompted(encoder_stages=encoder_stages).train()
     assert not model.backbone.training
     seen = []
-    model.backbone.down_layers[-1].register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+    for module in (model.backbone.convInit, *model.backbone.down_layers):
+        module.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
     model(torch.randn(1, 1, 16, 16, 16)).sum().backward()
-    assert seen == [False]  # no graph (and no backward pass) through the frozen encoder
+    assert seen == graph  # no graph, and so no backward pass, through the frozen prefix of the encoder
 
 
 def test_the_k_sets_share_one_pass_and_part_only_at_the_prompted_stages():
