@@ -97,10 +97,12 @@ def _phantom_spec(overrides: dict | None) -> PhantomSpec | None:
 
 
 def _train_and_test(name, model, cfg, train, val, test, inferer, log, progress=None):
+    start = time.perf_counter()
     kept, seconds = fit_keeping_best(model, train, val, cfg, inferer, log=lambda m: log(f"[{name}] {m}"),
                                      progress=progress)
     metrics = evaluate(model, test, inferer)
-    return {**metrics, "best_epoch": kept.epoch, "train_seconds": round(seconds, 1), **parameter_report(model)}
+    return {**metrics, "best_epoch": kept.epoch, "train_seconds": round(seconds, 1),
+            "wall_seconds": round(time.perf_counter() - start, 1), **parameter_report(model)}
 
 
 def _data(settings: CompareSettings, backbone_dir: str, device: str):
@@ -323,6 +325,11 @@ def markdown(result: dict) -> str:
     ])
 
 
+def _runs_minutes(result: dict) -> float:
+    """Minutes of training and testing summed over a count's runs (each run records its own)."""
+    return sum(r[m].get("wall_seconds", float("nan")) for r in result["runs"] for m in METHODS) / 60
+
+
 def curve_markdown(report: dict) -> str:
     """The whole report: the curve over labelled-scan counts, then each count's own table."""
     results = report["by_labels"]
@@ -333,14 +340,17 @@ def curve_markdown(report: dict) -> str:
         slpt, ft = r["summary"]["slpt"]["dice_tumor"], r["summary"]["full_finetune"]["dice_tumor"]
         rows.append(f"| {n} | {slpt['mean']:.4f} ± {slpt['std']:.4f} | {ft['mean']:.4f} ± {ft['std']:.4f} | "
                     f"{'yes' if slpt['mean'] >= ft['mean'] else 'no'} |")
+    at_bar = _runs_minutes(results[str(BAR_LABELS)]) if str(BAR_LABELS) in results else float("nan")
     sections = [markdown(results[n]).replace("# SLPT vs full fine-tuning (written by `python -m benchmarks.compare`)",
                                              f"## {n} labelled scans") for n in sorted(results, key=int)]
     return "\n".join([
         "# SLPT vs full fine-tuning (written by `python -m benchmarks.compare`)",
         "",
         f"The bar is judged at {BAR_LABELS} labelled scans; the other counts are reported as they came out. "
-        f"Wall time of the whole comparison: {report['wall_seconds'] / 60:.1f} min on {where['device']} "
-        f"({where['gpu'] or where['cpu']}, {where.get('cores', '?')} cores).",
+        f"Machine: {where['device']} ({where['gpu'] or where['cpu']}, {where.get('cores', '?')} cores). "
+        f"Wall time, training and testing every run one after another: {at_bar:.1f} min at {BAR_LABELS} labels, "
+        f"{sum(_runs_minutes(r) for r in results.values()):.1f} min for every count "
+        f"(runs kept from earlier calls count with their own time; this call took {report['wall_seconds'] / 60:.1f} min).",
         "",
         *rows,
         "",

@@ -282,13 +282,10 @@ def _latest_efficiency(r: dict) -> str:
 
 
 EXPERIMENTS = (
-    Experiment("slpt_vs_finetune", "SLPT vs full fine-tuning on the same labelled phantoms",
-               "python -m benchmarks.compare --out docs/results/slpt_vs_finetune", _latest_compare),
+    Experiment("slpt_vs_finetune", "SLPT v2 vs full fine-tuning on the same labelled phantoms",
+               "python -m benchmarks.compare --out docs/results/slpt_vs_finetune --labels 5 10 20", _latest_compare),
     Experiment("speed", "speed: `/infer`, TESLA scoring and training epochs against their baselines",
-               "python -m benchmarks.speed --out docs/results/speed", _latest_speed),
-    Experiment("speed_partial", "speed without the server, TESLA's first scoring and re-scoring apart",
-               "python -m benchmarks.speed --out docs/results/speed_partial --no-server --pool-sizes 100",
-               _latest_speed),
+               "python -m benchmarks.speed --out docs/results/speed --v1-tree /tmp/slpt-v1", _latest_speed),
     Experiment("scoring", "TESLA scoring per scan, and the ranking it gives vs every window",
                "python -m benchmarks.scoring --out docs/results/scoring --pool 40 --compare 40 --epochs 20",
                _latest_scoring),
@@ -303,7 +300,7 @@ EXPERIMENTS = (
 def _explore_row() -> str:
     pick = json.loads((RESULTS / "explore" / "pick.json").read_text())
     return (f"| settings tried on validation phantoms, and the pick rule | "
-            f"`python -m benchmarks.explore --table docs/results/explore/rows-cpu-window32-seed0.jsonl` | "
+            f"`python -m benchmarks.explore --table docs/results/explore/rows-cpu-seed0.jsonl` | "
             f"picked `{pick['name']}`: validation tumour Dice per case {pick['score'][0]:.4f} | {_link('explore')} |")
 
 
@@ -340,8 +337,10 @@ def compare_verdict() -> str:
     s = _result("slpt_vs_finetune")["summary"]
     pairs = list(zip(s["slpt"]["dice_tumor"]["values"], s["full_finetune"]["dice_tumor"]["values"]))
     below = sum(a < b for a, b in pairs)
-    where = "every seed" if below == len(pairs) else f"{below} of {len(pairs)} seeds"
-    return f"{'below' if below else 'not below'} full fine-tuning's on {where}"
+    where = "every seed" if below in (0, len(pairs)) else f"{below} of {len(pairs)} seeds"
+    mean = "above" if s["slpt"]["dice_tumor"]["mean"] >= s["full_finetune"]["dice_tumor"]["mean"] else "below"
+    return (f"{mean} full fine-tuning's on average at {len(_result('slpt_vs_finetune')['labelled'])} labelled "
+            f"scans, {'below' if below else 'not below'} it on {where}")
 
 
 def epoch_cost() -> str:
@@ -351,21 +350,11 @@ def epoch_cost() -> str:
             f"CPU cores), a round of {epochs} epochs takes about {seconds * epochs / 60:.0f} minutes")
 
 
-def diversity_effect() -> str:
-    rows = [json.loads(line) for line in
-            (RESULTS / "explore" / "rows-cpu-window32-seed0.jsonl").read_text().splitlines() if line.strip()]
-    final = {r["name"]: r["tumour_dice_per_case"] for r in rows if r["final"]}
-    # all7 -> all7_div01: 10x smaller diversity weight; all7_div01 -> all7_div01_jit25: 4x milder jitter.
-    steps = [("all7@0", "all7_div01@0"), ("all7_div01@0", "all7_div01_jit25@0")]
-    return f"by at most {max(abs(final[a] - final[b]) for a, b in steps):.4f}"
-
-
 BLOCKS: dict[str, Callable[[], str]] = {
     "status": status_box,
     "results": results_table,
     "compare-verdict": compare_verdict,
     "epoch-cost": epoch_cost,
-    "diversity-effect": diversity_effect,
 }
 
 

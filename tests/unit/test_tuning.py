@@ -17,9 +17,9 @@ from apps.slpt.model.prompts import PromptedSegmenter, count_parameters
 from apps.slpt.training.loop import (
     PatchSampler,
     dvpt_loss,
-    prompt_optimizer,
     fit,
     fit_keeping_best,
+    prompt_optimizer,
     task_loss,
     training_split,
 )

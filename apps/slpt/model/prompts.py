@@ -160,7 +160,7 @@ class PromptedSegmenter(nn.Module):
         })
         self.updaters = nn.ModuleDict({
             str(i): FeatureAwarePromptUpdater(channels[i], prompt_channels,
-                                              max(4, int(round(channels[i] * hidden_ratio))),
+                                              max(4, round(channels[i] * hidden_ratio)),
                                               updates_prompt=i != self.prompted[-1])
             for i in self.prompted
         })
