@@ -24,9 +24,10 @@ from monailabel.utils.others.generic import device_map  # noqa: E402
 from apps.slpt.config import SLPTConfig  # noqa: E402
 from apps.slpt.labels import FOREGROUND  # noqa: E402
 from apps.slpt.model.backbone import load_backbone  # noqa: E402
-from lib import endpoints, ohif, privacy  # noqa: E402
+from apps.slpt.ood import LayoutLimits  # noqa: E402
+from lib import endpoints, lifecycle, ohif, privacy  # noqa: E402
 from lib.activelearning.tesla import Tesla  # noqa: E402
-from lib.activelearning.tesla_scoring import INFO_KEY, TeslaScoring, needs_scoring  # noqa: E402
+from lib.activelearning.tesla_scoring import TeslaScoring  # noqa: E402
 from lib.datastore import ValidatingDatastore  # noqa: E402
 from lib.dicomweb_datastore import dicomweb_datastore  # noqa: E402
 from lib.infers.backbone import BackboneSegmentation  # noqa: E402
@@ -44,6 +45,8 @@ class MyApp(MONAILabelApp):
         privacy.install()  # MONAI Label logs DICOMweb image info, which holds the PatientID
         self.config = SLPTConfig.from_conf(conf or {}, app_dir)
         self.backbone = load_backbone(self.config.backbone)
+        # Out-of-distribution check (apps/slpt/ood.py): it reads the backbone's liver and its neighbours.
+        self.ood = LayoutLimits() if self.config.ood_check and "liver" in self.backbone.labels else None
         logger.info(
             "SLPT backbone %s (sha256 %s…), %d parameters",
             self.backbone.identity["path"], self.backbone.identity["sha256"][:12], self.backbone.num_parameters(),
@@ -80,19 +83,19 @@ class MyApp(MONAILabelApp):
 
     def init_infers(self):
         return {
-            "slpt": SLPTSegmentation(self.backbone, self.config),
+            "slpt": SLPTSegmentation(self.backbone, self.config, ood=self.ood),
             "backbone": BackboneSegmentation(self.backbone, overlap=self.config.sw_overlap,
-                                             precision=self.config.precision),
+                                             precision=self.config.precision, ood=self.ood),
         }
 
     def init_trainers(self):
         return {"slpt": SLPTTrainer(self.backbone, self.config)}
 
     def init_strategies(self):
-        return {"tesla": Tesla(self.config)}
+        return {"tesla": Tesla(self.config, self.backbone.identity["sha256"])}
 
     def init_scoring_methods(self):
-        return {"tesla": TeslaScoring(self.backbone, self.config)}
+        return {"tesla": TeslaScoring(self.backbone, self.config, ood=self.ood)}
 
     def infer(self, request, datastore=None):
         """MONAI Label answers 500 for an unknown model or image; a client error deserves a 404."""
@@ -137,6 +140,7 @@ class MyApp(MONAILabelApp):
         return result
 
     def on_init_complete(self):
+        lifecycle.install()  # a stopped server stops its task processes and starts no queued one
         super().on_init_complete()
         self._score_pending()
         schedule.every(1).minutes.do(self._score_pending)  # MONAI Label's time loop runs pending jobs
@@ -149,9 +153,7 @@ class MyApp(MONAILabelApp):
         cannot be read is not retried every minute.
         """
         store = self.datastore()
-        version = self._scoring_methods["tesla"].store.current()
-        pending = frozenset(i for i in store.get_unlabeled_images()
-                            if needs_scoring(store.get_image_info(i).get(INFO_KEY, {}), version))
+        pending = frozenset(self._scoring_methods["tesla"].pending(store))
         running = AsyncTask.status("scoring", check_if_running=True)[0] is not None
         if pending and pending != self._pending_seen and not running:
             self._pending_seen = pending
@@ -166,7 +168,7 @@ class MyApp(MONAILabelApp):
         if image_id not in labelled:
             return  # a draft or another tag: not a final label
         trained_on = self._trainers["slpt"].stats().get("labelled", 0)
-        if self._strategies["tesla"].training_due(labelled, trained_on):
+        if self._strategies["tesla"].training_due(store, trained_on):
             logger.info("TESLA: %d final labels; training slpt in the background", len(labelled))
             self.async_training("slpt", enqueue=True)
 

@@ -38,7 +38,7 @@ class SLPTConfig:
     decoder_rank: int = _f(4, "rank of the low-rank updates of every decoder kernel (0: none)")
     decoder_shifts: bool = _f(True, "tune shifts of the decoder's norm scales, norm shifts and biases")
     # Deltas on the first two encoder stages, at the prompts' step size, lifted validation tumour Dice per case
-    # from 0.11 to 0.42, above full fine-tuning's 0.34 (docs/results/explore_v2, picked by benchmarks.explore.pick).
+    # from 0.11 to 0.42, above full fine-tuning's 0.34 (docs/results/explore, picked by benchmarks.explore.pick).
     encoder_stages: int = _f(2, "the first this many encoder stages get the decoder's deltas too (0: the encoder "
                                 "stays frozen whole and training runs no backward pass through it)")
     head_channels: int = _f(16, "hidden width of the tumour head")
@@ -73,6 +73,8 @@ class SLPTConfig:
     lease_seconds: float = _f(1800.0, "how long a served scan stays reserved for its annotator")
     train_after_labels: int = _f(0, "retrain after this many new final labels (0: when the round is complete)")
     embed_stage: str = _f("down_layers.3", "backbone stage pooled into the scan embedding (the bottleneck)")
+    ood_check: bool = _f(True, "flag scans whose organ layout is not an abdominal CT's (apps/slpt/ood.py): /infer/* "
+                               "answers an empty label with the reason, TESLA never selects them")
     # Server
     max_upload_mb: int = _f(1024, "largest file a client may upload (a scan to /infer/*, an image or a label to "
                                   "the datastore), in MB; a 512x512x1000 CT is about 500 MB uncompressed")

@@ -9,12 +9,15 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from apps.slpt.model.backbone import Backbone
 from apps.slpt.model.precision import autocast
+from apps.slpt.ood import LayoutLimits, OutOfDistributiond
 
 
 class BackboneSegmentation(BasicInferTask):
-    """Organ label map from the frozen backbone, written back in the input's own geometry."""
+    """Organ label map from the frozen backbone, written back in the input's own geometry; empty, with the
+    reason in ``result.out_of_distribution``, for a scan that is not an abdominal CT (``ood`` limits given)."""
 
-    def __init__(self, backbone: Backbone, overlap: float = 0.25, precision: str = "fp32"):
+    def __init__(self, backbone: Backbone, overlap: float = 0.25, precision: str = "fp32",
+                 ood: LayoutLimits | None = None):
         super().__init__(
             path=None,
             network=backbone.network,
@@ -27,6 +30,7 @@ class BackboneSegmentation(BasicInferTask):
         self.backbone = backbone
         self.overlap = overlap
         self.precision = precision
+        self.ood = ood
 
     def pre_transforms(self, data=None):
         return [LoadImaged(keys="image"), *self.backbone.preprocessing]
@@ -44,6 +48,7 @@ class BackboneSegmentation(BasicInferTask):
     def post_transforms(self, data=None):
         return [
             Activationsd(keys="pred", softmax=True),
+            *([OutOfDistributiond(keys="pred", labels=self.backbone.labels, limits=self.ood)] if self.ood else []),
             AsDiscreted(keys="pred", argmax=True),
             # Undo the backbone's orientation/spacing with the image's own transform record.
             Invertd(keys="pred", transform=Compose(self.pre_transforms(data)), orig_keys="image", nearest_interp=True),

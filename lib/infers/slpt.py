@@ -12,10 +12,11 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from apps.slpt.config import SLPTConfig
 from apps.slpt.inference import PromptEnsembled
-from apps.slpt.labels import FOREGROUND
+from apps.slpt.labels import CLASSES, FOREGROUND
 from apps.slpt.model.backbone import Backbone
 from apps.slpt.model.build import Checkpointed, load_checkpoint
 from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore
+from apps.slpt.ood import LayoutLimits, background_only, check_scan
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +25,12 @@ class SLPTSegmentation(BasicInferTask):
     """Liver (1) and tumour (2) from the frozen backbone + the current prompt checkpoint.
 
     Request params: ``slpt_output`` = ``"label"`` (default) or ``"uncertainty"`` (the voxel-wise
-    prompt-disagreement map, float, in the image's geometry, for a viewer overlay).
+    prompt-disagreement map, float, in the image's geometry, for a viewer overlay). With ``ood`` limits, a
+    scan that is not an abdominal CT gets an empty label (and map) and the reason in
+    ``result.out_of_distribution``, read from the organ logits the same pass computes.
     """
 
-    def __init__(self, backbone: Backbone, config: SLPTConfig):
+    def __init__(self, backbone: Backbone, config: SLPTConfig, ood: LayoutLimits | None = None):
         super().__init__(
             path=None,
             network=None,
@@ -37,7 +40,7 @@ class SLPTSegmentation(BasicInferTask):
             description="SLPT: frozen backbone + prompts, liver and tumour (K-prompt ensemble)",
             config={"slpt_output": list(PromptEnsembled.OUTPUTS)},
         )
-        self.backbone, self.cfg = backbone, config
+        self.backbone, self.cfg, self.ood = backbone, config, ood
         self.store = PromptCheckpointStore(config.model_dir)
         self._served: dict[str, tuple[Checkpointed, tuple]] = {}  # per device: the checkpoint and its file stamp
 
@@ -77,9 +80,17 @@ class SLPTSegmentation(BasicInferTask):
         (:func:`apps.slpt.inference.task_inferer` says why)."""
         served = self._checkpoint(device)
         image = torch.as_tensor(data[self.input_key])
-        with torch.no_grad():
-            logits = served.inferer(image[None].to(device), served.model)
-        data[self.output_label_key] = logits[0]
+        with torch.no_grad():  # task and organ logits side by side, stitched in one sliding-window pass
+            both = served.inferer(image[None].to(device),
+                                  lambda window: torch.cat([t.float() for t in served.model.logits(window)], 1))
+        channels = served.model.num_prompts * len(CLASSES)
+        logits, organ = both[0, :channels], both[0, channels:]
+        if self.ood is not None:
+            verdict = check_scan(torch.softmax(organ, 0), self.backbone.labels, self.ood)
+            data.setdefault("result", {})["out_of_distribution"] = verdict.to_dict()
+            if verdict.flagged:
+                logits = background_only(logits, len(CLASSES))
+        data[self.output_label_key] = logits
         data["slpt_num_prompts"] = served.model.num_prompts
         data.setdefault("result", {})["prompt_checkpoint_version"] = served.version
         data["result"]["roi_size"] = list(served.inferer.roi_size)

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import nibabel as nib
 
+from lib.activelearning.tesla_scoring import ScoreCache
 from phantoms.phantom import PhantomSpec
 
 # Half the usual cranio-caudal field of view: the liver stays in view (the backbone finds it), and every
@@ -34,9 +35,11 @@ def wait(predicate, timeout=600, every=0.5):
 
 
 def tesla_infos(server) -> dict[str, dict]:
-    """Each image's TESLA scoring record, as a client reads it from the datastore."""
+    """Each image's TESLA scoring record, read from the score cache of the model folder ``/info/`` names."""
+    slpt = server.get("/info/").json()["slpt"]
+    records = ScoreCache(slpt["config"]["model_dir"], slpt["tesla"]["datastore"], slpt["backbone"]["sha256"]).records()
     objects = server.get("/datastore/", params={"output": "all"}).json()["objects"]
-    return {i: o["image"]["info"].get("slpt_tesla", {}) for i, o in objects.items()}
+    return {i: records.get(i, {}) for i in objects}
 
 
 def next_sample(server, client: str) -> dict:

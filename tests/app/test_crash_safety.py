@@ -226,8 +226,11 @@ def kill_9_of_the_whole_server_then_restart_keeps_everything(crash):
         return {
             "labels": {i: sha(server.studies / "labels" / "final" / f"{i}.nii.gz")
                        for i, o in objects.items() if o["labels"].get("final")},
-            "scores": {i: o["image"]["info"].get("slpt_tesla") for i, o in objects.items()},
-            "tesla": info["slpt"]["tesla"],
+            "scores": tesla_infos(server),
+            # The round, its queue, leases and budget; the live counts of scans waiting for scoring move with
+            # the restarted server's background scoring, so they are not part of what a restart must keep.
+            "tesla": {k: v for k, v in info["slpt"]["tesla"].items()
+                      if k not in ("waiting_for_scoring", "waiting_for_embedding")},
             "checkpoint": info["models"]["slpt"]["prompt_checkpoint"],
             "versions": {v: sha(crash.store.path(v)) for v in crash.store.versions()},
         }

@@ -53,8 +53,8 @@ def new_images_are_scored_in_the_background_at_start(tesla):
 
 def concurrent_clients_never_share_a_scan_inside_their_leases(tesla):
     srv = tesla.server
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda c: [next_sample(srv, f"annotator{c}").get("id") for _ in range(20)], range(8)))
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda c: [next_sample(srv, f"annotator{c}").get("id") for _ in range(20)], range(5)))
     holders = {}
     for client, ids in enumerate(answers):
         served = {i for i in ids if i}
@@ -62,18 +62,21 @@ def concurrent_clients_never_share_a_scan_inside_their_leases(tesla):
         for i in served:
             holders.setdefault(i, set()).add(client)
     assert all(len(c) == 1 for c in holders.values()), holders
-    assert len(holders) == 4  # the round has 4 scans; the other annotators are told there is nothing free
+    assert len(holders) == 5  # the round has 4 scans; the fifth annotator's joins it as overflow
 
 
 def stage_one_before_training_with_reasons_and_queue_view(tesla):
     view = tesla.server.get("/info/").json()["slpt"]["tesla"]
-    assert view["round"] == 1 and len(view["queue"]) == 4 and {r["status"] for r in view["queue"]} == {"leased"}
+    assert view["round"] == 1 and len(view["queue"]) == 5 and {r["status"] for r in view["queue"]} == {"leased"}
+    assert [r["overflow"] for r in view["queue"]] == [False] * 4 + [True]
+    assert view["waiting_for_scoring"] == 0 and view["budget"] == 1 and view["round_size"] == 4
     holder = view["queue"][0]
     answer = next_sample(tesla.server, holder["client"])
     assert answer["id"] == holder["id"]
     reason = answer["tesla"]
     assert reason["stage"] == 1 and reason["round"] == 1 and reason["rank"] == 1
     assert "k-means on backbone embeddings" in reason["basis"] and reason["checkpoint_version"] is None
+    assert "embedding" not in answer and "slpt_tesla" not in answer  # the scoring cache stays out of answers
 
 
 def labelling_the_round_trains_then_rescoring_serves_stage_two(tesla):

@@ -13,7 +13,7 @@ from apps.slpt.model.backbone import load_backbone
 from apps.slpt.model.build import build_model, load_checkpoint
 from apps.slpt.model.checkpoints import PromptCheckpointStore
 from lib.activelearning import tesla_scoring
-from lib.activelearning.tesla_scoring import INFO_KEY, TeslaScoring
+from lib.activelearning.tesla_scoring import TeslaScoring
 from phantoms.io import write_studies
 from tests.app.helpers import SMALL
 
@@ -39,21 +39,21 @@ def new_checkpoint(backbone, cfg, seed: int) -> int:
     return PromptCheckpointStore(cfg.model_dir).save(model.trainable_state_dict(), metadata)
 
 
-def info(datastore) -> dict:
+def info(tesla: TeslaScoring, datastore) -> dict:
     (image_id,) = datastore.get_unlabeled_images()
-    return datastore.get_image_info(image_id)[INFO_KEY]
+    return tesla.cache(datastore).records()[image_id]
 
 
 def test_rescoring_reads_the_kept_liver_mask_and_scores_what_a_fresh_pass_would(scoring):
     tesla, datastore, backbone, cfg, passes = scoring
     new_checkpoint(backbone, cfg, seed=0)
     assert tesla({}, datastore)["scored"] == 1 and len(passes) == 1
-    assert info(datastore)["organ_voxels"] > 0  # a liver was found, so the mask matters
+    assert info(tesla, datastore)["organ_voxels"] > 0  # a liver was found, so the mask matters
 
     version = new_checkpoint(backbone, cfg, seed=1)
     assert tesla({}, datastore)["scored"] == 1
     assert len(passes) == 1  # no second backbone pass
-    kept = info(datastore)
+    kept = info(tesla, datastore)
     assert kept["checkpoint_version"] == version
 
     # The same score from a fresh backbone pass.
@@ -75,5 +75,5 @@ def test_an_unreadable_kept_mask_costs_one_backbone_pass_not_the_score(scoring):
     new_checkpoint(backbone, cfg, seed=1)
     result = tesla({}, datastore)
     assert result["scored"] == 1 and result["failed"] == 0 and len(passes) == 2
-    assert info(datastore)["organ_voxels"] > 0
-    assert tesla.organs.get(info(datastore)["content_sha256"], (1, 1, 1), "other shape") == "other shape"
+    assert info(tesla, datastore)["organ_voxels"] > 0
+    assert tesla.organs.get(info(tesla, datastore)["content_sha256"], (1, 1, 1), "other shape") == "other shape"

@@ -1,6 +1,16 @@
 from __future__ import annotations
 
-from apps.slpt.active.rounds import RoundState, budget_plan, queue_view, serve, start_round, training_due
+from apps.slpt.active.rounds import (
+    RoundState,
+    budget_plan,
+    drop_missing,
+    join_round,
+    queue_view,
+    round_complete,
+    serve,
+    start_round,
+    training_due,
+)
 
 
 def state_with(queue):
@@ -52,3 +62,32 @@ def test_a_new_round_archives_the_old_one():
     start_round(state, ["b", "c"], {}, stage=2, checkpoint_version=3, now=5)
     assert state.round == 2 and state.stage == 2 and state.queue == ["b", "c"] and state.selected_total == 3
     assert state.history[0]["queue"] == ["a"] and state.leases == {}
+
+
+def test_a_scan_that_left_the_datastore_is_dropped_so_the_round_can_complete():
+    state = state_with(["a", "gone", "b"])
+    assert serve(state, "x", set(), now=0, lease_seconds=60) == "a"
+    assert serve(state, "y", set(), now=0, lease_seconds=60) == "gone"
+    assert drop_missing(state, {"a", "b"}, now=5) == ["gone"]
+    assert state.queue == ["a", "b"] and "gone" not in state.leases and "gone" not in state.reasons
+    assert state.history[-1] == {"round": 1, "dropped": ["gone"], "reason": "no longer in the datastore", "at": 5}
+    assert round_complete(state, {"a", "b"}) and drop_missing(state, {"a", "b"}, now=6) == []  # recorded once
+
+
+def test_a_grown_round_serves_its_new_scan_and_counts_it():
+    state = state_with(["a"])
+    serve(state, "x", set(), now=0, lease_seconds=60)
+    assert serve(state, "y", set(), now=0, lease_seconds=60) is None
+    join_round(state, "b", {"overflow": True})
+    assert serve(state, "y", set(), now=0, lease_seconds=60) == "b"
+    assert state.selected_total == 2 and queue_view(state, set(), now=1)[1]["overflow"]
+
+
+def test_a_new_round_keeps_the_scans_still_leased_from_the_old_one():
+    state = RoundState()
+    join_round(state, "p", {"provisional": True})
+    join_round(state, "q", {"provisional": True})
+    serve(state, "x", set(), now=0, lease_seconds=60)  # x holds p; q is free
+    start_round(state, ["a", "b"], {}, stage=1, checkpoint_version=None, now=10, pool_size=9)
+    assert state.round == 1 and state.queue == ["a", "b", "p"] and state.pool_size == 9
+    assert serve(state, "x", set(), now=11, lease_seconds=60) == "p" and state.reasons["p"] == {"provisional": True}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from apps.slpt.active.selection import (
     coreset_select,
     diversity_select,
+    next_select,
     random_select,
     top_select,
     uncertain_diverse_select,
@@ -59,3 +61,25 @@ def test_k_larger_than_pool_returns_the_pool():
     feats = np.random.default_rng(0).standard_normal((3, 4))
     assert sorted(diversity_select(feats, 5, np.random.default_rng(0))) == [0, 1, 2]
     assert sorted(uncertain_diverse_select(feats, np.ones(3), 5, np.random.default_rng(0))) == [0, 1, 2]
+
+
+def test_next_pick_comes_from_a_cluster_the_taken_scans_do_not_cover():
+    feats, cluster = three_clusters(np.random.default_rng(0), per=(10, 6, 0))
+    taken = cluster == 0
+    taken[1:] = False
+    taken[0] = True  # one scan of cluster 0 taken
+    scores = np.where(cluster == 0, 1.0, 0.1) + np.arange(len(feats)) * 1e-3
+    pick = next_select(feats, taken, np.random.default_rng(0), scores)
+    assert cluster[pick] == 1 and pick == int(np.flatnonzero(cluster == 1)[-1])  # most uncertain of cluster 1
+    centre_pick = next_select(feats, taken, np.random.default_rng(0))
+    z = (feats - feats.mean(0)) / feats.std(0)  # k-means runs on standardised features
+    members = z[cluster == 1]
+    assert cluster[centre_pick] == 1
+    assert np.linalg.norm(z[centre_pick] - members.mean(0)) == np.min(np.linalg.norm(members - members.mean(0), axis=1))
+
+
+def test_next_pick_on_identical_features_is_any_free_scan_and_refuses_when_none_is_free():
+    feats = np.ones((3, 2))
+    assert next_select(feats, np.array([True, False, False]), np.random.default_rng(0)) in (1, 2)
+    with pytest.raises(ValueError, match="at least one scan free"):
+        next_select(feats, np.ones(3, bool), np.random.default_rng(0))

@@ -8,7 +8,8 @@ TESLA (tandem selective labelling):
 * stage 1, before any label: k-means on frozen-backbone scan embeddings, and the scan nearest each
   centroid (:func:`diversity_select`);
 * stage 2, after prompt tuning: the most prompt-uncertain scan of each k-means cluster, so one round never
-  spends its budget on near-duplicates (:func:`uncertain_diverse_select`).
+  spends its budget on near-duplicates (:func:`uncertain_diverse_select`);
+* one more scan for a round whose scans are all taken, by the same criterion (:func:`next_select`).
 """
 
 from __future__ import annotations
@@ -80,6 +81,44 @@ def uncertain_diverse_select(
     picks = [int(members[np.argmax(scores[members])])
              for c in range(km.n_clusters) if len(members := np.flatnonzero(km.labels_ == c))]
     return sorted(picks, key=lambda i: -scores[i])
+
+
+def next_select(
+    features: np.ndarray, taken: np.ndarray, rng: np.random.Generator, scores: np.ndarray | None = None
+) -> int:
+    """One more pick, diverse from the ``taken`` ones, by the criterion that chose them.
+
+    k-means with one cluster more than there are taken scans leaves at least one cluster without a taken
+    scan; the pick comes from such a cluster: its most uncertain member over all of them (stage 2, with
+    ``scores``), or the member nearest the centroid of the largest one (stage 1). A round that needs more
+    scans than it was planned with grows this way without taking near-duplicates of its own scans.
+
+    Args:
+        features: ``[N, D]`` scan embeddings (or header features).
+        taken: ``[N]`` bool, the scans the round already holds.
+        scores: ``[N]`` prompt-based uncertainty, or ``None`` for stage 1.
+
+    Returns:
+        The index of a scan that is not taken.
+    """
+    features = _check(features, 1)
+    taken = np.asarray(taken, dtype=bool)
+    if taken.shape != (len(features),) or taken.all():
+        raise ValueError(f"taken must be [N={len(features)}] with at least one scan free, got {taken.shape}")
+    free = np.flatnonzero(~taken)
+    labels = _kmeans(features, int(taken.sum()) + 1, rng).labels_
+    open_clusters = np.setdiff1d(labels[free], labels[taken])
+    if not len(open_clusters):  # identical features can leave every cluster holding a taken scan
+        open_clusters = np.unique(labels[free])
+    candidates = free[np.isin(labels[free], open_clusters)]
+    if scores is not None:
+        scores = np.asarray(scores, dtype=np.float64)
+        return int(candidates[np.argmax(scores[candidates])])
+    sizes = np.bincount(labels)
+    largest = open_clusters[np.argmax(sizes[open_clusters])]
+    members = candidates[labels[candidates] == largest]
+    z = _standardise(features)
+    return int(members[np.argmin(np.linalg.norm(z[members] - z[members].mean(0), axis=1))])
 
 
 def random_select(n: int, k: int, rng: np.random.Generator) -> list[int]:
