@@ -27,6 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sklearn.metrics import roc_auc_score
+
+from apps.slpt.active.uncertainty import scan_uncertainty
 from apps.slpt.config import SLPTConfig
 from apps.slpt.evaluation import case_scores
 from apps.slpt.inference import predict, task_inferer, task_label
@@ -42,14 +45,25 @@ VALIDATION_FIRST_SEED = 600_000
 
 
 def case_rows(model, val, types, inferer) -> list[dict]:
-    """Per validation phantom: its tumour type, tumour Dice, and predicted / true / overlapping tumour voxels."""
+    """Per validation phantom: its tumour type, tumour Dice, predicted / true / overlapping tumour voxels, and
+    its prompt-based uncertainty (the score TESLA ranks scans by; 0 for a single prompt set)."""
     rows = []
     for (image, label), kind in zip(val, types):
-        probs, _ = predict(model, image, inferer)
-        scores = case_scores(task_label(probs), label[0])
+        probs, pu = predict(model, image, inferer)
+        prediction = task_label(probs)
+        scores = case_scores(prediction, label[0])
         rows.append({"type": kind, "dice": round(scores["dice_tumor"], 4), "predicted": scores["tumor_predicted"],
-                     "true": scores["tumor_true"], "overlap": scores["tumor_intersection"]})
+                     "true": scores["tumor_true"], "overlap": scores["tumor_intersection"],
+                     "pu": float(scan_uncertainty(pu.numpy(), prediction.numpy()))})
     return rows
+
+
+def lesion_auroc(cases: list[dict]) -> float | None:
+    """How well the scan's PU ranks scans with a lesion above tumour-free ones (0.5: no signal), or None for
+    rows without PU or without both kinds of scan."""
+    if not all("pu" in c for c in cases) or len({c["true"] > 0 for c in cases}) < 2:
+        return None
+    return float(roc_auc_score([c["true"] > 0 for c in cases], [c["pu"] for c in cases]))
 
 
 def tumour_dice(cases: list[dict]) -> dict[str, float]:
@@ -139,13 +153,15 @@ def pick(rows: list[dict], method: str = "slpt") -> dict:
 def table(rows: list[dict]) -> str:
     """Markdown: every evaluation row, and the pick by :func:`pick` when there is one."""
     lines = ["| variant | epoch | trainable | tumour Dice per case | global tumour Dice "
-             "| tumour cases with a true positive |", "| --- | --- | --- | --- | --- | --- |"]
+             "| tumour cases with a true positive | PU AUROC, lesion vs tumour-free |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         tumour_cases = [c for c in r["cases"] if c["true"]]
         hits = sum(c["overlap"] > 0 for c in tumour_cases)
+        auroc = lesion_auroc(r["cases"]) if r["method"] == "slpt" else None
         lines.append(f"| {r['name']} ({r['method']}) | {r['epoch']}{'' if r['final'] else ' (not final)'} | "
                      f"{r['trainable']:,} | {r['tumour_dice_per_case']:.4f} | {r['tumour_dice_global']:.4f} | "
-                     f"{hits} of {len(tumour_cases)} |")
+                     f"{hits} of {len(tumour_cases)} | {'not recorded' if auroc is None else f'{auroc:.2f}'} |")
     for method, label in (("slpt", "SLPT"), ("ft", "full fine-tuning")):
         try:
             chosen = pick(rows, method)

@@ -72,7 +72,7 @@ def test_a_seed_trained_on_its_own_is_reused_by_the_report(root, tmp_path, one_t
     assert out.count("finished earlier") == 2 and "[slpt]" not in out
     # One epoch per run in quick mode, so the epoch kept can only be that one.
     report = (tmp_path / "result.md").read_text()
-    assert "SLPT [1]; full fine-tuning [1]" in report and "Wall time of the whole comparison" in report
+    assert "SLPT [1]; full fine-tuning [1]" in report and "Wall time, training and testing every run" in report
     assert json.loads((tmp_path / "result.json").read_text())["by_labels"].keys() == {str(compare.QUICK.n_labelled)}
 
     with pytest.raises(ValueError, match=r"seeds \[7\] are not among"):

@@ -196,8 +196,10 @@ def test_annotation_loop_in_ohif(chain, driver, tmp_path):
         ui.wait(lambda: f"StudyInstanceUIDs={study_b}" in driver.current_url)
         ui.connect_panel()
         reason = ui.text("slpt-reason")
-        # stage 1 (diversity) or, once the first checkpoint has scored B, stage 2 (prompt uncertainty)
-        assert re.match(r"TESLA suggested this study: round 1, stage [12], rank 1", reason), reason
+        # Round 0 is provisional while B still waits for its embedding; then stage 1 (diversity) or, once
+        # the first checkpoint has scored B, stage 2 (prompt uncertainty).
+        assert re.match(r"TESLA suggested this study: (round 0, stage 1, rank 1, .*provisional"
+                        r"|round 1, stage [12], rank 1)", reason), reason
 
     with step("wait for the first prompt checkpoint", log, ui):
         wait(trained_on(server, labelled=1), timeout=600, every=2)

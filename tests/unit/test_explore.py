@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.explore import pick, table
+from benchmarks.explore import lesion_auroc, pick, table
 
 
 def row(name, seed, per_case, global_=0.0, epoch=60, final=True, method="slpt", **overrides):
@@ -35,5 +35,15 @@ def test_table_counts_tumour_cases_found_and_names_the_pick():
     cases = [{"true": 10, "overlap": 3}, {"true": 10, "overlap": 0}, {"true": 0, "overlap": 0}]
     rows = [dict(row("a", 0, 0.25, 0.5), trainable=1234, cases=cases)]
     text = table(rows)
-    assert "| a@0 (slpt) | 60 | 1,234 | 0.2500 | 0.5000 | 1 of 2 |" in text
+    assert "| a@0 (slpt) | 60 | 1,234 | 0.2500 | 0.5000 | 1 of 2 | not recorded |" in text
     assert "**a**" in text
+
+
+def test_pu_auroc_ranks_lesion_scans_against_tumour_free_ones():
+    cases = [{"true": 10, "overlap": 1, "pu": 0.3}, {"true": 5, "overlap": 0, "pu": 0.1},
+             {"true": 0, "overlap": 0, "pu": 0.2}, {"true": 0, "overlap": 0, "pu": 0.0}]
+    assert lesion_auroc(cases) == 0.75  # 3 of the 4 (lesion, tumour-free) pairs ordered right
+    assert lesion_auroc(cases[:2]) is None  # no tumour-free scan to rank against
+    assert lesion_auroc([{"true": 1}, {"true": 0}]) is None  # rows written before PU was recorded
+    rows = [dict(row("a", 0, 0.25, 0.5), trainable=1, cases=cases)]
+    assert "| 1 of 2 | 0.75 |" in table(rows)
