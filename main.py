@@ -85,7 +85,8 @@ class MyApp(MONAILabelApp):
         return {
             "slpt": SLPTSegmentation(self.backbone, self.config, ood=self.ood),
             "backbone": BackboneSegmentation(self.backbone, overlap=self.config.sw_overlap,
-                                             precision=self.config.precision, ood=self.ood),
+                                             precision=self.config.precision, ood=self.ood,
+                                             sw_batch_size=self.config.sw_batch_size),
         }
 
     def init_trainers(self):

@@ -129,6 +129,9 @@ def labelled_seeds(n_labelled: int) -> list[int]:
 
 # Settings full fine-tuning never reads: changing one re-runs SLPT alone and keeps fine-tuning's runs.
 PROMPT_ONLY_FIELDS = PROMPT_SET_FIELDS + ("decoder_rank", "decoder_shifts", "encoder_stages")
+# Settings that change how fast a result comes, never the result: not inputs, so a run kept before one of
+# them changed is still found.
+SPEED_ONLY_FIELDS = ("sw_batch_size",)
 # Each method's own schedule length: the other method's never changes its result.
 OWN_EPOCHS = {"slpt": "epochs", "full_finetune": "finetune_epochs"}
 METHODS = ("slpt", "full_finetune")
@@ -169,7 +172,7 @@ def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: s
 
 def _inputs(method: str, cfg: SLPTConfig, settings: CompareSettings, backbone_identity: dict) -> dict:
     """Everything a method's result depends on, as plain JSON."""
-    config = cfg.to_dict()
+    config = {k: v for k, v in cfg.to_dict().items() if k not in SPEED_ONLY_FIELDS}
     if method == "full_finetune":
         config = {k: v for k, v in config.items() if k not in PROMPT_ONLY_FIELDS}
     # A setting left at None is not an input, so runs kept before it existed are still found.

@@ -9,8 +9,8 @@ is the training length). One JSON line per evaluation goes to stdout:
     python -m benchmarks.explore '[{"name": "default"}, {"name": "ft", "method": "ft"}]'
     python -m benchmarks.explore '[{"name": "all stages", "stages": ["down_layers.0", ..., "up_layers.2"]}]'
     python -m benchmarks.explore "$(cat variants.json)" --device cuda > rows.jsonl
-    python -m benchmarks.explore --pick rows.jsonl       # the rule in :func:`pick`, as JSON overrides
-    python -m benchmarks.explore --table rows.jsonl      # the rows and the pick as markdown
+    python -m benchmarks.explore --pick rows.jsonl more-rows.jsonl    # the rule in :func:`pick`, as JSON
+    python -m benchmarks.explore --table rows.jsonl more-rows.jsonl   # the rows and the picks as markdown
 
 A variant named ``name@seed`` with a ``seed`` field is one seed of ``name``; :func:`pick` averages them.
 """
@@ -178,12 +178,15 @@ def main(argv=None) -> None:
     parser.add_argument("--val", type=int, default=12, help="validation phantoms (seeds 600000 onwards)")
     parser.add_argument("--backbone", default="models/backbone")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--pick", type=Path, help="instead of training: read rows (JSON lines) and print the pick")
+    parser.add_argument("--pick", type=Path, nargs="+", help="instead of training: read rows (JSON lines, one "
+                                                                  "or more files) and print the pick")
     parser.add_argument("--method", default="slpt", choices=("slpt", "ft"), help="with --pick: whose settings")
-    parser.add_argument("--table", type=Path, help="instead of training: read rows and print them as markdown")
+    parser.add_argument("--table", type=Path, nargs="+", help="instead of training: read rows and print them as "
+                                                                "markdown")
     args = parser.parse_args(argv)
     if args.pick or args.table:
-        rows = [json.loads(line) for line in (args.pick or args.table).read_text().splitlines() if line.startswith("{")]
+        rows = [json.loads(line) for path in (args.pick or args.table) for line in path.read_text().splitlines()
+                if line.startswith("{")]
         print(table(rows) if args.table else json.dumps(pick(rows, args.method)))
         return
     run(json.loads(args.variants), args.val, args.backbone, args.device)

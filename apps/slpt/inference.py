@@ -65,8 +65,11 @@ class PromptEnsembled(MapTransform):
         return d
 
 
-def sliding_window(roi_size, overlap: float = 0.25) -> SlidingWindowInferer:
-    return SlidingWindowInferer(roi_size=roi_size, sw_batch_size=1, overlap=overlap)
+def sliding_window(roi_size, overlap: float = 0.25, batch_size: int = 1) -> SlidingWindowInferer:
+    """MONAI's sliding window; ``batch_size`` windows share a forward pass. On a CPU, eight 32³ windows
+    together cost about half as much per window as one at a time (the per-call overhead of a small conv
+    is shared), and since GroupNorm never mixes samples the stitched output is the same."""
+    return SlidingWindowInferer(roi_size=roi_size, sw_batch_size=batch_size, overlap=overlap)
 
 
 def task_inferer(cfg: SLPTConfig) -> SlidingWindowInferer:
@@ -77,7 +80,7 @@ def task_inferer(cfg: SLPTConfig) -> SlidingWindowInferer:
     features like those only in windows of that size (SLPT v1's window probe on validation phantoms: the
     training size found the most tumours, ``docs/results/explore``).
     """
-    return sliding_window((cfg.patch_size,) * 3, cfg.sw_overlap)
+    return sliding_window((cfg.patch_size,) * 3, cfg.sw_overlap, cfg.sw_batch_size)
 
 
 def checkpoint_inferer(payload: dict, cfg: SLPTConfig) -> SlidingWindowInferer:

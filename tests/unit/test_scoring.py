@@ -5,7 +5,7 @@ import pytest
 import torch
 from monai.networks.nets import SegResNet
 
-from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty
+from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty, scoring_windows
 from apps.slpt.inference import sliding_window
 from apps.slpt.model.prompts import PromptedSegmenter
 
@@ -50,8 +50,9 @@ def disagreeing_model():
     return model.eval()
 
 
-def test_organ_windows_skip_windows_without_organ_and_keep_organ_voxels_exact():
-    model, inferer = disagreeing_model(), sliding_window((32, 32, 32))
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_organ_windows_skip_windows_without_organ_and_keep_organ_voxels_exact(batch_size):
+    model, inferer = disagreeing_model(), sliding_window((32, 32, 32), batch_size=batch_size)
     image = torch.rand(1, 1, 64, 56, 48)
     organ = np.zeros(image.shape[2:], bool)
     organ[50:60, 40:50, 30:40] = True  # the far corner: one window of the grid holds it
@@ -65,6 +66,14 @@ def test_organ_windows_skip_windows_without_organ_and_keep_organ_voxels_exact():
     inside = torch.as_tensor(organ)
     torch.testing.assert_close(only_organ[:, :, inside], full[:, :, inside])
     assert not torch.allclose(only_organ, full)  # elsewhere windows were skipped
+
+
+def test_windows_run_together_give_what_they_give_one_at_a_time():
+    model, image = disagreeing_model(), torch.rand(1, 1, 64, 56, 48)
+    with torch.no_grad():
+        alone = sliding_window((32, 32, 32))(image, model)
+        together = sliding_window((32, 32, 32), batch_size=8)(image, model)
+    torch.testing.assert_close(together, alone)  # GroupNorm never mixes the windows of a batch
 
 
 def test_without_an_organ_every_window_is_computed():
@@ -96,8 +105,9 @@ def test_prompt_uncertainty_runs_the_network_only_on_the_windows_that_touch_the_
     passes = []
     model.register_forward_pre_hook(lambda module, args: passes.append(1))
     prompt_uncertainty(model, image, organ, inferer)
-    computed, total = OrganWindows(inferer, organ).count(image[None])
+    computed, total = OrganWindows(scoring_windows(inferer), organ).count(image[None])
     assert len(passes) == computed < total
+    assert total < OrganWindows(inferer, organ).count(image[None])[1]  # scoring tiles, without overlap
 
 
 def test_a_scan_needs_scoring_without_an_embedding_or_with_an_older_checkpoints_uncertainty():

@@ -40,7 +40,7 @@ def embed_scan(
     image: torch.Tensor,
     stage: str = "down_layers.3",
     organ_channel: int | None = 1,
-    max_voxels: int = 160**3,
+    max_voxels: int = 96**3,
     multiple: int = 16,
     precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -51,7 +51,9 @@ def embed_scan(
         image: ``[1, *S]`` in backbone space.
         stage: module whose output is pooled (the bottleneck).
         organ_channel: output channel of the organ of interest (liver), or ``None`` for none.
-        max_voxels: larger scans are downsampled to this many voxels first (bounded memory and time).
+        max_voxels: larger scans are downsampled to this many voxels first (bounded memory and time). The
+            embedding and the liver mask only steer which scans and windows are looked at, so a coarse pass
+            will do; at full size it would cost most of an SLPT inference on a large CT.
         precision: ``auto``, ``bf16`` or ``fp32`` (:mod:`apps.slpt.model.precision`), as inference runs.
 
     Returns:
@@ -118,14 +120,25 @@ class OrganWindows:
             raise ValueError(f"organ mask {tuple(self.organ.shape)} does not match the input {tuple(inputs.shape[2:])}")
         channels = None
 
-        def predictor(window: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        def predictor(windows: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+            """``windows [N, C, *w]`` (the inferer's ``sw_batch_size`` of them): only those with organ voxels
+            run; the very first window always runs, since it tells the output's channels."""
             nonlocal channels
-            if channels is not None and not condition.any():
-                self.skipped += 1
-                return window.new_zeros((window.shape[0], channels, *window.shape[2:]))
-            out = network(window)  # the first window always runs: it tells the output's channels
-            channels = out.shape[1]
-            self.computed += 1
+            touches = condition.flatten(1).any(1)
+            if channels is None:
+                touches[0] = True
+            self.computed += int(touches.sum())
+            self.skipped += int((~touches).sum())
+            if touches.all():
+                out = network(windows)
+                channels = out.shape[1]
+                return out
+            computed = network(windows[touches]) if touches.any() else None
+            if computed is not None:
+                channels = computed.shape[1]
+            out = windows.new_zeros((windows.shape[0], channels, *windows.shape[2:]))
+            if computed is not None:
+                out[touches] = computed.to(out.dtype)
             return out
 
         condition = self.organ.to(inputs.device, inputs.dtype).expand_as(inputs)  # MONAI wants the input's shape
@@ -137,14 +150,22 @@ class OrganWindows:
         return self.computed, self.computed + self.skipped
 
 
+def scoring_windows(inferer: SlidingWindowInferer) -> SlidingWindowInferer:
+    """``inferer``'s windows, tiling the scan without overlap. A scan's score needs each voxel seen once,
+    in a window of the size the model was trained on; overlap only blends the seams of a label map, and at
+    0.25 it runs about twice as many windows."""
+    return SlidingWindowInferer(roi_size=inferer.roi_size, sw_batch_size=inferer.sw_batch_size, overlap=0.0)
+
+
 @torch.no_grad()
 def prompt_uncertainty(
     model: nn.Module, image: torch.Tensor, organ: np.ndarray | None, inferer: SlidingWindowInferer,
     margin: int = 2, top_fraction: float = 0.01,
 ) -> float:
-    """Per-scan prompt-based uncertainty of ``image [1, *S]``, from the windows that touch ``organ [*S]``."""
+    """Per-scan prompt-based uncertainty of ``image [1, *S]``, from the :func:`scoring_windows` of
+    ``inferer`` that touch ``organ [*S]``."""
     model.eval()
-    logits = OrganWindows(inferer, organ)(image[None].to(model_device(model)), model)
+    logits = OrganWindows(scoring_windows(inferer), organ)(image[None].to(model_device(model)), model)
     probs, pu = ensemble(torch.as_tensor(logits), model.num_prompts)
     label = task_label(probs[0].cpu()).numpy()
     return scan_uncertainty(pu[0].cpu().numpy(), label, margin=margin, top_fraction=top_fraction)
