@@ -125,12 +125,23 @@ def run(variants: list[dict], n_val: int, backbone_dir: str, device: str = "cpu"
     return [row for v in variants for row in run_variant(v, n_val, backbone_dir, device)]
 
 
+def is_ablation(row: dict) -> bool:
+    """An SLPT row with fewer than two prompt sets, or none placed: it shows what a lever buys, it is no
+    candidate for the app's default."""
+    overrides = row["overrides"]
+    return row["method"] == "slpt" and (overrides.get("num_prompts", SLPTConfig.num_prompts) < 2
+                                        or not overrides.get("stages", SLPTConfig.stages))
+
+
 def pick(rows: list[dict], method: str = "slpt") -> dict:
     """The rule for choosing a default, fixed before looking: among the variants of ``method`` (``slpt``, or
     ``ft`` for full fine-tuning's own settings; ``name`` without its ``@seed`` suffix) that finished seed 0,
     the highest final-epoch validation tumour Dice per case, averaged over the seeds all of them finished;
-    ties go to the higher global Dice. Returns its overrides with ``epochs`` made explicit."""
-    final = [r for r in rows if r["final"] and r["method"] == method]
+    ties go to the higher global Dice. Returns its overrides with ``epochs`` made explicit.
+
+    Ablation rows take no part (:func:`is_ablation`): a design without two prompt sets has no prompt-based
+    uncertainty for TESLA to rank scans by, whatever its Dice."""
+    final = [r for r in rows if r["final"] and r["method"] == method and not is_ablation(r)]
     by_name: dict[str, dict[int, dict]] = {}
     for r in final:
         by_name.setdefault(r["name"].split("@")[0], {})[r["overrides"].get("seed", 0)] = r

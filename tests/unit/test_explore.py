@@ -47,3 +47,8 @@ def test_pu_auroc_ranks_lesion_scans_against_tumour_free_ones():
     assert lesion_auroc([{"true": 1}, {"true": 0}]) is None  # rows written before PU was recorded
     rows = [dict(row("a", 0, 0.25, 0.5), trainable=1, cases=cases)]
     assert "| 1 of 2 | 0.75 |" in table(rows)
+
+
+def test_ablations_without_two_prompt_sets_are_never_picked():
+    rows = [row("a", 0, 0.30), row("no-prompts", 0, 0.90, stages=[], num_prompts=1), row("k1", 0, 0.80, num_prompts=1)]
+    assert pick(rows)["name"] == "a"
