@@ -16,7 +16,7 @@ from apps.slpt.model.prompts import PromptedSegmenter
 
 # Full fine-tuning's step and schedule, picked on validation phantoms by the explore rule
 # (benchmarks.explore --pick --method ft).
-FINETUNE_LEARNING_RATE = 1e-3
+FINETUNE_LEARNING_RATE = 3e-3
 FINETUNE_EPOCHS = 200
 
 

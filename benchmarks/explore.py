@@ -169,10 +169,14 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         tumour_cases = [c for c in r["cases"] if c["true"]]
         hits = sum(c["overlap"] > 0 for c in tumour_cases)
-        auroc = lesion_auroc(r["cases"]) if r["method"] == "slpt" else None
+        if r["method"] != "slpt" or is_ablation(r):
+            auroc = "— (one prediction)"
+        else:
+            value = lesion_auroc(r["cases"])
+            auroc = "not recorded" if value is None else f"{value:.2f}"
         lines.append(f"| {r['name']} ({r['method']}) | {r['epoch']}{'' if r['final'] else ' (not final)'} | "
                      f"{r['trainable']:,} | {r['tumour_dice_per_case']:.4f} | {r['tumour_dice_global']:.4f} | "
-                     f"{hits} of {len(tumour_cases)} | {'not recorded' if auroc is None else f'{auroc:.2f}'} |")
+                     f"{hits} of {len(tumour_cases)} | {auroc} |")
     for method, label in (("slpt", "SLPT"), ("ft", "full fine-tuning")):
         try:
             chosen = pick(rows, method)

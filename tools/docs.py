@@ -300,7 +300,7 @@ EXPERIMENTS = (
 def _explore_row() -> str:
     pick = json.loads((RESULTS / "explore" / "pick.json").read_text())
     return (f"| settings tried on validation phantoms, and the pick rule | "
-            f"`python -m benchmarks.explore --table docs/results/explore/rows-cpu-seed0.jsonl` | "
+            f"`python -m benchmarks.explore --table docs/results/explore/rows-*.jsonl` | "
             f"picked `{pick['name']}`: validation tumour Dice per case {pick['score'][0]:.4f} | {_link('explore')} |")
 
 
