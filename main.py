@@ -86,7 +86,7 @@ class MyApp(MONAILabelApp):
             "slpt": SLPTSegmentation(self.backbone, self.config, ood=self.ood),
             "backbone": BackboneSegmentation(self.backbone, overlap=self.config.sw_overlap,
                                              precision=self.config.precision, ood=self.ood,
-                                             sw_batch_size=self.config.sw_batch_size),
+                                             sw_batch_voxels=self.config.sw_batch_voxels),
         }
 
     def init_trainers(self):

@@ -131,7 +131,7 @@ def labelled_seeds(n_labelled: int) -> list[int]:
 PROMPT_ONLY_FIELDS = PROMPT_SET_FIELDS + ("decoder_rank", "decoder_shifts", "encoder_stages")
 # Settings that change how fast a result comes, never the result: not inputs, so a run kept before one of
 # them changed is still found.
-SPEED_ONLY_FIELDS = ("sw_batch_size",)
+SPEED_ONLY_FIELDS = ("sw_batch_voxels",)
 # Each method's own schedule length: the other method's never changes its result.
 OWN_EPOCHS = {"slpt": "epochs", "full_finetune": "finetune_epochs"}
 METHODS = ("slpt", "full_finetune")

@@ -66,8 +66,9 @@ class SLPTConfig:
     seed: int = _f(0, "seed for prompt initialisation, patch sampling and augmentation")
     # Inference and uncertainty
     sw_overlap: float = _f(0.25, "sliding-window overlap in [0, 1)")
-    sw_batch_size: int = _f(8, "sliding windows run through the network together; GroupNorm normalises each "
-                               "window on its own, so this changes speed and memory, never the result")
+    sw_batch_voxels: int = _f(64**3, "sliding windows run through the network together, up to this many voxels "
+                                     "per pass (eight 32³ windows, one 64³); GroupNorm normalises each window on "
+                                     "its own, so this changes speed and memory, never the result")
     uncertainty_margin: int = _f(2, "voxels around the predicted tumour counted as lesion-relevant")
     uncertainty_top_fraction: float = _f(0.01, "most-uncertain share of the liver counted as lesion-relevant")
     # TESLA active learning
@@ -89,7 +90,7 @@ class SLPTConfig:
         self.stages = tuple(self.stages)
         checks = [
             (0.0 <= self.sw_overlap < 1.0, "slpt_sw_overlap must be in [0, 1)"),
-            (self.sw_batch_size >= 1, "slpt_sw_batch_size must be at least 1"),
+            (self.sw_batch_voxels >= 1, "slpt_sw_batch_voxels must be at least 1"),
             (self.num_prompts >= 1, "slpt_num_prompts must be >= 1"),
             (self.prompt_channels >= 1 and self.prompt_size >= 1,
              "slpt_prompt_channels and slpt_prompt_size must be >= 1"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from monai.data import MetaTensor
@@ -65,11 +66,13 @@ class PromptEnsembled(MapTransform):
         return d
 
 
-def sliding_window(roi_size, overlap: float = 0.25, batch_size: int = 1) -> SlidingWindowInferer:
-    """MONAI's sliding window; ``batch_size`` windows share a forward pass. On a CPU, eight 32³ windows
-    together cost about half as much per window as one at a time (the per-call overhead of a small conv
-    is shared), and since GroupNorm never mixes samples the stitched output is the same."""
-    return SlidingWindowInferer(roi_size=roi_size, sw_batch_size=batch_size, overlap=overlap)
+def sliding_window(roi_size, overlap: float = 0.25, batch_voxels: int = 1) -> SlidingWindowInferer:
+    """MONAI's sliding window, with as many windows per forward pass as fit in ``batch_voxels`` (at least
+    one). On a CPU, eight 32³ windows together cost about half as much per window as one at a time (the
+    per-call overhead of a small conv is shared), while 64³ windows run fastest one at a time; GroupNorm
+    never mixes samples, so the stitched output is the same either way."""
+    return SlidingWindowInferer(roi_size=roi_size, sw_batch_size=max(1, batch_voxels // math.prod(roi_size)),
+                                overlap=overlap)
 
 
 def task_inferer(cfg: SLPTConfig) -> SlidingWindowInferer:
@@ -80,7 +83,7 @@ def task_inferer(cfg: SLPTConfig) -> SlidingWindowInferer:
     features like those only in windows of that size (SLPT v1's window probe on validation phantoms: the
     training size found the most tumours, ``docs/results/explore``).
     """
-    return sliding_window((cfg.patch_size,) * 3, cfg.sw_overlap, cfg.sw_batch_size)
+    return sliding_window((cfg.patch_size,) * 3, cfg.sw_overlap, cfg.sw_batch_voxels)
 
 
 def checkpoint_inferer(payload: dict, cfg: SLPTConfig) -> SlidingWindowInferer:

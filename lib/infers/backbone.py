@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from monai.inferers import SlidingWindowInferer
 from monai.transforms import Activationsd, AsDiscreted, CastToTyped, Compose, Invertd, LoadImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from apps.slpt.inference import sliding_window
 from apps.slpt.model.backbone import Backbone
 from apps.slpt.model.precision import autocast
 from apps.slpt.ood import LayoutLimits, OutOfDistributiond
@@ -17,7 +17,7 @@ class BackboneSegmentation(BasicInferTask):
     reason in ``result.out_of_distribution``, for a scan that is not an abdominal CT (``ood`` limits given)."""
 
     def __init__(self, backbone: Backbone, overlap: float = 0.25, precision: str = "fp32",
-                 ood: LayoutLimits | None = None, sw_batch_size: int = 1):
+                 ood: LayoutLimits | None = None, sw_batch_voxels: int = 1):
         super().__init__(
             path=None,
             network=backbone.network,
@@ -29,7 +29,7 @@ class BackboneSegmentation(BasicInferTask):
         )
         self.backbone = backbone
         self.overlap = overlap
-        self.sw_batch_size = sw_batch_size
+        self.sw_batch_voxels = sw_batch_voxels
         self.precision = precision
         self.ood = ood
 
@@ -37,7 +37,7 @@ class BackboneSegmentation(BasicInferTask):
         return [LoadImaged(keys="image"), *self.backbone.preprocessing]
 
     def inferer(self, data=None):
-        return SlidingWindowInferer(roi_size=self.roi_size, sw_batch_size=self.sw_batch_size, overlap=self.overlap)
+        return sliding_window(self.roi_size, self.overlap, self.sw_batch_voxels)
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
         """MONAI Label's own pass, at the app's precision (``slpt_precision``), as ``/infer/slpt`` runs."""

@@ -52,7 +52,7 @@ def disagreeing_model():
 
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_organ_windows_skip_windows_without_organ_and_keep_organ_voxels_exact(batch_size):
-    model, inferer = disagreeing_model(), sliding_window((32, 32, 32), batch_size=batch_size)
+    model, inferer = disagreeing_model(), sliding_window((32, 32, 32), batch_voxels=batch_size * 32**3)
     image = torch.rand(1, 1, 64, 56, 48)
     organ = np.zeros(image.shape[2:], bool)
     organ[50:60, 40:50, 30:40] = True  # the far corner: one window of the grid holds it
@@ -72,7 +72,7 @@ def test_windows_run_together_give_what_they_give_one_at_a_time():
     model, image = disagreeing_model(), torch.rand(1, 1, 64, 56, 48)
     with torch.no_grad():
         alone = sliding_window((32, 32, 32))(image, model)
-        together = sliding_window((32, 32, 32), batch_size=8)(image, model)
+        together = sliding_window((32, 32, 32), batch_voxels=8 * 32**3)(image, model)
     torch.testing.assert_close(together, alone)  # GroupNorm never mixes the windows of a batch
 
 
