@@ -3,8 +3,10 @@
 Hyperparameters are chosen here, never on compare's or the benchmark's test sets. Training data is
 compare's labelled set and its seed-0 training split; validation phantoms are seeds 600000 onwards.
 Each variant is a JSON object of ``SLPTConfig`` overrides plus ``name``, optional ``method`` (``slpt``
-or ``ft`` for full fine-tuning with the same head) and ``evals`` (epochs to evaluate at; the last one
-is the training length). One JSON line per evaluation goes to stdout:
+or ``ft`` for full fine-tuning with the same head), ``evals`` (epochs to evaluate at; the last one
+is the training length) and ``sw_overlaps`` (sliding-window overlaps to evaluate the same model at, each
+its own row named ``name sw<overlap>``: inference settings need no training of their own). One JSON line
+per evaluation goes to stdout:
 
     python -m benchmarks.explore '[{"name": "default"}, {"name": "ft", "method": "ft"}]'
     python -m benchmarks.explore '[{"name": "all stages", "stages": ["down_layers.0", ..., "up_layers.2"]}]'
@@ -93,8 +95,12 @@ def run_variant(variant: dict, n_val: int, backbone_dir: str, device: str = "cpu
     backbone, train, val, types = exploration_data(n_val, backbone_dir, device)
     variant = dict(variant)
     name, method, evals = variant.pop("name"), variant.pop("method", "slpt"), variant.pop("evals", [30, 60])
+    overlaps = variant.pop("sw_overlaps", None)
     cfg = dataclasses.replace(SLPTConfig(epochs=max(evals), val_interval=10**6), **variant)
     inferer = task_inferer(cfg)
+    evaluated = [(name, variant, inferer)] if overlaps is None else [
+        (overlap_name(name, ov), {**variant, "sw_overlap": ov}, task_inferer(dataclasses.replace(cfg, sw_overlap=ov)))
+        for ov in overlaps]
     torch.manual_seed(cfg.seed)
     if method == "ft":
         model = full_finetune(backbone, cfg)
@@ -108,15 +114,23 @@ def run_variant(variant: dict, n_val: int, backbone_dir: str, device: str = "cpu
     def report(epoch_report):
         if epoch_report.epoch not in evals:
             return
-        cases = case_rows(model, val, types, inferer)
-        rows.append({"name": name, "method": method, "overrides": variant, "epoch": epoch_report.epoch,
-                     "final": epoch_report.epoch == cfg.epochs, "trainable": trainable,
-                     "seconds": round(time.time() - start), "loss": round(epoch_report.loss, 4),
-                     **tumour_dice(cases), "cases": cases})
-        print(json.dumps(rows[-1]), flush=True)
+        for row_name, overrides, row_inferer in evaluated:
+            cases = case_rows(model, val, types, row_inferer)
+            rows.append({"name": row_name, "method": method, "overrides": overrides, "epoch": epoch_report.epoch,
+                         "final": epoch_report.epoch == cfg.epochs, "trainable": trainable,
+                         "seconds": round(time.time() - start), "loss": round(epoch_report.loss, 4),
+                         **tumour_dice(cases), "cases": cases})
+            print(json.dumps(rows[-1]), flush=True)
 
     fit(model, train, [], cfg, inferer, on_epoch=report, log=lambda message: None)
     return rows
+
+
+def overlap_name(name: str, overlap: float) -> str:
+    """``name`` (maybe ``base@seed``) evaluated at sliding-window ``overlap``: ``base sw<overlap>@seed``, so
+    :func:`pick` still averages its seeds."""
+    base, at, seed = name.partition("@")
+    return f"{base} sw{overlap:g}{at}{seed}"
 
 
 def run(variants: list[dict], n_val: int, backbone_dir: str, device: str = "cpu") -> list[dict]:

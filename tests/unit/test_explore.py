@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.explore import lesion_auroc, pick, table
+from benchmarks.explore import lesion_auroc, overlap_name, pick, table
 
 
 def row(name, seed, per_case, global_=0.0, epoch=60, final=True, method="slpt", **overrides):
@@ -52,3 +52,9 @@ def test_pu_auroc_ranks_lesion_scans_against_tumour_free_ones():
 def test_ablations_without_two_prompt_sets_are_never_picked():
     rows = [row("a", 0, 0.30), row("no-prompts", 0, 0.90, stages=[], num_prompts=1), row("k1", 0, 0.80, num_prompts=1)]
     assert pick(rows)["name"] == "a"
+
+
+def test_overlap_rows_keep_their_seed_suffix_for_the_pick():
+    assert overlap_name("default", 0.125) == "default sw0.125"
+    assert overlap_name("default@1", 0.0) == "default sw0@1"
+    assert overlap_name("default@1", 0.25).split("@")[0] == overlap_name("default", 0.25)
