@@ -22,9 +22,28 @@ _ONE_LIVER = KeepLargestConnectedComponent(applied_labels=[LIVER, TUMOUR], indep
 
 def task_label(probs: torch.Tensor) -> torch.Tensor:
     """``[C, *S]`` class probabilities -> ``[*S]`` long label map: the argmax, then only the largest
-    connected region of liver and tumour (background elsewhere)."""
+    connected region of liver and tumour (background elsewhere).
+
+    The connected regions are labelled inside the box around the foreground only: outside it is all
+    background already, so the result is the same, and on a large CT the box is a fraction of the scan.
+    """
     label = probs.argmax(0, keepdim=True)
-    return torch.as_tensor(_ONE_LIVER(label))[0].long()
+    box = foreground_box(label[0] > 0)
+    if box is not None:
+        label[(slice(None), *box)] = torch.as_tensor(_ONE_LIVER(label[(slice(None), *box)]))
+    return label[0].long()
+
+
+def foreground_box(mask: torch.Tensor, margin: int = 0) -> tuple[slice, ...] | None:
+    """The smallest box holding every ``True`` of ``mask``, grown by ``margin`` voxels within the array
+    (``None`` when ``mask`` has none)."""
+    box = []
+    for axis in range(mask.dim()):
+        hits = mask.any(dim=[a for a in range(mask.dim()) if a != axis]).nonzero()
+        if not len(hits):
+            return None
+        box.append(slice(max(0, int(hits[0]) - margin), min(mask.shape[axis], int(hits[-1]) + 1 + margin)))
+    return tuple(box)
 
 
 

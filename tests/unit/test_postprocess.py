@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from apps.slpt.inference import task_label
+from apps.slpt.inference import _ONE_LIVER, foreground_box, task_label
 
 
 def probabilities(label: torch.Tensor) -> torch.Tensor:
@@ -30,3 +30,21 @@ def test_tumour_inside_the_liver_stays_and_strays_outside_it_go():
 
 def test_no_liver_means_an_empty_label():
     assert not task_label(probabilities(torch.zeros(8, 8, 8, dtype=torch.long))).any()
+
+
+def test_a_liver_in_a_corner_of_a_large_scan_gets_the_whole_scans_answer():
+    label = torch.zeros(64, 48, 40, dtype=torch.long)
+    label[40:60, 30:44, 20:36] = 1     # the liver, far from the origin
+    label[45:50, 33:38, 25:30] = 2     # its lesion
+    label[41:43, 2:5, 2:5] = 1         # a stray piece, inside the scan but outside the liver's box
+    expected = torch.as_tensor(_ONE_LIVER(label[None]))[0].long()  # connected regions over the whole scan
+    assert torch.equal(task_label(probabilities(label)), expected)
+    assert expected[41:43, 2:5, 2:5].sum() == 0
+
+
+def test_foreground_box_is_tight_and_grows_within_the_array():
+    mask = torch.zeros(10, 12, 14, dtype=torch.bool)
+    mask[3, 4:6, 13] = True
+    assert foreground_box(mask) == (slice(3, 4), slice(4, 6), slice(13, 14))
+    assert foreground_box(mask, margin=2) == (slice(1, 6), slice(2, 8), slice(11, 14))
+    assert foreground_box(torch.zeros(4, 4, 4, dtype=torch.bool)) is None

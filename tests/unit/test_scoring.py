@@ -6,7 +6,8 @@ import torch
 from monai.networks.nets import SegResNet
 
 from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty, scoring_windows
-from apps.slpt.inference import sliding_window
+from apps.slpt.active.uncertainty import ensemble, scan_uncertainty
+from apps.slpt.inference import sliding_window, task_label
 from apps.slpt.model.prompts import PromptedSegmenter
 
 
@@ -118,3 +119,18 @@ def test_a_scan_needs_scoring_without_an_embedding_or_with_an_older_checkpoints_
     assert needs_scoring({"embedding": [0.1]}, 2)
     assert needs_scoring({"embedding": [0.1], "checkpoint_version": 1}, 2)
     assert not needs_scoring({"embedding": [0.1], "checkpoint_version": 2}, 2)
+
+
+def test_scoring_in_the_box_around_the_organ_windows_gives_the_whole_scans_score():
+    model, inferer = disagreeing_model(), sliding_window((32, 32, 32))
+    with torch.no_grad():
+        model.backbone.conv_final[2].conv.bias[1] = 3.0  # liver is predicted where windows are computed
+    image = torch.rand(1, 96, 64, 48)
+    organ = np.zeros(image.shape[1:], bool)
+    organ[70:90, 40:60, 30:40] = True
+    with torch.no_grad():  # the same organ windows, scored over the whole scan
+        logits = OrganWindows(scoring_windows(inferer), organ)(image[None], model)
+    probs, pu = ensemble(logits, model.num_prompts)
+    whole = scan_uncertainty(pu[0].numpy(), task_label(probs[0]).numpy())
+    assert (task_label(probs[0]) > 0).any()
+    assert prompt_uncertainty(model, image, organ, inferer) == pytest.approx(whole, rel=1e-6)
