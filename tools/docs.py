@@ -20,7 +20,7 @@ import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from apps.slpt.config import CONF_PREFIX, SLPTConfig
+from apps.slpt.config import CONF_PREFIX, SECTIONS, SLPTConfig
 from benchmarks.speed import (
     EPOCH_SPEEDUP_VS_V1_MIN,
     EPOCH_VS_FINETUNE_MAX,
@@ -55,21 +55,18 @@ class Setting:
     section: str = ""
 
 
-def config_settings(config_cls: type = SLPTConfig, section: str = "") -> Iterator[Setting]:
-    """Every ``--conf slpt_<name>`` of ``config_cls``, in declaration order.
-
-    The only function that knows the config's shape. A field whose type is itself a dataclass is read as a
-    section of settings that keep their own ``slpt_<name>`` key; adapt this function if the keys change.
-    """
-    hints = typing.get_type_hints(config_cls)
-    for f in dataclasses.fields(config_cls):
-        kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
-            yield from config_settings(kind, section=f.name)
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        shown = ",".join(default) if isinstance(default, tuple) else str(default)
-        yield Setting(CONF_PREFIX + f.name, _type_name(kind), shown, f.metadata.get("help", ""), section)
+def config_settings(sections: tuple[type, ...] = SECTIONS) -> Iterator[Setting]:
+    """Every ``--conf slpt_<name>``, section by section (:data:`apps.slpt.config.SECTIONS`), each in
+    declaration order. The only function that knows the config's shape; a section's title is its
+    docstring's first line."""
+    for section in sections:
+        title = section.__doc__.strip().splitlines()[0]
+        hints = typing.get_type_hints(section)
+        for f in dataclasses.fields(section):
+            kind = hints[f.name]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            shown = ",".join(default) if isinstance(default, tuple) else str(default)
+            yield Setting(CONF_PREFIX + f.name, _type_name(kind), shown, f.metadata.get("help", ""), title)
 
 
 def _type_name(kind: object) -> str:
@@ -94,7 +91,8 @@ def settings_page() -> str:
     for s in config_settings():
         if s.section != section:
             section = s.section
-            lines += ["", *([f"## {section}", ""] if section else []),
+            name, _, about = section.partition(": ")
+            lines += ["", f"## {name}", "", about[:1].upper() + about[1:], "",
                       "| setting | type | default | meaning |", "| --- | --- | --- | --- |"]
         lines.append(f"| `{s.key}` | {s.type} | `{s.default}` | {s.help} |")
     return "\n".join(lines) + "\n"

@@ -31,20 +31,31 @@ def test_every_listed_setting_and_default_is_accepted_by_the_config():
 
 @dataclasses.dataclass
 class _Train:
+    """Training: one round."""
+
     epochs: int = dataclasses.field(default=7, metadata={"help": "epochs per round"})
 
 
 @dataclasses.dataclass
-class _NestedConfig:
+class _Model:
+    """Model: the design."""
+
     stages: tuple[str, ...] = dataclasses.field(default=("a", "b"), metadata={"help": "stages"})
-    train: _Train = dataclasses.field(default_factory=_Train)
 
 
-def test_nested_sections_keep_their_keys_and_name_their_section():
-    assert list(docs.config_settings(_NestedConfig)) == [
-        docs.Setting("slpt_stages", "names, comma-separated", "a,b", "stages", ""),
-        docs.Setting("slpt_epochs", "int", "7", "epochs per round", "train"),
+def test_sections_keep_flat_keys_and_name_their_section():
+    assert list(docs.config_settings((_Model, _Train))) == [
+        docs.Setting("slpt_stages", "names, comma-separated", "a,b", "stages", "Model: the design."),
+        docs.Setting("slpt_epochs", "int", "7", "epochs per round", "Training: one round."),
     ]
+
+
+def test_every_setting_of_the_app_belongs_to_exactly_one_section():
+    from apps.slpt.config import SECTIONS
+
+    by_section = [f.name for section in SECTIONS for f in dataclasses.fields(section)]
+    assert sorted(by_section) == sorted(f.name for f in dataclasses.fields(SLPTConfig))
+    assert len(set(by_section)) == len(by_section)
 
 
 def test_stale_blocks_are_rewritten_on_their_own_lines_or_inline():
