@@ -22,29 +22,26 @@ _ONE_LIVER = KeepLargestConnectedComponent(applied_labels=[LIVER, TUMOUR], indep
 
 def task_label(probs: torch.Tensor) -> torch.Tensor:
     """``[C, *S]`` class probabilities -> ``[*S]`` long label map: the argmax, then only the largest
-    connected region of liver and tumour (background elsewhere).
-
-    The connected regions are labelled inside the box around the foreground only: outside it is all
-    background already, so the result is the same, and on a large CT the box is a fraction of the scan.
-    """
-    label = probs.argmax(0, keepdim=True)
-    box = foreground_box(label[0] > 0)
-    if box is not None:
-        label[(slice(None), *box)] = torch.as_tensor(_ONE_LIVER(label[(slice(None), *box)]))
-    return label[0].long()
+    connected region of liver and tumour (background elsewhere)."""
+    label = channel_argmax(probs)[None]
+    return torch.as_tensor(_ONE_LIVER(label))[0].long()
 
 
-def foreground_box(mask: torch.Tensor, margin: int = 0) -> tuple[slice, ...] | None:
-    """The smallest box holding every ``True`` of ``mask``, grown by ``margin`` voxels within the array
-    (``None`` when ``mask`` has none)."""
-    box = []
-    for axis in range(mask.dim()):
-        hits = mask.any(dim=[a for a in range(mask.dim()) if a != axis]).nonzero()
-        if not len(hits):
-            return None
-        box.append(slice(max(0, int(hits[0]) - margin), min(mask.shape[axis], int(hits[-1]) + 1 + margin)))
-    return tuple(box)
+def channel_argmax(probs: torch.Tensor) -> torch.Tensor:
+    """``probs.argmax(0)``: see :func:`channel_max`."""
+    return channel_max(probs)[1]
 
+
+def channel_max(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``probs.max(0)`` over a few channels (values, and indices with ties to the first, as there), in one
+    pass per channel: on a CPU a reduction over the leading axis reads memory with a channel-sized stride,
+    0.35 s on a 9x137x137x100 volume where this takes 0.04 s."""
+    best, label = probs[0].clone(), torch.zeros(probs.shape[1:], dtype=torch.long, device=probs.device)
+    for c in range(1, probs.shape[0]):
+        higher = probs[c] > best
+        label[higher] = c
+        best = torch.maximum(best, probs[c])
+    return best, label
 
 
 class PromptEnsembled(MapTransform):

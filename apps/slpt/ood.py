@@ -32,6 +32,8 @@ from monai.transforms import MapTransform
 from scipy import ndimage
 from torch import nn
 
+from apps.slpt.inference import channel_max
+
 COMPANIONS = ("spleen", "kidney_left", "kidney_right", "aorta")
 
 
@@ -93,7 +95,7 @@ def layout_features(probs: torch.Tensor | np.ndarray, labels: dict[str, int]) ->
         raise ValueError(f"probs must be [C, *S], got shape {tuple(p.shape)}")
     if "liver" not in labels:
         raise ValueError(f"the backbone has no 'liver' label; it has {sorted(labels)}")
-    top, label = p.max(0)
+    top, label = channel_max(p)
     label = label.cpu().numpy()
     body = label != labels.get("background", 0)
     body_voxels = int(body.sum())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from apps.slpt.inference import _ONE_LIVER, foreground_box, task_label
+from apps.slpt.inference import channel_argmax, channel_max, task_label
 
 
 def probabilities(label: torch.Tensor) -> torch.Tensor:
@@ -32,19 +32,10 @@ def test_no_liver_means_an_empty_label():
     assert not task_label(probabilities(torch.zeros(8, 8, 8, dtype=torch.long))).any()
 
 
-def test_a_liver_in_a_corner_of_a_large_scan_gets_the_whole_scans_answer():
-    label = torch.zeros(64, 48, 40, dtype=torch.long)
-    label[40:60, 30:44, 20:36] = 1     # the liver, far from the origin
-    label[45:50, 33:38, 25:30] = 2     # its lesion
-    label[41:43, 2:5, 2:5] = 1         # a stray piece, inside the scan but outside the liver's box
-    expected = torch.as_tensor(_ONE_LIVER(label[None]))[0].long()  # connected regions over the whole scan
-    assert torch.equal(task_label(probabilities(label)), expected)
-    assert expected[41:43, 2:5, 2:5].sum() == 0
-
-
-def test_foreground_box_is_tight_and_grows_within_the_array():
-    mask = torch.zeros(10, 12, 14, dtype=torch.bool)
-    mask[3, 4:6, 13] = True
-    assert foreground_box(mask) == (slice(3, 4), slice(4, 6), slice(13, 14))
-    assert foreground_box(mask, margin=2) == (slice(1, 6), slice(2, 8), slice(11, 14))
-    assert foreground_box(torch.zeros(4, 4, 4, dtype=torch.bool)) is None
+def test_channel_argmax_is_torchs_argmax_ties_included():
+    probs = torch.rand(3, 9, 8, 7)
+    probs[:, 0] = 0.5  # a tie everywhere on one slab: the first channel wins, as in torch.argmax
+    probs[1:, 1] = probs[0, 1]
+    assert torch.equal(channel_argmax(probs), probs.argmax(0))
+    values, indices = channel_max(probs)
+    assert torch.equal(values, probs.max(0).values) and torch.equal(indices, probs.max(0).indices)

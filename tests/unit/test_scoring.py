@@ -6,8 +6,7 @@ import torch
 from monai.networks.nets import SegResNet
 
 from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty, scoring_windows
-from apps.slpt.active.uncertainty import ensemble, scan_uncertainty
-from apps.slpt.inference import sliding_window, task_label
+from apps.slpt.inference import sliding_window
 from apps.slpt.model.prompts import PromptedSegmenter
 
 
@@ -104,10 +103,10 @@ def test_prompt_uncertainty_runs_the_network_only_on_the_windows_that_touch_the_
     organ = np.zeros(image.shape[1:], bool)
     organ[50:60, 40:50, 30:40] = True
     passes = []
-    model.register_forward_pre_hook(lambda module, args: passes.append(1))
+    model.register_forward_pre_hook(lambda module, args: passes.append(args[0].shape[0]))
     prompt_uncertainty(model, image, organ, inferer)
     computed, total = OrganWindows(scoring_windows(inferer), organ).count(image[None])
-    assert len(passes) == computed < total
+    assert sum(passes) == computed < total  # windows through the network
     assert total < OrganWindows(inferer, organ).count(image[None])[1]  # scoring tiles, without overlap
 
 
@@ -121,16 +120,20 @@ def test_a_scan_needs_scoring_without_an_embedding_or_with_an_older_checkpoints_
     assert not needs_scoring({"embedding": [0.1], "checkpoint_version": 2}, 2)
 
 
-def test_scoring_in_the_box_around_the_organ_windows_gives_the_whole_scans_score():
-    model, inferer = disagreeing_model(), sliding_window((32, 32, 32))
+def test_gathered_windows_fill_whole_batches_and_give_the_same_logits():
+    model, inferer = disagreeing_model(), sliding_window((16, 16, 16), batch_voxels=2 * 16**3)
+    image = torch.rand(1, 1, 64, 64, 16)
+    organ = np.zeros(image.shape[2:], bool)
+    for i in range(4):
+        for j in range(4):
+            organ[16 * i + 5, 16 * j + 5, 5] = (i + j) % 2 == 0  # a checkerboard of the 4x4 windows
+    batches = []
+    model.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
     with torch.no_grad():
-        model.backbone.conv_final[2].conv.bias[1] = 3.0  # liver is predicted where windows are computed
-    image = torch.rand(1, 96, 64, 48)
-    organ = np.zeros(image.shape[1:], bool)
-    organ[70:90, 40:60, 30:40] = True
-    with torch.no_grad():  # the same organ windows, scored over the whole scan
-        logits = OrganWindows(scoring_windows(inferer), organ)(image[None], model)
-    probs, pu = ensemble(logits, model.num_prompts)
-    whole = scan_uncertainty(pu[0].numpy(), task_label(probs[0]).numpy())
-    assert (task_label(probs[0]) > 0).any()
-    assert prompt_uncertainty(model, image, organ, inferer) == pytest.approx(whole, rel=1e-6)
+        one_batch_at_a_time = OrganWindows(scoring_windows(inferer, gather=1), organ, batch_size=2)(image, model)
+        ragged = list(batches)
+        batches.clear()
+        gathered = OrganWindows(scoring_windows(inferer, gather=8), organ, batch_size=2)(image, model)
+    torch.testing.assert_close(gathered, one_batch_at_a_time)
+    assert sum(batches) == sum(ragged) and len(batches) < len(ragged)
+    assert all(b == 2 for b in batches[:-1])

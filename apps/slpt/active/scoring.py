@@ -22,7 +22,7 @@ from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from apps.slpt.active.uncertainty import ensemble, scan_uncertainty
-from apps.slpt.inference import foreground_box, task_label
+from apps.slpt.inference import channel_argmax, task_label
 from apps.slpt.model.precision import autocast
 from apps.slpt.model.prompts import model_device
 
@@ -82,7 +82,7 @@ def embed_scan(
     organ = None
     weights = torch.ones(feature.shape[1:], device=feature.device)
     if organ_channel is not None:
-        organ_small = logits[0].argmax(0) == organ_channel
+        organ_small = channel_argmax(logits[0]) == organ_channel
         if organ_small.any():
             weights = F.adaptive_avg_pool3d(organ_small[None, None].float(), feature.shape[1:])[0, 0]
             organ = F.interpolate(organ_small[None, None].float(), size=image.shape[1:], mode="nearest")[0, 0] > 0
@@ -166,18 +166,10 @@ def prompt_uncertainty(
     margin: int = 2, top_fraction: float = 0.01,
 ) -> float:
     """Per-scan prompt-based uncertainty of ``image [1, *S]``, from the :func:`scoring_windows` of
-    ``inferer`` that touch ``organ [*S]``.
-
-    Ensemble, label map and score are computed in the box around those windows (grown by ``margin``), since
-    the skipped windows hold no organ: the score is the one the whole scan gives, except on a scan where
-    no liver is predicted at all, whose fallback (the most uncertain voxels) then looks at that box only.
-    """
+    ``inferer`` that touch ``organ [*S]``."""
     model.eval()
     windows = OrganWindows(scoring_windows(inferer), organ, batch_size=inferer.sw_batch_size)
-    logits = torch.as_tensor(windows(image[None].to(model_device(model)), model))[0].cpu()
-    box = foreground_box((logits != 0).any(0), margin + 1) if organ is not None else None
-    if box is not None:
-        logits = logits[(slice(None), *box)]
-    probs, pu = ensemble(logits[None], model.num_prompts)
-    label = task_label(probs[0]).numpy()
-    return scan_uncertainty(pu[0].numpy(), label, margin=margin, top_fraction=top_fraction)
+    logits = windows(image[None].to(model_device(model)), model)
+    probs, pu = ensemble(torch.as_tensor(logits), model.num_prompts)
+    label = task_label(probs[0].cpu()).numpy()
+    return scan_uncertainty(pu[0].cpu().numpy(), label, margin=margin, top_fraction=top_fraction)
