@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.slpt.config import SLPTConfig
+from apps.slpt.config import InferenceSettings, ModelSettings, SLPTConfig, TrainingSettings
 from apps.slpt.evaluation import evaluate
 from apps.slpt.inference import task_inferer
 from apps.slpt.model.backbone import load_backbone
@@ -132,6 +132,10 @@ PROMPT_ONLY_FIELDS = PROMPT_SET_FIELDS + ("decoder_rank", "decoder_shifts", "enc
 # Settings that change how fast a result comes, never the result: not inputs, so a run kept before one of
 # them changed is still found.
 SPEED_ONLY_FIELDS = ("sw_batch_voxels",)
+# The settings a run's result depends on: the design, its training and its inference. Storage, TESLA and
+# server settings never reach a comparison run.
+RESULT_FIELDS = frozenset(f.name for section in (ModelSettings, TrainingSettings, InferenceSettings)
+                          for f in dataclasses.fields(section)) - set(SPEED_ONLY_FIELDS)
 # Each method's own schedule length: the other method's never changes its result.
 OWN_EPOCHS = {"slpt": "epochs", "full_finetune": "finetune_epochs"}
 METHODS = ("slpt", "full_finetune")
@@ -172,7 +176,7 @@ def _run_seed(seed: int, settings: CompareSettings, backbone_dir: str, device: s
 
 def _inputs(method: str, cfg: SLPTConfig, settings: CompareSettings, backbone_identity: dict) -> dict:
     """Everything a method's result depends on, as plain JSON."""
-    config = {k: v for k, v in cfg.to_dict().items() if k not in SPEED_ONLY_FIELDS}
+    config = {k: v for k, v in cfg.to_dict().items() if k in RESULT_FIELDS}
     if method == "full_finetune":
         config = {k: v for k, v in config.items() if k not in PROMPT_ONLY_FIELDS}
     # A setting left at None is not an input, so runs kept before it existed are still found.
@@ -180,6 +184,13 @@ def _inputs(method: str, cfg: SLPTConfig, settings: CompareSettings, backbone_id
     settings = {k: v for k, v in dataclasses.asdict(settings).items() if v is not None and k not in others}
     return json.loads(json.dumps({"settings": settings, "config": config,
                                   "backbone": backbone_identity["sha256"]}))
+
+
+def _comparable(kept: dict, inputs: dict) -> dict:
+    """A kept run's inputs without the config fields that today's inputs leave out (settings that never
+    reached the run, such as a server setting recorded before :data:`RESULT_FIELDS` left them out, or one
+    since removed). A field today's inputs have and the kept run lacks still makes them differ."""
+    return {**kept, "config": {k: v for k, v in kept.get("config", {}).items() if k in inputs["config"]}}
 
 
 class SeedRuns:
@@ -200,7 +211,7 @@ class SeedRuns:
     def get(self, seed: int, method: str, inputs: dict) -> dict | None:
         path = self._path(seed, method)
         kept = json.loads(path.read_text()) if path.exists() else None
-        return kept["result"] if kept and kept["inputs"] == inputs else None
+        return kept["result"] if kept and _comparable(kept["inputs"], inputs) == inputs else None
 
     def put(self, seed: int, method: str, inputs: dict, result: dict) -> None:
         atomic_write_json(self._path(seed, method), {"inputs": inputs, "result": result})
