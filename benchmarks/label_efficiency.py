@@ -50,6 +50,7 @@ from apps.slpt.active.scoring import OrganWindows, embed_scan
 from apps.slpt.active.selection import (
     coreset_select,
     diversity_select,
+    foreground_random_select,
     random_select,
     top_select,
     uncertain_diverse_select,
@@ -64,7 +65,14 @@ from apps.slpt.model.prompts import is_backbone_key, model_device, parameter_rep
 from apps.slpt.training.loop import fit, fit_keeping_best, training_split
 from benchmarks.ablations import EnsembleMean, build_plain_model, from_scratch
 from benchmarks.baselines import finetune_config, full_finetune, head_only
-from benchmarks.label_efficiency_report import aggregate, bars, summarise_cases, type_counts, write_outputs
+from benchmarks.label_efficiency_report import (
+    aggregate,
+    bars,
+    paired_difference,
+    summarise_cases,
+    type_counts,
+    write_outputs,
+)
 from benchmarks.reporting import machine
 from phantoms.io import image_id, load_phantom_pair
 from phantoms.phantom import PhantomSpec, make_phantom
@@ -74,6 +82,7 @@ TEST_SEEDS = (710_000, 710_060)
 
 STRATEGIES = {
     "random": "random",
+    "foreground_random": "foreground-aware random (backbone liver mask non-empty)",
     "top_uncertainty": "top-uncertainty (ensemble entropy)",
     "mc_dropout": "MC-dropout epistemic",
     "coreset": "coreset (k-center greedy)",
@@ -341,6 +350,9 @@ class Benchmark:
             t = time.perf_counter()
             if strategy == "random" or (r == 0 and strategy in COLD_START):
                 picks = random_select(len(unlabelled), k, rng)
+            elif strategy == "foreground_random":
+                has_liver = [self.organs[i] is not None and bool(self.organs[i].any()) for i in unlabelled]
+                picks = foreground_random_select(has_liver, k, rng)
             elif strategy == "coreset":
                 picks = coreset_select(feats, self.embeddings[labelled], k)
             elif strategy == "tesla_stage1" or (r == 0 and strategy == "tesla"):
@@ -366,6 +378,7 @@ class Benchmark:
         s = self.s
         start = time.perf_counter()
         strategies: dict[str, dict] = {}
+        final_runs: dict[str, list[dict]] = {}  # per strategy, its last round's run of each seed
         for strategy in s.strategies:
             per_round: list[list[dict]] = [[] for _ in range(s.rounds)]
             picked_types = []
@@ -376,6 +389,7 @@ class Benchmark:
                     labelled += picks
                     per_round[r].append(self.train(SELECTION_METHOD, labelled, seed))
                 picked_types.append([self.pool[i]["tumor_type"] for i in labelled])
+            final_runs[strategy] = per_round[len(rounds) - 1]
             strategies[strategy] = {
                 "label": STRATEGIES[strategy],
                 "rounds": [{"labelled": len(runs[0]["labelled"]),
@@ -390,11 +404,22 @@ class Benchmark:
         for method in s.methods:
             runs = [self.train(method, tesla_sets[seed], seed) for seed in s.run_seeds]
             methods[method] = {"label": METHODS[method], **aggregate(runs)}
+        # What a MONAI Label user does today: random scans, the whole network fine-tuned.
+        status_quo = None
+        if "random" in s.strategies:
+            final_runs["status_quo"] = [self.train("full_finetune", [i for r in self.select("random", seed) for i in r],
+                                                   seed) for seed in s.run_seeds]
+            status_quo = {"label": "full fine-tuning on random picks", **aggregate(final_runs["status_quo"])}
+        comparisons = {}
+        if "tesla" in final_runs:
+            comparisons = {name: paired_difference(final_runs["tesla"], runs)
+                           for name, runs in final_runs.items() if name != "tesla"}
         everything = list(range(len(self.pool)))
         full = {m: {"label": METHODS[m], **aggregate([self.train(m, everything, seed) for seed in s.run_seeds])}
                 for m in ("slpt_k3", "full_finetune")}
         reference = full["slpt_k3"]["dice_tumor"]["mean"]
-        for block in [*(r for v in strategies.values() for r in v["rounds"]), *methods.values(), *full.values()]:
+        for block in [*(r for v in strategies.values() for r in v["rounds"]), *methods.values(), *full.values(),
+                      *([status_quo] if status_quo else [])]:
             block["percent_of_full_data_slpt"] = 100.0 * block["dice_tumor"]["mean"] / reference if reference else None
         budget, round_size = budget_plan(len(self.pool), s.budget_fraction, s.rounds)
         return {
@@ -403,9 +428,10 @@ class Benchmark:
             "pool_size": len(self.pool), "test_size": len(self.test), "budget": budget, "round_size": round_size,
             "pool_types": type_counts([[c["tumor_type"] for c in self.pool]]),
             "test_types": type_counts([[c["tumor_type"] for c in self.test]]),
-            "strategies": strategies, "methods": methods, "full_data": full,
+            "strategies": strategies, "methods": methods, "full_data": full, "status_quo": status_quo,
+            "tesla_minus": comparisons,
             "grid": self._grid_rows(tesla_sets, everything),
-            "bars": bars(strategies, methods, full),
+            "bars": bars(strategies, methods, full, comparisons),
             "seconds_this_invocation": round(time.perf_counter() - start, 1),
             "unit_seconds": {k: float(np.median(v)) for k, v in self.timings.items()},
         }

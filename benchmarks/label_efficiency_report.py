@@ -51,8 +51,30 @@ def type_counts(groups: list[list[str]]) -> dict[str, float]:
     return {t: float(np.mean([g.count(t) for g in groups])) for t in TUMOR_PREVALENCE}
 
 
-def bars(strategies: dict, methods: dict, full: dict) -> dict:
-    """The issue's bars, computed (the markdown says which hold)."""
+def paired_difference(a_runs: list[dict], b_runs: list[dict], resamples: int = 2000, seed: int = 0) -> dict:
+    """Tumour Dice per case of ``a`` minus ``b``, paired by seed and test case: the mean difference, each
+    seed's, and a 95% percentile bootstrap interval over test cases (a resample draws the same cases for
+    every seed). ``better`` only where the interval excludes 0 from below."""
+    if [r["seed"] for r in a_runs] != [r["seed"] for r in b_runs]:
+        raise ValueError(f"runs are not paired by seed: {[r['seed'] for r in a_runs]} vs {[r['seed'] for r in b_runs]}")
+    a = np.array([[c["dice_tumor"] for c in r["cases"]] for r in a_runs])
+    b = np.array([[c["dice_tumor"] for c in r["cases"]] for r in b_runs])
+    if a.shape != b.shape or [c["seed"] for c in a_runs[0]["cases"]] != [c["seed"] for c in b_runs[0]["cases"]]:
+        raise ValueError("runs are not paired by test case")
+    per_case = (a - b).mean(axis=0)
+    draws = np.random.default_rng(seed).integers(0, len(per_case), size=(resamples, len(per_case)))
+    low, high = np.percentile(per_case[draws].mean(axis=1), [2.5, 97.5])
+    return {"difference": float(per_case.mean()), "per_seed": [float(d) for d in (a - b).mean(axis=1)],
+            "low": float(low), "high": float(high), "better": bool(low > 0)}
+
+
+BASELINES = ("random", "foreground_random", "mc_dropout", "top_uncertainty", "coreset")
+
+
+def bars(strategies: dict, methods: dict, full: dict, comparisons: dict | None = None) -> dict:
+    """The issue's bars, computed (the markdown says which hold). ``comparisons``: TESLA minus each
+    alternative, from :func:`paired_difference`; TESLA beats one only where the interval excludes 0."""
+    comparisons = comparisons or {}
     def final(name):
         return strategies[name]["rounds"][-1]["dice_tumor"]["mean"] if name in strategies else None
     out = {}
@@ -60,8 +82,10 @@ def bars(strategies: dict, methods: dict, full: dict) -> dict:
     if tesla is not None:
         out["tesla_slpt_percent_of_full_data"] = {"value": 100.0 * tesla / ref if ref else None, "bar": 96.0,
                                                   "holds": bool(ref and 100.0 * tesla / ref >= 96.0)}
-        others = {n: final(n) for n in ("random", "top_uncertainty", "mc_dropout", "coreset") if n in strategies}
-        out["tesla_beats"] = {n: {"tesla": tesla, "other": v, "holds": tesla > v} for n, v in others.items()}
+        out["tesla_beats"] = {n: {"tesla": tesla, "other": final(n), **comparisons[n],
+                                  "holds": comparisons[n]["better"]} for n in BASELINES if n in comparisons}
+    if "status_quo" in comparisons:
+        out["tesla_slpt_beats_status_quo"] = {**comparisons["status_quo"], "holds": comparisons["status_quo"]["better"]}
     if {"slpt_k3", "full_finetune"} <= set(methods):
         slpt, ft = methods["slpt_k3"], methods["full_finetune"]
         out["slpt_vs_full_finetune"] = {
@@ -82,6 +106,10 @@ def bars(strategies: dict, methods: dict, full: dict) -> dict:
 
 def _ms(stat: dict) -> str:
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def _interval(d: dict) -> str:
+    return f"{d['difference']:+.4f} (95% interval {d['low']:+.4f} to {d['high']:+.4f})"
 
 
 def _pct(value) -> str:
@@ -130,6 +158,19 @@ def markdown(result: dict) -> str:
             lines.append(f"| {label} | {m['trainable_percent_of_backbone']:.2f} | {_ms(m['dice_tumor'])} | "
                          f"{_ms(m['dice_tumor_global'])} | {_ms(m['dice_liver'])} | "
                          f"{_pct(m['percent_of_full_data_slpt'])} | {m['train_seconds']['mean']:.0f} |")
+    if result.get("status_quo"):
+        m = result["status_quo"]
+        lines.append(f"| {m['label']} (what MONAI Label users do today) | {m['trainable_percent_of_backbone']:.2f} | "
+                     f"{_ms(m['dice_tumor'])} | {_ms(m['dice_tumor_global'])} | {_ms(m['dice_liver'])} | "
+                     f"{_pct(m['percent_of_full_data_slpt'])} | {m['train_seconds']['mean']:.0f} |")
+    if result.get("tesla_minus"):
+        lines += ["", "## TESLA + SLPT minus each alternative at the full budget, paired by seed and test case", "",
+                  "Tumour Dice per case; the interval is a 95% bootstrap over test cases. \"better\" only where it "
+                  "excludes 0.", "",
+                  "| alternative | per seed | mean (95% interval) | verdict |", "| --- | --- | --- | --- |"]
+        for name, d in result["tesla_minus"].items():
+            verdict = "TESLA better" if d["better"] else ("TESLA worse" if d["high"] < 0 else "no difference shown")
+            lines.append(f"| {name} | {', '.join(f'{x:+.4f}' for x in d['per_seed'])} | {_interval(d)} | {verdict} |")
     lines += ["", "## Tumour Dice per case by tumour type (test cases per type in the header)", "",
               "| run | " + " | ".join(f"{t} ({result['test_types'][t]:.0f})" for t in types) + " |",
               "| --- |" + " --- |" * len(types)]
@@ -164,8 +205,13 @@ def bar_lines(b: dict, quick: bool) -> list[str]:
         v = b["slpt_vs_full_finetune"]
         lines.append(f"- SLPT {v['slpt']:.4f} vs full fine-tuning {v['full_finetune']:.4f} at the budget, with "
                      f"{v['trainable_percent']:.2f}% trainable (bar: >= and <= 6%): {verdict(v['holds'])}.")
+    if "tesla_slpt_beats_status_quo" in b:
+        v = b["tesla_slpt_beats_status_quo"]
+        lines.append(f"- TESLA + SLPT minus full fine-tuning on random picks: {_interval(v)} (bar: the interval "
+                     f"excludes 0 from below): {verdict(v['holds'])}.")
     for name, v in b.get("tesla_beats", {}).items():
-        lines.append(f"- TESLA {v['tesla']:.4f} vs {name} {v['other']:.4f}: {verdict(v['holds'])}.")
+        lines.append(f"- TESLA {v['tesla']:.4f} vs {name} {v['other']:.4f}, difference {_interval(v)}: "
+                     f"{verdict(v['holds'])}.")
     for key, v in b.items():
         if key.startswith("ablation_"):
             lines.append(f"- ablation {key[len('ablation_'):]}: with {v['with']:.4f}, without {v['without']:.4f}: "

@@ -35,6 +35,9 @@ def test_label_efficiency_quick_run_writes_every_row_and_resumes_from_its_cache(
     assert {"settings", "machine", "strategies", "methods", "full_data", "bars", "grid", "pool_types"} <= set(saved)
     assert set(saved["strategies"]) == set(STRATEGIES) and set(saved["methods"]) == set(METHODS)
     assert set(saved["full_data"]) == {"slpt_k3", "full_finetune"}
+    assert len(saved["status_quo"]["dice_tumor"]["values"]) == len(QUICK.run_seeds)  # fine-tuning on random picks
+    assert set(saved["tesla_minus"]) == (set(STRATEGIES) - {"tesla"}) | {"status_quo"}
+    assert all(d["low"] <= d["difference"] <= d["high"] for d in saved["tesla_minus"].values())
     budget = saved["budget"]
     for name, strategy in saved["strategies"].items():
         assert [r["labelled"] for r in strategy["rounds"]][-1] == budget, name
@@ -48,6 +51,8 @@ def test_label_efficiency_quick_run_writes_every_row_and_resumes_from_its_cache(
     assert "Quick mode" in table
     for label in (*STRATEGIES.values(), *METHODS.values()):
         assert f"| {label} |" in table, label
+    assert "| full fine-tuning on random picks (what MONAI Label users do today) |" in table
+    assert "| foreground_random |" in table and "| status_quo |" in table  # the paired differences
     for png in ("learning_curve.png", "predictions.png"):
         assert matplotlib.image.imread(tmp_path / png).ndim == 3
 

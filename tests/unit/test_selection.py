@@ -8,6 +8,7 @@ import pytest
 from apps.slpt.active.selection import (
     coreset_select,
     diversity_select,
+    foreground_random_select,
     next_select,
     random_select,
     top_select,
@@ -83,3 +84,13 @@ def test_next_pick_on_identical_features_is_any_free_scan_and_refuses_when_none_
     assert next_select(feats, np.array([True, False, False]), np.random.default_rng(0)) in (1, 2)
     with pytest.raises(ValueError, match="at least one scan free"):
         next_select(feats, np.ones(3, bool), np.random.default_rng(0))
+
+
+def test_foreground_random_picks_scans_with_an_organ_first_and_tops_up_from_the_rest():
+    has = np.array([True, False, True, False, True, False])
+    picks = foreground_random_select(has, 2, np.random.default_rng(0))
+    assert len(set(picks)) == 2 and has[picks].all()
+    picks = foreground_random_select(has, 5, np.random.default_rng(0))
+    assert set(picks[:3]) == {0, 2, 4} and len(set(picks)) == 5
+    assert foreground_random_select(has, 2, np.random.default_rng(3)) == foreground_random_select(
+        has, 2, np.random.default_rng(3))

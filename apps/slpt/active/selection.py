@@ -126,6 +126,15 @@ def random_select(n: int, k: int, rng: np.random.Generator) -> list[int]:
     return [int(i) for i in rng.permutation(n)[:k]]
 
 
+def foreground_random_select(has_foreground, k: int, rng: np.random.Generator) -> list[int]:
+    """Baseline (nnActive's foreground-aware random): ``min(k, n)`` indices uniformly among the scans whose
+    organ mask is non-empty, topped up uniformly from the others only when those run out."""
+    has_foreground = np.asarray(has_foreground, dtype=bool)
+    first = rng.permutation(np.flatnonzero(has_foreground))
+    rest = rng.permutation(np.flatnonzero(~has_foreground))
+    return [int(i) for i in np.concatenate([first, rest])[:k]]
+
+
 def top_select(scores: np.ndarray, k: int) -> list[int]:
     """Baseline: the ``k`` highest scores (e.g. entropy, MC-dropout variance), ties by index."""
     scores = np.asarray(scores, dtype=np.float64)
