@@ -18,6 +18,8 @@ import schedule  # noqa: E402
 from fastapi import HTTPException  # noqa: E402
 from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+from monailabel.tasks.activelearning.first import First  # noqa: E402
+from monailabel.tasks.activelearning.random import Random  # noqa: E402
 from monailabel.utils.async_tasks.task import AsyncTask  # noqa: E402
 from monailabel.utils.others.generic import device_map  # noqa: E402
 
@@ -93,7 +95,9 @@ class MyApp(MONAILabelApp):
         return {"slpt": SLPTTrainer(self.backbone, self.config)}
 
     def init_strategies(self):
-        return {"tesla": Tesla(self.config, self.backbone.identity["sha256"])}
+        # MONAI Label's stock strategies beside TESLA, as its radiology app registers them: a team can compare
+        # them through the API, and a client that asks for ``random`` gets it. ``tesla`` stays the default.
+        return {"tesla": Tesla(self.config, self.backbone.identity["sha256"]), "random": Random(), "first": First()}
 
     def init_scoring_methods(self):
         return {"tesla": TeslaScoring(self.backbone, self.config, ood=self.ood)}

@@ -176,6 +176,10 @@ def task_specs(
         "activelearning/tesla", settings={"lease_seconds": "lease_seconds"},
         checks={"client_id": client_id}, framework=frozenset({"strategy"}),
     )
+    for stock in ("random", "first"):  # MONAI Label's own: they read no parameter of ours
+        specs[f"activelearning/{stock}"] = RequestSpec(
+            f"activelearning/{stock}", checks={"client_id": client_id}, framework=frozenset({"strategy"}),
+        )
     return specs
 
 

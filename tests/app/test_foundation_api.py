@@ -46,3 +46,15 @@ def test_unknown_model_and_image_are_client_errors(server, ids):
     assert server.post(f"/infer/nonexistent?image={ids['RAS']}").status_code in (400, 404, 422)
     assert server.post("/infer/backbone?image=no_such_image").status_code in (400, 404, 422)
 
+
+
+def test_monai_labels_stock_strategies_serve_unlabelled_scans(server, ids):
+    info = server.get("/info/").json()
+    assert {"tesla", "random", "first"} <= set(info["strategies"])
+    stored = set(server.get("/datastore/", params={"output": "all"}).json()["objects"])
+    for strategy in ("random", "first"):
+        r = server.post(f"/activelearning/{strategy}", json={"client_id": "reader-1"})
+        assert r.status_code == 200, r.text
+        assert r.json()["id"] in stored
+    r = server.post("/activelearning/random", json={"lease_seconds": 60})
+    assert r.status_code == 422 and "unknown parameter 'lease_seconds'" in r.text  # TESLA's, not random's
