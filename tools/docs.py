@@ -239,8 +239,12 @@ class Experiment:
 
 
 def _latest_compare(r: dict) -> str:
-    s = r["summary"]
-    return f"tumour Dice SLPT {_ms(s['slpt']['dice_tumor'])}, full fine-tuning {_ms(s['full_finetune']['dice_tumor'])}"
+    """Tumour Dice of both methods at every labelled count the result holds (the bar's count alone in older
+    results)."""
+    counts = r.get("by_labels") or {str(r["settings"]["n_labelled"]): r}
+    return "; ".join(f"{n} labels: SLPT {_ms(c['summary']['slpt']['dice_tumor'])}, full fine-tuning "
+                     f"{_ms(c['summary']['full_finetune']['dice_tumor'])}"
+                     for n, c in sorted(counts.items(), key=lambda item: int(item[0])))
 
 
 def _latest_speed(r: dict) -> str:
