@@ -105,6 +105,13 @@
   // put inside the panel: React owns that DOM and may drop or trip over a foreign child.
   // Shown in the MONAI Label mode only (OHIF changes routes without reloading the page).
   setInterval(() => {
+    // The panel's list starts at its hard-coded "random", which the app now offers too; start it at the
+    // app's default, TESLA, once. What the user picks afterwards is what Next Sample asks for.
+    const list = document.querySelector('.monaiLabelPanel select.actionInput');
+    if (list && !list.dataset.slptStarted && Array.from(list.options).some((o) => o.value === 'tesla')) {
+      list.value = 'tesla';
+      list.dataset.slptStarted = '1';
+    }
     const wanted = location.pathname.indexOf('/monai-label') >= 0;
     if (wanted && !box.parentElement && document.body) {
       document.body.appendChild(box);
