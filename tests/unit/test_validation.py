@@ -339,7 +339,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_unread(tmp_path):
 def test_task_specs_follow_what_each_task_advertises():
     specs = task_specs({"slpt": {"slpt_output": ["label", "uncertainty"], "note": "x"}},
                        {"slpt": {"max_epochs": 200, "warm_start": True, "multi_gpu": False}}, ["NVIDIA H100"])
-    assert sorted(specs) == ["activelearning/tesla", "infer/slpt", "train/slpt"]
+    assert sorted(specs) == ["activelearning/first", "activelearning/random", "activelearning/tesla", "infer/slpt",
+                             "train/slpt"]
     with pytest.raises(InvalidParameter, match="must be one of"):
         check_request({"slpt_output": "bogus"}, specs["infer/slpt"], SLPTConfig())
     # A trainer's advertised settings come back from Slicer and MONAI Label; they are accepted, and parsed.
