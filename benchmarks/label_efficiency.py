@@ -389,7 +389,7 @@ class Benchmark:
                     labelled += picks
                     per_round[r].append(self.train(SELECTION_METHOD, labelled, seed))
                 picked_types.append([self.pool[i]["tumor_type"] for i in labelled])
-            final_runs[strategy] = per_round[len(rounds) - 1]
+            final_runs[strategy] = [runs for runs in per_round if runs][-1]
             strategies[strategy] = {
                 "label": STRATEGIES[strategy],
                 "rounds": [{"labelled": len(runs[0]["labelled"]),
