@@ -109,9 +109,22 @@ def checkpoint_inferer(payload: dict, cfg: SLPTConfig) -> SlidingWindowInferer:
 
 
 @torch.no_grad()
+def stitched_logits(model: PromptedSegmenter, inputs: torch.Tensor,
+                    inferer: Inferer) -> tuple[torch.Tensor, torch.Tensor]:
+    """``inputs [1, 1, *S]`` -> ``(task logits [1, K * 3, *S], organ logits [1, out, *S])`` of the whole scan.
+
+    The windows blend the model's :meth:`~PromptedSegmenter.window_outputs` (organ logits and tumour
+    log-odds), and the task logits are composed once from the blend: fewer channels to stitch, one
+    log-softmax per voxel instead of one per window. Where windows do not overlap this equals stitching
+    the task logits themselves; on their overlaps it averages logits before the softmax, as MONAI's
+    stitching of any network's logits does.
+    """
+    model.eval()
+    return model.compose(torch.as_tensor(inferer(inputs.to(model_device(model)), model.window_outputs)))
+
+
 def predict(model: PromptedSegmenter, image: torch.Tensor, inferer: Inferer) -> tuple[torch.Tensor, torch.Tensor]:
     """``image [1, *S]`` -> ``(ensemble probabilities [C, *S], PU map [*S])``."""
-    model.eval()
-    logits = inferer(image[None].to(model_device(model)), model)
-    probs, pu = ensemble(torch.as_tensor(logits), model.num_prompts)
+    logits, _ = stitched_logits(model, image[None], inferer)
+    probs, pu = ensemble(logits, model.num_prompts)
     return probs[0].cpu(), pu[0].cpu()

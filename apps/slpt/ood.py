@@ -157,26 +157,30 @@ def background_only(scores: torch.Tensor, classes: int) -> torch.Tensor:
 
 
 class OutOfDistributiond(MapTransform):
-    """``d[key]`` ``[C, *S]`` organ probabilities -> unchanged, or background everywhere when the scan's
-    organ layout is not an abdominal CT's (:func:`check_scan`); the verdict goes to
-    ``d[result_key]["out_of_distribution"]`` either way.
+    """Blanks ``d[key]`` (background certain everywhere, :func:`background_only`) when the scan's organ
+    layout is not an abdominal CT's (:func:`check_scan` of the organ probabilities), and leaves it unchanged
+    otherwise; the verdict goes to ``d[result_key]["out_of_distribution"]`` either way.
 
     Args:
         labels: the backbone's label names to channels.
         limits: see :class:`LayoutLimits`.
+        probs_key: where the ``[C, *S]`` organ probabilities are (default: ``key`` itself holds them).
+        classes: ``d[key]`` holds groups of this many channels (default: all its channels are one group).
     """
 
-    def __init__(self, keys, labels: dict[str, int], limits: LayoutLimits = LayoutLimits(), result_key: str = "result"):
+    def __init__(self, keys, labels: dict[str, int], limits: LayoutLimits = LayoutLimits(),
+                 probs_key: str | None = None, classes: int | None = None, result_key: str = "result"):
         super().__init__(keys)
         self.labels, self.limits, self.result_key = labels, limits, result_key
+        self.probs_key, self.classes = probs_key, classes
 
     def __call__(self, data):
         d = dict(data)
         for key in self.key_iterator(d):
-            verdict = check_scan(d[key], self.labels, self.limits)
+            verdict = check_scan(d[self.probs_key or key], self.labels, self.limits)
             d.setdefault(self.result_key, {})["out_of_distribution"] = verdict.to_dict()
             if verdict.flagged:
-                d[key] = background_only(d[key], d[key].shape[0])
+                d[key] = background_only(d[key], self.classes or d[key].shape[0])
         return d
 
 

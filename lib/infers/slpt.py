@@ -6,19 +6,21 @@ import logging
 
 import torch
 from fastapi import HTTPException
-from monai.transforms import CastToTyped, Compose, Invertd, LoadImaged, SqueezeDimd
+from monai.transforms import Activationsd, CastToTyped, Compose, DeleteItemsd, Invertd, LoadImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from apps.slpt.config import SLPTConfig
-from apps.slpt.inference import PromptEnsembled
+from apps.slpt.inference import PromptEnsembled, stitched_logits
 from apps.slpt.labels import CLASSES, FOREGROUND
 from apps.slpt.model.backbone import Backbone
 from apps.slpt.model.build import Checkpointed, load_checkpoint
 from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore
-from apps.slpt.ood import LayoutLimits, background_only, check_scan
+from apps.slpt.ood import LayoutLimits, OutOfDistributiond
 
 logger = logging.getLogger(__name__)
+
+ORGAN_KEY = "organ"  # the backbone's organ logits of the scan, stitched beside the task's
 
 
 class SLPTSegmentation(BasicInferTask):
@@ -66,7 +68,14 @@ class SLPTSegmentation(BasicInferTask):
 
     def post_transforms(self, data=None):
         output = data.get("slpt_output", "label")
+        # The organ layout is checked after the inferer, as /infer/backbone checks it, on the organ logits
+        # the same pass stitched.
+        ood = [Activationsd(keys=ORGAN_KEY, softmax=True),
+               OutOfDistributiond(keys="pred", labels=self.backbone.labels, limits=self.ood, probs_key=ORGAN_KEY,
+                                  classes=len(CLASSES))] if self.ood else []
         return [
+            *ood,
+            DeleteItemsd(keys=ORGAN_KEY),
             PromptEnsembled(keys="pred", num_prompts=data["slpt_num_prompts"], output=output,
                             margin=self.cfg.uncertainty_margin, top_fraction=self.cfg.uncertainty_top_fraction),
             Invertd(keys="pred", transform=Compose(self.pre_transforms(data)), orig_keys="image",
@@ -80,17 +89,8 @@ class SLPTSegmentation(BasicInferTask):
         (:func:`apps.slpt.inference.task_inferer` says why)."""
         served = self._checkpoint(device)
         image = torch.as_tensor(data[self.input_key])
-        with torch.no_grad():  # task and organ logits side by side, stitched in one sliding-window pass
-            both = served.inferer(image[None].to(device),
-                                  lambda window: torch.cat([t.float() for t in served.model.logits(window)], 1))
-        channels = served.model.num_prompts * len(CLASSES)
-        logits, organ = both[0, :channels], both[0, channels:]
-        if self.ood is not None:
-            verdict = check_scan(torch.softmax(organ, 0), self.backbone.labels, self.ood)
-            data.setdefault("result", {})["out_of_distribution"] = verdict.to_dict()
-            if verdict.flagged:
-                logits = background_only(logits, len(CLASSES))
-        data[self.output_label_key] = logits
+        logits, organ = (t[0] for t in stitched_logits(served.model, image[None], served.inferer))
+        data[self.output_label_key], data[ORGAN_KEY] = logits, organ
         data["slpt_num_prompts"] = served.model.num_prompts
         data.setdefault("result", {})["prompt_checkpoint_version"] = served.version
         data["result"]["roi_size"] = list(served.inferer.roi_size)

@@ -132,3 +132,15 @@ def test_the_default_backbone_passes_a_phantom_and_flags_a_head(root):
     assert not check_scan(probabilities(backbone, phantom.image, phantom.affine, whole=True), backbone.labels).flagged
     head = check_scan(probabilities(backbone, *non_abdominal.head(0), whole=True), backbone.labels)
     assert head.flagged and any(r.startswith("no abdominal organs") for r in head.reasons)
+
+
+def test_the_transform_can_read_organ_probabilities_and_empty_another_keys_groups():
+    logits = torch.randn(3 * 3, *abdomen().shape)  # K = 3 groups of three task classes
+    head = np.where(np.isin(abdomen(), [2, 3, 4, 5, 6]), 1, abdomen())
+    out = OutOfDistributiond(keys="pred", labels=LABELS, probs_key="organ", classes=3)(
+        {"pred": logits, "organ": one_hot(head)})
+    assert out["result"]["out_of_distribution"]["flagged"]
+    assert (out["pred"].view(3, 3, *head.shape).argmax(1) == 0).all()
+    kept = OutOfDistributiond(keys="pred", labels=LABELS, probs_key="organ", classes=3)(
+        {"pred": logits, "organ": one_hot(abdomen())})
+    assert kept["pred"] is logits and not kept["result"]["out_of_distribution"]["flagged"]

@@ -158,6 +158,27 @@ def test_bf16_and_fp32_predictions_agree():
     assert (p32.mean(0).argmax(1) == p16.mean(0).argmax(1)).float().mean() > 0.99
 
 
+def test_stitching_the_window_outputs_equals_stitching_the_task_logits_where_windows_do_not_overlap():
+    from apps.slpt.inference import sliding_window, stitched_logits
+
+    model = _train(prompted())
+    x = torch.randn(1, 1, 64, 64, 32)
+    tiles = sliding_window((32, 32, 32), overlap=0.0, batch_voxels=2 * 32**3)
+    with torch.no_grad():
+        task, organ = stitched_logits(model, x, tiles)
+        torch.testing.assert_close(task, tiles(x, model), rtol=0, atol=1e-5)
+        torch.testing.assert_close(organ, tiles(x, model.backbone_output), rtol=0, atol=1e-5)
+        assert model.window_outputs(x[..., :32, :32, :]).shape[1] == 9 + 3  # out + K channels to stitch
+
+
+def test_the_pointwise_head_is_its_1x1x1_convs():
+    from apps.slpt.model.prompts import pointwise
+
+    conv = torch.nn.Conv3d(17, 5, kernel_size=1)
+    x = torch.randn(2, 17, 6, 5, 4)
+    torch.testing.assert_close(pointwise(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+
+
 def test_low_rank_deltas_start_at_zero_and_fold_into_the_kernel():
     conv = torch.nn.Conv3d(4, 6, 3, padding=1)
     deltas = ParameterDeltas(conv, rank=2)

@@ -103,7 +103,7 @@ def test_prompt_uncertainty_runs_the_network_only_on_the_windows_that_touch_the_
     organ = np.zeros(image.shape[1:], bool)
     organ[50:60, 40:50, 30:40] = True
     passes = []
-    model.register_forward_pre_hook(lambda module, args: passes.append(args[0].shape[0]))
+    model.head.register_forward_pre_hook(lambda module, args: passes.append(args[0].shape[0]))  # once a pass
     prompt_uncertainty(model, image, organ, inferer)
     computed, total = OrganWindows(scoring_windows(inferer), organ).count(image[None])
     assert sum(passes) == computed < total  # windows through the network

@@ -22,7 +22,7 @@ from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from apps.slpt.active.uncertainty import ensemble, scan_uncertainty
-from apps.slpt.inference import channel_argmax, task_label
+from apps.slpt.inference import channel_argmax, stitched_logits, task_label
 from apps.slpt.model.precision import autocast
 from apps.slpt.model.prompts import model_device
 
@@ -167,9 +167,8 @@ def prompt_uncertainty(
 ) -> float:
     """Per-scan prompt-based uncertainty of ``image [1, *S]``, from the :func:`scoring_windows` of
     ``inferer`` that touch ``organ [*S]``."""
-    model.eval()
     windows = OrganWindows(scoring_windows(inferer), organ, batch_size=inferer.sw_batch_size)
-    logits = windows(image[None].to(model_device(model)), model)
-    probs, pu = ensemble(torch.as_tensor(logits), model.num_prompts)
+    logits, _ = stitched_logits(model, image[None], windows)
+    probs, pu = ensemble(logits, model.num_prompts)
     label = task_label(probs[0].cpu()).numpy()
     return scan_uncertainty(pu[0].cpu().numpy(), label, margin=margin, top_fraction=top_fraction)

@@ -90,7 +90,23 @@ class TumourHead(nn.Module):
         nn.init.constant_(self.out.bias, TUMOUR_PRIOR)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.out(F.gelu(self.mix(features)))
+        if self.mix.kernel_size != (1, 1, 1):
+            return self.out(F.gelu(self.mix(features)))
+        with torch.autocast(features.device.type, enabled=False):
+            return pointwise(self.out, F.gelu(pointwise(self.mix, features.float())))
+
+
+def pointwise(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a 1x1x1 ``conv``, as one batched matrix product over the voxels.
+
+    A full-resolution 1x1x1 conv is memory-bound: on a CPU, oneDNN reorders the channels-first tensor
+    around it, while ``baddbmm`` reads it in place. In fp32 this ran 3x faster than the conv in bf16 on
+    8 windows of 32³ (forward and backward 1.5x), and it is exact in fp32.
+    """
+    b, c = x.shape[:2]
+    weight = conv.weight.view(1, conv.out_channels, c).expand(b, -1, -1)
+    y = torch.baddbmm(conv.bias.view(1, -1, 1), weight, x.reshape(b, c, -1))
+    return y.view(b, conv.out_channels, *x.shape[2:])
 
 
 class PromptedSegmenter(nn.Module):
@@ -193,10 +209,24 @@ class PromptedSegmenter(nn.Module):
     def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x [B, 1, *S]`` -> ``(task logits [B, K * 3, *S], organ logits [B, out, *S])``, the latter the
         backbone's own output classes as the tuned decoder now gives them."""
-        with autocast(self.precision, x.device):
-            return self._logits(x)
+        return self.compose(self.window_outputs(x))
 
-    def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def window_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, 1, *S]`` -> ``[B, out + K, *S]`` fp32: the organ logits, then each set's tumour log-odds.
+
+        This is what sliding windows should stitch: ``K + out`` channels instead of ``3K + out``, and
+        :meth:`compose` (a log-softmax per voxel) then runs once over the scan instead of once per window.
+        """
+        with autocast(self.precision, x.device):
+            organ_logits, tau = self._outputs(x)
+        return torch.cat([organ_logits.float(), tau.float()], dim=1)
+
+    def compose(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`window_outputs` (of a window or a stitched scan) -> ``(task logits, organ logits)``."""
+        organ_logits, tau = outputs[:, :-self.num_prompts], outputs[:, -self.num_prompts:]
+        return task_logits(organ_logits, tau, self.organ_channel), organ_logits
+
+    def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         net, k, b = self.backbone, self.num_prompts, x.shape[0]
         skips = self._encode(x)
         h = skips.pop()
@@ -218,7 +248,7 @@ class PromptedSegmenter(nn.Module):
         tau = self.head(torch.cat([h, skips[-1], x], dim=1))
         if evidence is not None:
             tau = tau + F.interpolate(evidence, size=x.shape[2:], mode="trilinear", align_corners=False)
-        return task_logits(organ_logits, tau, self.organ_channel), organ_logits.float()
+        return organ_logits, tau
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """SegResNet's ``encode``, stage by stage (each through its deltas, if it has any); no autograd up to
