@@ -172,11 +172,49 @@ def test_stitching_the_window_outputs_equals_stitching_the_task_logits_where_win
 
 
 def test_the_pointwise_head_is_its_1x1x1_convs():
-    from apps.slpt.model.prompts import pointwise
+    from apps.slpt.model.kernels import pointwise
 
     conv = torch.nn.Conv3d(17, 5, kernel_size=1)
     x = torch.randn(2, 17, 6, 5, 4)
     torch.testing.assert_close(pointwise(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_separable_upsampling_is_trilinear_interpolation():
+    from apps.slpt.model.kernels import upsample_trilinear
+
+    x = torch.randn(2, 3, 8, 5, 4)
+    expected = torch.nn.functional.interpolate(x, size=(32, 17, 9), mode="trilinear", align_corners=False)
+    torch.testing.assert_close(upsample_trilinear(x, (32, 17, 9)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_merged_decoder_upsamples_separably_with_the_same_values():
+    from apps.slpt.model.kernels import SeparableUpsample
+
+    up = segresnet().up_samples[0].requires_grad_(False)
+    deltas = ParameterDeltas(up, rank=2)
+    x = torch.randn(2, up[0].conv.in_channels, 4, 5, 6)
+    with torch.no_grad():
+        assert any(isinstance(m, SeparableUpsample) for m in deltas.merged().modules())
+        assert not any(isinstance(m, SeparableUpsample) for m in up.modules())  # the backbone is untouched
+        torch.testing.assert_close(deltas(x), up(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_pass_without_autograd_runs_the_merged_module_and_follows_every_update():
+    conv = torch.nn.Conv3d(4, 6, 3, padding=1).requires_grad_(False)
+    deltas = ParameterDeltas(conv, rank=2)
+    optimizer = torch.optim.SGD(deltas.parameters(), lr=0.1)
+    x = torch.randn(1, 4, 6, 6, 6)
+    for _ in range(2):
+        deltas(x).square().mean().backward()  # with autograd: the frozen conv, re-bound to parameter + delta
+        optimizer.step()
+        with torch.no_grad():
+            torch.testing.assert_close(deltas(x), torch.func.functional_call(conv, deltas.shifted_parameters(), x))
+    with torch.no_grad():
+        merged = deltas.merged()
+        assert deltas.merged() is merged  # made once per state of the deltas
+        deltas.shift["bias"].add_(1.0)
+        assert deltas.merged() is not merged
+        torch.testing.assert_close(deltas(x), torch.func.functional_call(conv, deltas.shifted_parameters(), x))
 
 
 def test_low_rank_deltas_start_at_zero_and_fold_into_the_kernel():

@@ -6,7 +6,11 @@ The frozen module is never edited. Its forward runs through :func:`torch.func.fu
 * the backbone's tensors (and state-dict keys) stay bit-identical, and a checkpoint holds only deltas;
 * a low-rank update costs no extra convolution: ``B @ A`` is folded into the kernel before the conv runs
   (LoRA's merge, done on every call; it is a few thousand multiply-adds);
-* every delta starts at zero (LoRA's ``B = 0``; zero shifts), so an untrained module is the frozen one.
+* every delta starts at zero (LoRA's ``B = 0``; zero shifts), so an untrained module is the frozen one;
+* a pass without autograd runs a copy of the module with the deltas folded into its parameters, made
+  once per state of the deltas (LoRA's merge for inference), instead of re-binding every parameter on
+  every call; in that copy, trilinear upsampling runs in its faster separable form
+  (:mod:`apps.slpt.model.kernels`).
 
 Two groups, reported apart by :func:`apps.slpt.model.prompts.parameter_groups`:
 
@@ -18,11 +22,14 @@ Two groups, reported apart by :func:`apps.slpt.model.prompts.parameter_groups`:
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from apps.slpt.model.kernels import with_separable_upsampling
 
 LOW_RANK_ALPHA = 1.0
 
@@ -40,6 +47,7 @@ class ParameterDeltas(nn.Module):
     def __init__(self, module: nn.Module, rank: int, shifts: bool = True, seed: int = 0):
         super().__init__()
         self._module = [module]  # a list, so the frozen module is not registered as a child (no duplicate keys)
+        self._merged: list = []  # [(stamp, merged copy)], likewise unregistered
         generator = torch.Generator().manual_seed(seed)
         self.shift = nn.ParameterDict()
         self.lora_a = nn.ParameterDict()
@@ -76,4 +84,18 @@ class ParameterDeltas(nn.Module):
         return out
 
     def forward(self, *args):
-        return functional_call(self.module, self.shifted_parameters(), args)
+        if torch.is_grad_enabled():
+            return functional_call(self.module, self.shifted_parameters(), args)
+        return self.merged()(*args)
+
+    def merged(self) -> nn.Module:
+        """A copy of the module with its deltas folded in. It is made again whenever a delta or a frozen
+        tensor has changed since (an optimiser step, ``load_state_dict`` or a move to another device)."""
+        stamp = tuple((p.data_ptr(), p._version) for p in (*self.parameters(), *self.module.parameters()))
+        if not self._merged or self._merged[0][0] != stamp:
+            merged = with_separable_upsampling(copy.deepcopy(self.module))
+            with torch.no_grad():
+                for name, value in self.shifted_parameters().items():
+                    merged.get_parameter(name).copy_(value)
+            self._merged[:] = [(stamp, merged)]
+        return self._merged[0][1]

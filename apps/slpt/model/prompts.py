@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from apps.slpt.model.deltas import ParameterDeltas
+from apps.slpt.model.kernels import pointwise, upsample_trilinear
 from apps.slpt.model.precision import autocast, uses_bf16
 
 # Initial tumour-vs-healthy-liver log-odds: a tumour probability of about 2% inside the liver, so an
@@ -89,24 +90,16 @@ class TumourHead(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.constant_(self.out.bias, TUMOUR_PRIOR)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        """``features`` ``[B, C_i, *S]`` (stacked on the channel axis) -> ``[B, 1, *S]`` fp32 log-odds."""
         if self.mix.kernel_size != (1, 1, 1):
-            return self.out(F.gelu(self.mix(features)))
-        with torch.autocast(features.device.type, enabled=False):
-            return pointwise(self.out, F.gelu(pointwise(self.mix, features.float())))
-
-
-def pointwise(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(x)`` for a 1x1x1 ``conv``, as one batched matrix product over the voxels.
-
-    A full-resolution 1x1x1 conv is memory-bound: on a CPU, oneDNN reorders the channels-first tensor
-    around it, while ``baddbmm`` reads it in place. In fp32 this ran 3x faster than the conv in bf16 on
-    8 windows of 32³ (forward and backward 1.5x), and it is exact in fp32.
-    """
-    b, c = x.shape[:2]
-    weight = conv.weight.view(1, conv.out_channels, c).expand(b, -1, -1)
-    y = torch.baddbmm(conv.bias.view(1, -1, 1), weight, x.reshape(b, c, -1))
-    return y.view(b, conv.out_channels, *x.shape[2:])
+            return self.out(F.gelu(self.mix(torch.cat(features, dim=1))))
+        # One sample at a time, in fp32: a 32³ window's stacked features and hidden layer (about 2 MB each)
+        # stay in cache, where the whole batch's would be written to and read back from memory twice.
+        with torch.autocast(features[0].device.type, enabled=False):
+            return torch.cat([pointwise(self.out, F.gelu(pointwise(self.mix, torch.cat([f[i:i + 1].float()
+                                                                                      for f in features], dim=1))))
+                              for i in range(features[0].shape[0])])
 
 
 class PromptedSegmenter(nn.Module):
@@ -219,7 +212,10 @@ class PromptedSegmenter(nn.Module):
         """
         with autocast(self.precision, x.device):
             organ_logits, tau = self._outputs(x)
-        return torch.cat([organ_logits.float(), tau.float()], dim=1)
+        out = organ_logits.new_empty((x.shape[0], organ_logits.shape[1] + tau.shape[1], *x.shape[2:]),
+                                     dtype=torch.float32)
+        out[:, :organ_logits.shape[1]], out[:, organ_logits.shape[1]:] = organ_logits, tau  # one fp32 buffer
+        return out
 
     def compose(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`window_outputs` (of a window or a stitched scan) -> ``(task logits, organ logits)``."""
@@ -245,9 +241,9 @@ class PromptedSegmenter(nn.Module):
                     evidence = self._set_evidence(h, b)
                     h = h.view(k, b, *h.shape[1:]).mean(0)  # the finer stages run once, for all sets
         organ_logits = self._run("conv_final", net.conv_final, h)
-        tau = self.head(torch.cat([h, skips[-1], x], dim=1))
+        tau = self.head(h, skips[-1], x)
         if evidence is not None:
-            tau = tau + F.interpolate(evidence, size=x.shape[2:], mode="trilinear", align_corners=False)
+            tau = tau + upsample_trilinear(evidence.float(), x.shape[2:])
         return organ_logits, tau
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
