@@ -7,10 +7,10 @@ The frozen module is never edited. Its forward runs through :func:`torch.func.fu
 * a low-rank update costs no extra convolution: ``B @ A`` is folded into the kernel before the conv runs
   (LoRA's merge, done on every call; it is a few thousand multiply-adds);
 * every delta starts at zero (LoRA's ``B = 0``; zero shifts), so an untrained module is the frozen one;
-* a pass without autograd runs a copy of the module with the deltas folded into its parameters, made
-  once per state of the deltas (LoRA's merge for inference), instead of re-binding every parameter on
-  every call; in that copy, trilinear upsampling runs in its faster separable form
-  (:mod:`apps.slpt.model.kernels`).
+* the module runs as a copy whose trilinear upsampling takes its faster separable form
+  (:mod:`apps.slpt.model.kernels`); a pass without autograd runs a copy with the deltas folded into its
+  parameters, made once per state of the deltas (LoRA's merge for inference), instead of re-binding
+  every parameter on every call.
 
 Two groups, reported apart by :func:`apps.slpt.model.prompts.parameter_groups`:
 
@@ -47,7 +47,7 @@ class ParameterDeltas(nn.Module):
     def __init__(self, module: nn.Module, rank: int, shifts: bool = True, seed: int = 0):
         super().__init__()
         self._module = [module]  # a list, so the frozen module is not registered as a child (no duplicate keys)
-        self._merged: list = []  # [(stamp, merged copy)], likewise unregistered
+        self._copies: dict = {}  # kind -> (stamp, copy of the module); a dict, so likewise unregistered
         generator = torch.Generator().manual_seed(seed)
         self.shift = nn.ParameterDict()
         self.lora_a = nn.ParameterDict()
@@ -84,18 +84,32 @@ class ParameterDeltas(nn.Module):
         return out
 
     def forward(self, *args):
-        if torch.is_grad_enabled():
-            return functional_call(self.module, self.shifted_parameters(), args)
+        if torch.is_grad_enabled():  # autograd reaches the deltas through the re-bound parameters
+            return functional_call(self.working_copy(), self.shifted_parameters(), args)
         return self.merged()(*args)
 
+    def working_copy(self) -> nn.Module:
+        """The frozen module as it runs here: a copy of it whose trilinear upsampling is separable
+        (:func:`~apps.slpt.model.kernels.with_separable_upsampling`, same values, faster)."""
+        return self._copy("working", self.module.parameters(),
+                          lambda: with_separable_upsampling(copy.deepcopy(self.module)))
+
     def merged(self) -> nn.Module:
-        """A copy of the module with its deltas folded in. It is made again whenever a delta or a frozen
-        tensor has changed since (an optimiser step, ``load_state_dict`` or a move to another device)."""
-        stamp = tuple((p.data_ptr(), p._version) for p in (*self.parameters(), *self.module.parameters()))
-        if not self._merged or self._merged[0][0] != stamp:
-            merged = with_separable_upsampling(copy.deepcopy(self.module))
+        """The working copy with the deltas folded into its parameters."""
+        def merge():
+            merged = copy.deepcopy(self.working_copy())
             with torch.no_grad():
                 for name, value in self.shifted_parameters().items():
                     merged.get_parameter(name).copy_(value)
-            self._merged[:] = [(stamp, merged)]
-        return self._merged[0][1]
+            return merged
+
+        return self._copy("merged", (*self.parameters(), *self.module.parameters()), merge)
+
+    def _copy(self, kind: str, tensors, make) -> nn.Module:
+        """A copy of the module made by ``make``, made again whenever one of ``tensors`` has changed (an
+        optimiser step, ``load_state_dict``, a move to another device) or a submodule's train/eval mode has."""
+        stamp = (tuple((t.data_ptr(), t._version) for t in tensors), tuple(m.training for m in self.module.modules()))
+        kept = self._copies.get(kind)
+        if kept is None or kept[0] != stamp:
+            kept = self._copies[kind] = (stamp, make())
+        return kept[1]
