@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import time
 from pathlib import Path
@@ -58,9 +59,10 @@ from apps.slpt.active.selection import (
 from apps.slpt.active.uncertainty import dropout_enabled, ensemble, entropy, mc_dropout_probabilities, scan_uncertainty
 from apps.slpt.config import SLPTConfig
 from apps.slpt.evaluation import case_scores
-from apps.slpt.inference import predict, sliding_window, task_inferer, task_label
+from apps.slpt.inference import predict, sliding_window, stitched_logits, task_inferer, task_label
 from apps.slpt.model.backbone import Backbone, load_backbone
 from apps.slpt.model.build import build_model
+from apps.slpt.model.checkpoints import atomic_write_bytes
 from apps.slpt.model.prompts import is_backbone_key, model_device, parameter_report
 from apps.slpt.training.loop import fit, fit_keeping_best, training_split
 from benchmarks.ablations import EnsembleMean, build_plain_model, from_scratch
@@ -141,6 +143,12 @@ def _digest(values) -> str:
     return hashlib.sha256(json.dumps(values).encode()).hexdigest()[:12]
 
 
+def _write_json(path: Path, value) -> None:
+    """Whole or not at all: a run killed mid-write leaves the old file or none, so a resumed run never reads
+    a torn one."""
+    atomic_write_bytes(path, json.dumps(value).encode())
+
+
 class Benchmark:
     """One benchmark run: data in memory, every result cached under ``out/cache``."""
 
@@ -169,7 +177,7 @@ class Benchmark:
         if path.exists() and json.loads(path.read_text()) != current:
             raise ValueError(f"{self.cache} holds results of other settings or another backbone; "
                              "use another --out folder (or delete that cache) to start afresh")
-        path.write_text(json.dumps(current, indent=1))
+        _write_json(path, current)
 
     def _time(self, key: str, seconds: float) -> None:
         self.timings.setdefault(key, []).append(seconds)
@@ -212,8 +220,10 @@ class Benchmark:
             embeddings.append(emb)
             organs.append(organ)
         embeddings = np.stack(embeddings)
-        np.savez_compressed(path, embeddings=embeddings,
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, embeddings=embeddings,
                             **{f"organ_{i}": organ for i, organ in enumerate(organs) if organ is not None})
+        atomic_write_bytes(path, buffer.getvalue())
         return embeddings, organs
 
     # -- models --------------------------------------------------------------------------------------
@@ -268,9 +278,11 @@ class Benchmark:
                   "train_size": len(train), "val_size": len(val), "best_epoch": kept.epoch,
                   "train_seconds": round(seconds, 2),
                   "parameters": parameter_report(model), **summarise_cases(cases), "cases": cases, "grid": slices}
-        if method == SELECTION_METHOD:
-            torch.save(model.trainable_state_dict(), self.cache / "runs" / f"{key}.pt")
-        path.write_text(json.dumps(result))
+        if method == SELECTION_METHOD:  # written before the run's JSON, which marks the run finished
+            buffer = io.BytesIO()
+            torch.save(model.trainable_state_dict(), buffer)
+            atomic_write_bytes(self.cache / "runs" / f"{key}.pt", buffer.getvalue())
+        _write_json(path, result)
         self.log(f"[{key}] tumour Dice {result['dice_tumor']:.4f} liver {result['dice_liver']:.4f} "
                  f"({seconds:.0f}s training)")
         return result
@@ -320,8 +332,8 @@ class Benchmark:
                                                           seed=run["seed"] * 100_003 + i)}
                 self._time("score_mc_dropout", time.perf_counter() - t)
                 continue
-            logits = OrganWindows(self.inferer, organ)(image[None], model)
-            probs, pu = ensemble(torch.as_tensor(logits).cpu(), model.num_prompts)
+            logits, _ = stitched_logits(model, image[None], OrganWindows(self.inferer, organ))
+            probs, pu = ensemble(logits.cpu(), model.num_prompts)
             label = task_label(probs[0]).numpy()
             out[str(i)] = {
                 "pu": scan_uncertainty(pu[0].numpy(), label, margin=cfg.uncertainty_margin,
@@ -329,7 +341,7 @@ class Benchmark:
                 "entropy": scan_uncertainty(entropy(probs[0], dim=0).numpy(), label, margin=cfg.uncertainty_margin,
                                             top_fraction=cfg.uncertainty_top_fraction)}
             self._time("score_prompt_uncertainty", time.perf_counter() - t)
-        path.write_text(json.dumps(out))
+        _write_json(path, out)
         return out
 
     def select(self, strategy: str, seed: int) -> list[list[int]]:
@@ -370,7 +382,7 @@ class Benchmark:
             chosen = [unlabelled[j] for j in picks]
             rounds.append(chosen)
             labelled += chosen
-        path.write_text(json.dumps({"rounds": rounds, "seeds": [[self.pool_seeds[i] for i in r] for r in rounds]}))
+        _write_json(path, {"rounds": rounds, "seeds": [[self.pool_seeds[i] for i in r] for r in rounds]})
         return rounds
 
     # -- the whole run -------------------------------------------------------------------------------
@@ -467,6 +479,13 @@ def mc_variance(model: torch.nn.Module, image: torch.Tensor, organ: np.ndarray |
     return float(variance[torch.as_tensor(organ)].mean() if inside else variance.mean())
 
 
+def first_round(strategy: str) -> str:
+    """What ``strategy`` picks in its first round: strategies that pick alike share that round's training."""
+    if strategy in COLD_START:
+        return "random"
+    return "diversity" if strategy in ("tesla", "tesla_stage1") else strategy
+
+
 def plan(settings: BenchmarkSettings, pool_size: int) -> dict:
     """How many trainings, test evaluations, validation passes and scoring passes a run of ``settings`` does.
 
@@ -484,7 +503,8 @@ def plan(settings: BenchmarkSettings, pool_size: int) -> dict:
         return val_target(n, cfg.val_fraction, cfg.min_val_scans, cfg.min_train_scans)
 
     trainings: dict[str, list[int]] = {m: [] for m in METHODS}  # method -> labelled-set sizes
-    per_seed_slpt = [sizes[0]] * 3 + sizes[1:] * len(settings.strategies)  # 3 distinct first rounds
+    first_rounds = {first_round(s) for s in settings.strategies}  # trained once each
+    per_seed_slpt = [sizes[0]] * len(first_rounds) + sizes[1:] * len(settings.strategies)
     for _ in settings.run_seeds:
         trainings["slpt_k3"] += per_seed_slpt + [pool_size]
         trainings["full_finetune"].append(pool_size)
@@ -525,7 +545,7 @@ def estimate(backbone: Backbone, full: BenchmarkSettings, log=print) -> dict:
     image = image.to(model_device(backbone.network))
     model = build_model(backbone, SLPTConfig()).to(image.device)
     t = time.perf_counter()
-    ensemble(torch.as_tensor(OrganWindows(inferer, organ)(image[None], model.eval())), model.num_prompts)
+    ensemble(stitched_logits(model, image[None], OrganWindows(inferer, organ))[0], model.num_prompts)
     unit["score"] = time.perf_counter() - t
     t = time.perf_counter()
     mc_variance(model, image, organ, inferer, full.mc_samples, seed=0)

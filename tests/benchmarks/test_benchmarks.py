@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
 import matplotlib.image
@@ -61,6 +64,29 @@ def test_label_efficiency_quick_run_writes_every_row_and_resumes_from_its_cache(
     again = Benchmark(QUICK, backbone, tmp_path, log=lambda m: None).run()
     assert {p.name for p in (tmp_path / "cache" / "runs").iterdir()} == cached
     assert again["strategies"] == saved["strategies"] and again["methods"] == saved["methods"]
+
+
+def test_label_efficiency_resumes_after_a_killed_run_without_redoing_finished_work(backbone, root, tmp_path,
+                                                                                    one_thread):
+    runs = tmp_path / "cache" / "runs"
+    command = [sys.executable, "-m", "benchmarks.label_efficiency", "--out", str(tmp_path), "--quick",
+               "--no-estimate", "--threads", "1"]
+    process = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while len(list(runs.glob("*.json"))) < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert process.poll() is None, "the run ended before it could be killed"
+    finally:
+        process.kill()  # SIGKILL: no clean-up runs
+        process.wait()
+    finished = {p.name: p.read_bytes() for p in runs.glob("*.json")}
+    assert len(finished) >= 2 and not (tmp_path / "result.json").exists()
+
+    result = Benchmark(QUICK, backbone, tmp_path, log=lambda m: None).run()
+    assert set(result["strategies"]) == set(STRATEGIES) and set(result["methods"]) == set(METHODS)
+    for name, content in finished.items():  # kept as they were: read back, not trained again
+        assert (runs / name).read_bytes() == content, name
 
 
 def test_label_efficiency_cache_refuses_other_settings(backbone, tmp_path):
