@@ -27,8 +27,10 @@ compare's 300000-400029, the scoring benchmark's 500000-510007 and the validatio
     python -m benchmarks.label_efficiency --out /tmp/benchmark-quick --quick      # the pipeline on a tiny setting
 
 Every finished training (method, seed, labelled set), every scoring pass and every selection is cached under
-``<out>/cache``, so an interrupted full run resumes where it stopped (same settings only). The quick mode
-also times one unit of each kind of work at the full settings and prints an estimate of the full run's cost.
+``<out>/cache``, written whole or not at all, so an interrupted full run (killed, or stopped with its session)
+resumes where it stopped when started again with the same ``--out`` (same settings only); the report gives
+the wall time over all invocations. Every invocation first prints the plan and an estimate of the full run's
+cost on this machine (one unit of each kind of work timed at the full settings); ``--plan`` stops there.
 """
 
 from __future__ import annotations
@@ -159,6 +161,8 @@ class Benchmark:
         for sub in ("runs", "scores", "selections"):
             (self.cache / sub).mkdir(parents=True, exist_ok=True)
         self._check_settings()
+        self._invocation_start = time.perf_counter()
+        self._earlier = self._read_wall()  # compute spent by earlier invocations of this run
         self.spec = PhantomSpec(**settings.phantom_spec) if settings.phantom_spec else None
         self.inferer = benchmark_inferer(settings)
         self.timings: dict[str, list[float]] = {}
@@ -178,6 +182,19 @@ class Benchmark:
             raise ValueError(f"{self.cache} holds results of other settings or another backbone; "
                              "use another --out folder (or delete that cache) to start afresh")
         _write_json(path, current)
+
+    def _read_wall(self) -> dict:
+        path = self.cache / "wall.json"
+        return json.loads(path.read_text()) if path.exists() else {"seconds": 0.0, "invocations": 0}
+
+    def wall(self) -> dict:
+        """Wall time of the whole run so far, over every invocation (a killed one counts up to its last finished
+        training: what came after it is done again)."""
+        return {"seconds": round(self._earlier["seconds"] + time.perf_counter() - self._invocation_start, 1),
+                "invocations": self._earlier["invocations"] + 1}
+
+    def _record_wall(self) -> None:
+        _write_json(self.cache / "wall.json", self.wall())
 
     def _time(self, key: str, seconds: float) -> None:
         self.timings.setdefault(key, []).append(seconds)
@@ -283,6 +300,7 @@ class Benchmark:
             torch.save(model.trainable_state_dict(), buffer)
             atomic_write_bytes(self.cache / "runs" / f"{key}.pt", buffer.getvalue())
         _write_json(path, result)
+        self._record_wall()
         self.log(f"[{key}] tumour Dice {result['dice_tumor']:.4f} liver {result['dice_liver']:.4f} "
                  f"({seconds:.0f}s training)")
         return result
@@ -444,7 +462,7 @@ class Benchmark:
             "tesla_minus": comparisons,
             "grid": self._grid_rows(tesla_sets, everything),
             "bars": bars(strategies, methods, full, comparisons),
-            "seconds_this_invocation": round(time.perf_counter() - start, 1),
+            "seconds_this_invocation": round(time.perf_counter() - start, 1), "wall": self.wall(),
             "unit_seconds": {k: float(np.median(v)) for k, v in self.timings.items()},
         }
 
@@ -568,7 +586,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (result.json/.md, PNGs, cache/)")
     parser.add_argument("--backbone", type=Path, default=Path("models/backbone"))
     parser.add_argument("--quick", action="store_true", help="tiny setting: checks the pipeline, not quality")
-    parser.add_argument("--no-estimate", action="store_true", help="quick mode: skip timing the full run's units")
+    parser.add_argument("--no-estimate", action="store_true",
+                        help="skip timing one unit of each kind of work to estimate the full run's cost")
+    parser.add_argument("--plan", action="store_true", help="print the plan and the estimate, run nothing")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where training, inference and scoring run (default: cuda when available)")
@@ -576,11 +596,20 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     backbone = load_backbone(args.backbone, device=args.device)
+    settings = QUICK if args.quick else BenchmarkSettings()
+    pool_size = settings.pool_seeds[1] - settings.pool_seeds[0]
+    work = plan(settings, pool_size)
+    print(f"plan: pool {pool_size}, test {settings.test_seeds[1] - settings.test_seeds[0]}, seeds "
+          f"{list(settings.run_seeds)}; trainings " + ", ".join(f"{m} {len(n)}" for m, n in work["trainings"].items())
+          + f"; {work['score_passes']} scoring and {work['mc_passes']} MC-dropout passes", flush=True)
+    estimated = None if args.no_estimate else estimate(backbone, BenchmarkSettings())  # printed as it ends
+    if args.plan:
+        return
     t0 = time.perf_counter()
-    result = {**Benchmark(QUICK if args.quick else BenchmarkSettings(), backbone, args.out).run(), "quick": args.quick}
+    result = {**Benchmark(settings, backbone, args.out).run(), "quick": args.quick}
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    if args.quick and not args.no_estimate:
-        result["estimate"] = estimate(backbone, BenchmarkSettings())
+    if estimated:
+        result["estimate"] = estimated
     write_outputs(args.out, result)
 
 

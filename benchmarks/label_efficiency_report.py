@@ -132,7 +132,9 @@ def markdown(result: dict) -> str:
            "trained on each whole labelled set, last epoch kept")
         + "; the test set is used for nothing else. "
         "Tumour Dice per case counts an empty prediction on a tumour-free case as 1 (LiTS). Mean ± std over seeds. "
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['device']}."),
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['device']}."
+        + (f" Wall time of the run: {result['wall']['seconds'] / 3600:.2f} h over {result['wall']['invocations']} "
+           "invocation(s) (cached work is not repeated)." if result.get("wall") else "")),
         "",
         "## Selection strategies (each followed by SLPT K=3 tuning)",
         "",

@@ -51,7 +51,7 @@ def test_label_efficiency_quick_run_writes_every_row_and_resumes_from_its_cache(
                 "trainable_percent_of_backbone", "percent_of_full_data_slpt"} <= set(block)
         assert len(block["dice_tumor"]["values"]) == len(QUICK.run_seeds)
     table = (tmp_path / "result.md").read_text()
-    assert "Quick mode" in table
+    assert "Quick mode" in table and "Wall time of the run" in table
     for label in (*STRATEGIES.values(), *METHODS.values()):
         assert f"| {label} |" in table, label
     assert "| full fine-tuning on random picks (what MONAI Label users do today) |" in table
@@ -85,6 +85,7 @@ def test_label_efficiency_resumes_after_a_killed_run_without_redoing_finished_wo
 
     result = Benchmark(QUICK, backbone, tmp_path, log=lambda m: None).run()
     assert set(result["strategies"]) == set(STRATEGIES) and set(result["methods"]) == set(METHODS)
+    assert result["wall"]["invocations"] == 2 and result["wall"]["seconds"] > result["seconds_this_invocation"]
     for name, content in finished.items():  # kept as they were: read back, not trained again
         assert (runs / name).read_bytes() == content, name
 
