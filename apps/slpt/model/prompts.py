@@ -97,9 +97,8 @@ class TumourHead(nn.Module):
         # One sample at a time, in fp32: a 32³ window's stacked features and hidden layer (about 2 MB each)
         # stay in cache, where the whole batch's would be written to and read back from memory twice.
         with torch.autocast(features[0].device.type, enabled=False):
-            return torch.cat([pointwise(self.out, F.gelu(pointwise(self.mix, torch.cat([f[i:i + 1].float()
-                                                                                      for f in features], dim=1))))
-                              for i in range(features[0].shape[0])])
+            samples = (torch.cat([f[i:i + 1].float() for f in features], dim=1) for i in range(len(features[0])))
+            return torch.cat([pointwise(self.out, F.gelu(pointwise(self.mix, x))) for x in samples])
 
 
 class PromptedSegmenter(nn.Module):
