@@ -97,6 +97,10 @@ def a_deleted_queued_image_leaves_the_round_which_still_completes(team):
     gone = queue[-1]
     r = requests.delete(team.server.url + "/datastore/image", params={"id": gone}, timeout=60)
     assert r.ok, r.text
+    # MONAI Label's local datastore deletes the file at once but lists the image until its file watcher
+    # notices (tens of ms later); a client sees the same listing the strategy reads.
+    wait(lambda: gone not in team.server.get("/datastore/", params={"output": "all"}).json()["objects"],
+         timeout=60, every=0.1)
     for name in queue[:-1]:
         label(team, name)
     answer = ask(team, "reader-3")
