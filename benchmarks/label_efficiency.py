@@ -77,7 +77,7 @@ from benchmarks.label_efficiency_report import (
     type_counts,
     write_outputs,
 )
-from benchmarks.reporting import machine
+from benchmarks.reporting import machine, tree_state
 from phantoms.io import image_id, load_phantom_pair
 from phantoms.phantom import PhantomSpec, make_phantom
 
@@ -163,6 +163,7 @@ class Benchmark:
         self._check_settings()
         self._invocation_start = time.perf_counter()
         self._earlier = self._read_wall()  # compute spent by earlier invocations of this run
+        self._code = tree_state()
         self.spec = PhantomSpec(**settings.phantom_spec) if settings.phantom_spec else None
         self.inferer = benchmark_inferer(settings)
         self.timings: dict[str, list[float]] = {}
@@ -185,13 +186,16 @@ class Benchmark:
 
     def _read_wall(self) -> dict:
         path = self.cache / "wall.json"
-        return json.loads(path.read_text()) if path.exists() else {"seconds": 0.0, "invocations": 0}
+        return json.loads(path.read_text()) if path.exists() else {"seconds": 0.0, "invocations": 0, "code": []}
 
     def wall(self) -> dict:
         """Wall time of the whole run so far, over every invocation (a killed one counts up to its last finished
-        training: what came after it is done again)."""
+        training: what came after it is done again), and the code each invocation ran: the cache is keyed by
+        settings, not code, so a run resumed on other code says so."""
+        code = self._earlier.get("code", [])
         return {"seconds": round(self._earlier["seconds"] + time.perf_counter() - self._invocation_start, 1),
-                "invocations": self._earlier["invocations"] + 1}
+                "invocations": self._earlier["invocations"] + 1,
+                "code": code if self._code in code else [*code, self._code]}
 
     def _record_wall(self) -> None:
         _write_json(self.cache / "wall.json", self.wall())
@@ -529,6 +533,8 @@ def plan(settings: BenchmarkSettings, pool_size: int) -> dict:
         for m in settings.methods:
             if m != "slpt_k3":
                 trainings[m].append(sizes[-1])
+        if "random" in settings.strategies:  # the status quo: full fine-tuning on the random picks
+            trainings["full_finetune"].append(sizes[-1])
     scored = pool_size - sizes[0]
     return {"trainings": trainings, "validations_per_training": validations, "val_scans": val_scans,
             "score_passes": 2 * scored * len(settings.run_seeds),  # cold-start model + TESLA's model, per seed

@@ -116,6 +116,13 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{value:.1f}%"
 
 
+def _code_line(code: list[dict] | None) -> str:
+    if not code:
+        return ""
+    names = [f"`{(c.get('commit') or '?')[:7]}`{' with uncommitted changes' if c.get('dirty') else ''}" for c in code]
+    return f" Code: {', '.join(names)}."
+
+
 def markdown(result: dict) -> str:
     s, quick = result["settings"], result.get("quick")
     types = list(TUMOR_PREVALENCE)
@@ -134,7 +141,8 @@ def markdown(result: dict) -> str:
         "Tumour Dice per case counts an empty prediction on a tumour-free case as 1 (LiTS). Mean ± std over seeds. "
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, {result['machine']['device']}."
         + (f" Wall time of the run: {result['wall']['seconds'] / 3600:.2f} h over {result['wall']['invocations']} "
-           "invocation(s) (cached work is not repeated)." if result.get("wall") else "")),
+           "invocation(s) (cached work is not repeated)." if result.get("wall") else "")
+        + _code_line(result.get("wall", {}).get("code"))),
         "",
         "## Selection strategies (each followed by SLPT K=3 tuning)",
         "",

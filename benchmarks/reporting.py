@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_report(out: Path, result: dict, table: str) -> None:
@@ -15,6 +18,15 @@ def write_report(out: Path, result: dict, table: str) -> None:
     (out / "result.json").write_text(json.dumps(result, indent=1))
     (out / "result.md").write_text(table)
     print(table)
+
+
+def tree_state(tree: Path = ROOT) -> dict:
+    """The commit of ``tree`` and whether it holds uncommitted changes (empty outside git)."""
+    def git(*args):
+        done = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else None
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))} if commit else {}
 
 
 def machine(device: str | torch.device) -> dict:

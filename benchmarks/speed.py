@@ -62,7 +62,7 @@ from apps.slpt.model.precision import uses_bf16
 from apps.slpt.training.loop import PatchSampler, prompt_optimizer, task_loss, train_step
 from benchmarks.ablations import EnsembleMean
 from benchmarks.baselines import finetune_config, full_finetune
-from benchmarks.reporting import machine, write_report
+from benchmarks.reporting import machine, tree_state, write_report
 from phantoms.io import image_id, load_phantom_pair, save_nifti, write_studies
 from phantoms.phantom import Phantom, PhantomSpec, make_phantom, phantom_header
 
@@ -596,15 +596,6 @@ def markdown(r: dict) -> str:
         lines += ["", (f"Target stage 2 <= {sel['target_seconds']:.0f} s: "
                   f"{_verdict(sel['stage2_uncertain_diverse']['median_s'] <= sel['target_seconds'])}.")]
     return "\n".join(lines) + "\n"
-
-
-def tree_state(tree: Path = ROOT) -> dict:
-    """The commit of ``tree`` and whether it holds uncommitted changes (empty outside git)."""
-    def git(*args):
-        done = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True, check=False)
-        return done.stdout.strip() if done.returncode == 0 else None
-    commit = git("rev-parse", "HEAD")
-    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))} if commit else {}
 
 
 def run(s: SpeedSettings, backbone_dir: Path, log=lambda m: print(m, flush=True), v1_tree: Path | None = None) -> dict:
