@@ -5,6 +5,8 @@ strategy only reads them. An embedding is keyed by the image file's SHA-256; an 
 prompt-checkpoint version (a new checkpoint re-scores). The liver mask of the backbone pass is kept on disk
 (:class:`OrganMasks`, a few KB per scan), so re-scoring after a new checkpoint runs only the K-prompt pass.
 Each scan is written as soon as it is scored, so a killed scoring run keeps everything it finished.
+``slpt_scoring_workers`` processes share the scans (one GPU each where there are several); each writes its
+own scans' records, and SQLite serialises their writes.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from apps.slpt.active.scoring import embed_scan, prompt_uncertainty
+from apps.slpt.active.workers import run_in_workers
 from apps.slpt.config import SLPTConfig
 from apps.slpt.model.backbone import Backbone, file_sha256
 from apps.slpt.model.build import load_checkpoint
 from apps.slpt.model.checkpoints import CheckpointError, PromptCheckpointStore, atomic_write_bytes
+from apps.slpt.model.prompts import model_device
 from apps.slpt.ood import LayoutLimits, captured_output, check_scan
 
 logger = logging.getLogger(__name__)
@@ -145,6 +149,71 @@ class OrganMasks:
 _NOT_KEPT = object()
 
 
+class ScanScorer:
+    """Scores one scan and stores its record at once: the job :func:`run_in_workers` hands each worker.
+
+    Picklable, so each scoring worker gets its own copy of the backbone and of the one prompt model the run
+    loaded (every worker scores with the same weights, even if a new checkpoint lands meanwhile).
+    """
+
+    def __init__(self, method: TeslaScoring, cache: ScoreCache, model, inferer, version: int | None):
+        self.backbone, self.cfg, self.ood = method.backbone, method.cfg, method.ood
+        self.load, self.organs, self.cache = method.load, method.organs, cache
+        self.model, self.inferer, self.version = model, inferer, version
+        self.organ_channel = self.backbone.labels.get("liver")
+
+    def start(self, device: str) -> None:
+        """A worker's own device (a worker process, never the server's)."""
+        self.backbone.network.to(device)
+        if self.model is not None:
+            self.model.to(device)
+
+    def __call__(self, job: tuple[str, str, dict, bool]) -> list[str]:
+        """``(image id, image path, its record, whether the record is new)`` -> what was done: ``embedded``,
+        ``scored``, ``unchanged`` or ``failed`` (the first two can come together)."""
+        image_id, path, info, new = job
+        done = []
+        try:
+            digest = file_sha256(path)
+            need_embedding = info.get("content_sha256") != digest or not info.get("embedding")
+            need_score = self.model is not None and (need_embedding or needs_scoring(info, self.version))
+            if not (need_embedding or need_score):
+                if new:  # taken over from the image info
+                    self.cache.put(image_id, info)
+                return ["unchanged"]
+            image = self.load({"image": path})["image"].as_tensor().float()
+            organ = _NOT_KEPT if need_embedding else self.organs.get(digest, image.shape[1:], _NOT_KEPT)
+            if organ is _NOT_KEPT:
+                # One prompt-free backbone pass gives the embedding and the liver mask the uncertainty needs.
+                with captured_output(self.backbone.network) as seen:  # its organ logits: the OOD check
+                    embedding, organ = embed_scan(self.backbone.network, image, self.cfg.embed_stage,
+                                                  self.organ_channel, precision=self.cfg.precision)
+                self.organs.put(digest, organ)
+            if need_embedding:
+                info = {"content_sha256": digest, "embedding": [round(float(v), 5) for v in embedding],
+                        "organ_voxels": 0 if organ is None else int(organ.sum())}
+                if self.ood is not None:
+                    probs = torch.softmax(seen["output"][0].float(), 0)
+                    info["out_of_distribution"] = check_scan(probs, self.backbone.labels, self.ood).to_dict()
+                    if info["out_of_distribution"]["flagged"]:
+                        logger.warning("TESLA: %s is not selectable, it does not look like an abdominal CT: %s",
+                                       image_id, "; ".join(info["out_of_distribution"]["reasons"]))
+                done.append("embedded")
+            if need_score:
+                info["uncertainty"] = prompt_uncertainty(self.model, image, organ, self.inferer,
+                                                         self.cfg.uncertainty_margin, self.cfg.uncertainty_top_fraction)
+                info["checkpoint_version"] = self.version
+                done.append("scored")
+            info.pop("error", None)
+            info["scored_at"] = int(time.time())
+            self.cache.put(image_id, info)  # now, not at the end: a killed run keeps every scan it finished
+            return done
+        except Exception as e:  # one unreadable scan must not stop the others from being scored
+            logger.error("TESLA could not score %s: %s", image_id, e)
+            self.cache.put(image_id, {**info, "error": str(e)[:500]})  # so the first round does not wait for it
+            return ["failed"]
+
+
 class TeslaScoring(ScoringMethod):
     """Frozen-backbone embedding (once per image) + K-prompt uncertainty in the liver's windows (once per version)."""
 
@@ -165,6 +234,7 @@ class TeslaScoring(ScoringMethod):
         return [i for i in datastore.get_unlabeled_images() if needs_scoring(records.get(i, {}), version)]
 
     def __call__(self, request, datastore: Datastore):
+        """Score the unlabelled scans over ``slpt_scoring_workers`` processes (:func:`run_in_workers`)."""
         start = time.time()
         cache = self.cache(datastore)
         records = cache.records()
@@ -177,52 +247,24 @@ class TeslaScoring(ScoringMethod):
             except CheckpointError as e:
                 logger.warning("TESLA scores embeddings only: %s", e)
                 version = None
-        organ_channel = self.backbone.labels.get("liver")
         counts = {"embedded": 0, "scored": 0, "unchanged": 0, "failed": 0}
+        jobs = []
         for image_id in sorted(datastore.get_unlabeled_images()):
             info = dict(records.get(image_id, {}))
-            try:
+            try:  # the datastore is the server's: asked here, in this process, never in a worker
                 info = info or _take_over_from_image_info(datastore, image_id)
-                path = datastore.get_image_uri(image_id)
-                digest = file_sha256(path)
-                need_embedding = info.get("content_sha256") != digest or not info.get("embedding")
-                need_score = model is not None and (need_embedding or needs_scoring(info, version))
-                if not (need_embedding or need_score):
-                    counts["unchanged"] += 1
-                    if image_id not in records:  # taken over from the image info
-                        cache.put(image_id, info)
-                    continue
-                image = self.load({"image": path})["image"].as_tensor().float()
-                organ = _NOT_KEPT if need_embedding else self.organs.get(digest, image.shape[1:], _NOT_KEPT)
-                if organ is _NOT_KEPT:
-                    # One prompt-free backbone pass gives the embedding and the liver mask the uncertainty needs.
-                    with captured_output(self.backbone.network) as seen:  # its organ logits: the OOD check
-                        embedding, organ = embed_scan(self.backbone.network, image, self.cfg.embed_stage,
-                                                      organ_channel, precision=self.cfg.precision)
-                    self.organs.put(digest, organ)
-                if need_embedding:
-                    info = {"content_sha256": digest, "embedding": [round(float(v), 5) for v in embedding],
-                            "organ_voxels": 0 if organ is None else int(organ.sum())}
-                    if self.ood is not None:
-                        probs = torch.softmax(seen["output"][0].float(), 0)
-                        info["out_of_distribution"] = check_scan(probs, self.backbone.labels, self.ood).to_dict()
-                        if info["out_of_distribution"]["flagged"]:
-                            logger.warning("TESLA: %s is not selectable, it does not look like an abdominal CT: %s",
-                                           image_id, "; ".join(info["out_of_distribution"]["reasons"]))
-                    counts["embedded"] += 1
-                if need_score:
-                    info["uncertainty"] = prompt_uncertainty(model, image, organ, inferer, self.cfg.uncertainty_margin,
-                                                             self.cfg.uncertainty_top_fraction)
-                    info["checkpoint_version"] = version
-                    counts["scored"] += 1
-                info.pop("error", None)
-                info["scored_at"] = int(time.time())
-                cache.put(image_id, info)
-            except Exception as e:  # one unreadable scan must not stop the others from being scored
+                jobs.append((image_id, datastore.get_image_uri(image_id), info, image_id not in records))
+            except Exception as e:
                 counts["failed"] += 1
                 logger.error("TESLA could not score %s: %s", image_id, e)
-                cache.put(image_id, {**info, "error": str(e)[:500]})  # so the first round does not wait for it
-        result = {**counts, "checkpoint_version": version, "seconds": round(time.time() - start, 2)}
+                cache.put(image_id, {**info, "error": str(e)[:500]})
+        scorer = ScanScorer(self, cache, model, inferer, version)
+        workers = self.cfg.scoring_workers
+        for done in run_in_workers(scorer, jobs, workers, device=model_device(self.backbone.network)):
+            for what in done:
+                counts[what] += 1
+        result = {**counts, "checkpoint_version": version, "workers": min(workers, max(1, len(jobs))),
+                  "seconds": round(time.time() - start, 2)}
         logger.info("TESLA scoring: %s", result)
         return result
 

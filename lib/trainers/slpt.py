@@ -4,6 +4,11 @@ MONAI Label runs it in a subprocess (``POST /train/slpt``) and kills that proces
 the round itself (:func:`apps.slpt.training.rounds.train_round`) writes each improvement the moment it is
 found, so a stopped run keeps its best checkpoint. Its loop is plain PyTorch: no ignite/MLflow handlers
 run, which also sidesteps MLflow 3's refusal of its default file store by design rather than by env var.
+
+With ``multi_gpu`` and several GPUs (``gpus``: ``all`` or ``"0,1"``), MONAI Label's own ``BasicTrainTask``
+spawns one process per GPU and calls :meth:`SLPTTrainer.train` in each with its rank; the loop is then
+data-parallel (:mod:`apps.slpt.training.distributed`: NCCL on CUDA, gloo on the CPU) and rank 0 alone writes
+the split, the checkpoints and the stats.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import time
 from pathlib import Path
 
 import monailabel
+import torch
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
@@ -22,6 +28,7 @@ from apps.slpt.labels import FOREGROUND
 from apps.slpt.model.backbone import Backbone
 from apps.slpt.model.checkpoints import PromptCheckpointStore, atomic_write_json
 from apps.slpt.model.prompts import parameter_report
+from apps.slpt.training import distributed
 from apps.slpt.training.data import as_pair, pair_transforms
 from apps.slpt.training.loop import prompt_optimizer, task_loss
 from apps.slpt.training.rounds import TrainingRound, round_split, starting_model, train_round
@@ -83,10 +90,31 @@ class SLPTTrainer(BasicTrainTask):
         return task_inferer(context.config)
 
     def train(self, rank, world_size, request, datalist):
-        """One round: fixed split, load scans, train prompts, checkpoint every improvement."""
-        start = time.time()
+        """One round on this process's rank: fixed split, load scans, train prompts, checkpoint improvements."""
         if not datalist:
             raise ValueError("no labelled scans: save final labels with PUT /datastore/label first")
+        world_size = world_size if request.get("multi_gpu") else 1
+        device = self._rank_device(rank, world_size, request)
+        # MONAI Label's own keys, where a client set them; else the device's backend and a file every rank finds.
+        url = request.get("distributed_url") or distributed.rendezvous_file(self.cfg.model_dir, request["run_id"])
+        with distributed.process_group(rank, world_size, device, url, request.get("distributed_backend")):
+            return self._train(rank, request, datalist, device)
+
+    @staticmethod
+    def _rank_device(rank: int, world_size: int, request: dict) -> torch.device:
+        """This rank's GPU (``gpus`` lists them, ``all``: the first ``world_size``), or the request's device.
+
+        BasicTrainTask.__call__ has mapped the request's device ("cuda" by default) to "cpu" where no GPU is.
+        """
+        if world_size > 1 and torch.cuda.is_available():
+            gpus = request.get("gpus", "all")
+            ids = list(range(world_size)) if gpus == "all" else [int(g) for g in str(gpus).split(",")]
+            torch.cuda.set_device(ids[rank])  # NCCL's collectives and broadcast_object_list use it
+            return torch.device(f"cuda:{ids[rank]}")
+        return torch.device(request.get("device") or "cpu")
+
+    def _train(self, rank, request, datalist, device) -> dict:
+        start = time.time()
         context = Context()
         context.request, context.datalist = request, datalist
         warm = str(request.get("warm_start", True)).lower() != "false"
@@ -94,19 +122,22 @@ class SLPTTrainer(BasicTrainTask):
                                                        log=logger.info, warn=logger.warning)
         cfg = context.config
 
-        split, split_text = round_split([d["id"] for d in datalist], self.split_path, cfg)
-        logger.info("SLPT data: %s; datastore %s", split_text, self._counts)
+        # Rank 0 extends and writes the split; every rank trains on the one it wrote.
+        split, split_text = distributed.from_rank_zero(
+            round_split([d["id"] for d in datalist], self.split_path, cfg) if rank == 0 else None)
+        if rank == 0:
+            logger.info("SLPT data: %s; datastore %s", split_text, self._counts)
         load = self.train_pre_transforms(context)
+        # Every rank holds every labelled scan: a global batch draws its patches from any of them.
         scans = {d["id"]: as_pair(load({"image": d["image"], "label": d["label"]})) for d in datalist}
         train, val = split_scans(scans, split)
 
-        # BasicTrainTask.__call__ has mapped the request's device ("cuda" by default) to "cpu" where no GPU is.
-        context.network = self.network(context).to(request.get("device") or "cpu")
+        context.network = self.network(context).to(device)
         stats = {"name": "slpt", "start_ts": int(start), "split": split_text, **self._counts,
                  "train_size": len(train), "val_size": len(val), "parameters": parameter_report(context.network),
-                 "total_epochs": cfg.epochs}
+                 "total_epochs": cfg.epochs, "processes": distributed.world()[1]}
 
-        def on_epoch(report, version):
+        def on_epoch(report, version):  # called on rank 0 only (fit)
             stats.update(epoch=report.epoch, loss=round(report.loss, 5), diversity=round(report.diversity, 5),
                          val=report.val, best_metric=report.best_metric, total_time=round(time.time() - start, 1),
                          prompt_checkpoint_version=version)
@@ -116,5 +147,6 @@ class SLPTTrainer(BasicTrainTask):
         stats["prompt_checkpoint_version"] = train_round(
             context.network, data, cfg, self.val_inferer(context), self.store, optimizer=self.optimizer(context),
             seg_loss=self.loss_function(context), on_epoch=on_epoch, log=logger.info)
-        atomic_write_json(self._stats_path, stats)
+        if rank == 0:
+            atomic_write_json(self._stats_path, stats)
         return stats

@@ -34,6 +34,7 @@ from apps.slpt.model.prompts import (
     parameter_group,
     parameter_report,
 )
+from apps.slpt.training import distributed
 from apps.slpt.training.splits import split_scans, update_split
 
 Pair = tuple[torch.Tensor, torch.Tensor]  # ([1, *S] image, [1, *S] long label), backbone space
@@ -151,7 +152,18 @@ def fit(
     finished epoch when started again with the same file, as the uninterrupted run would have.
 
     Randomness is seeded by ``cfg.seed`` and scoped: torch's global random state is the same afterwards.
+
+    Under an initialised ``torch.distributed`` process group (MONAI Label's multi-GPU training), each rank
+    runs its shard of every global batch of ``cfg.batch_size`` patches and of the validation scans, and the
+    ranks train what one process would (:mod:`apps.slpt.training.distributed`). ``on_epoch``, ``on_best``,
+    ``log`` and ``progress`` writes happen on rank 0 only; every rank returns the same report.
     """
+    # Why this loop and not MONAI's SupervisedTrainer/SupervisedEvaluator: the round needs each improvement
+    # published the moment it is found (a killed run keeps it), a progress file a stopped benchmark resumes
+    # from bit for bit, bf16 autocast inside the model, K prompt sets sharing one pass with a loss over the
+    # whole batch, and patches drawn from one seeded stream. Rebuilding those as ignite handlers would
+    # cost more than the few collectives that make this loop data-parallel; the ignite handlers it would
+    # bring (TensorBoard, MLflow) are the ones this app leaves off anyway.
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         return _fit(model, train, val, cfg, inferer, optimizer, seg_loss, on_epoch, on_best, log, progress)
@@ -171,7 +183,9 @@ def train_step(model: PromptedSegmenter, x: torch.Tensor, y: torch.Tensor, cfg: 
 
 
 def _fit(model, train, val, cfg, inferer, optimizer, seg_loss, on_epoch, on_best, log, progress) -> EpochReport:
-    rng = np.random.default_rng(cfg.seed)
+    rank, size = distributed.world()
+    log, on_epoch, on_best = (distributed.on_rank_zero(f, rank) for f in (log, on_epoch, on_best))
+    rng = np.random.default_rng(cfg.seed)  # the same stream on every rank: they draw the same global batches
     log(format_parameter_report(parameter_report(model)))
     optimizer = optimizer or prompt_optimizer(model, cfg)
     seg_loss = seg_loss or task_loss(cfg)
@@ -192,37 +206,58 @@ def _fit(model, train, val, cfg, inferer, optimizer, seg_loss, on_epoch, on_best
         best_report = EpochReport(**state["best_report"]) if state["best_report"] else None
         best = report.best_metric
         log(f"continuing after epoch {report.epoch}/{cfg.epochs}, kept in {progress}")
-    done = report.epoch if report else 0
-    for epoch in range(done + 1, cfg.epochs + 1):
-        start = time.time()
-        model.train()
-        losses, segs, divs = [], [], []
-        for _ in range(cfg.iterations_per_epoch):
-            loss, parts = train_step(model, *sampler(cfg.batch_size), cfg, seg_loss, optimizer)
-            scheduler.step()
-            losses.append(loss.item()), segs.append(parts["seg"]), divs.append(parts["diversity"])
-        validate = bool(val) and (epoch % cfg.val_interval == 0 or epoch == cfg.epochs)
-        metrics = evaluate(model, val, inferer) if validate else None
-        key = metrics["mean_dice"] if metrics else None
-        # Without validation data every epoch is kept; between validations nothing is.
-        improved = (not val) or (validate and (best is None or key > best))
-        if improved and key is not None:
-            best = key
-        report = EpochReport(epoch, cfg.epochs, float(np.mean(losses)), float(np.mean(segs)), float(np.mean(divs)),
-                             metrics, best, improved, round(time.time() - start, 2))
-        val_text = (f"val Dice liver {metrics['dice_liver']:.4f} tumor {metrics['dice_tumor']:.4f}" if metrics
-                    else "not validated this epoch" if val else "no validation set, last epoch kept")
-        log(f"epoch {epoch}/{cfg.epochs} loss {report.loss:.4f} (seg {report.seg_loss:.4f}, "
-            f"diversity {report.diversity:.4f}) {val_text}{' *best*' if improved and metrics else ''} "
-            f"[{report.seconds:.1f}s]")
-        if progress is not None:
+    step_model, part, per_rank, unhook = model, slice(None), cfg.batch_size, None
+    if size > 1:
+        distributed.broadcast_trainable(model)
+        unhook = distributed.sum_gradients_before_step(optimizer)
+        step_model = distributed.GlobalBatch(model, cfg.batch_size)
+        part, per_rank = distributed.shard(cfg.batch_size, rank, size)
+        val_shard = distributed.validation_shard(val, rank, size)
+        log(f"data-parallel over {size} processes: {per_rank} of each {cfg.batch_size} patches per process")
+    try:
+        done = report.epoch if report else 0
+        for epoch in range(done + 1, cfg.epochs + 1):
+            start = time.time()
+            model.train()
+            losses, segs, divs = [], [], []
+            for _ in range(cfg.iterations_per_epoch):
+                x, y = sampler(cfg.batch_size)
+                if size > 1:
+                    x = distributed.padded(x, part, per_rank)  # y stays whole: the loss is the global batch's
+                loss, parts = train_step(step_model, x, y, cfg, seg_loss, optimizer)
+                scheduler.step()
+                losses.append(loss.item()), segs.append(parts["seg"]), divs.append(parts["diversity"])
+            validate = bool(val) and (epoch % cfg.val_interval == 0 or epoch == cfg.epochs)
+            if not validate:
+                metrics = None
+            elif size == 1:
+                metrics = evaluate(model, val, inferer)
+            else:
+                mine = evaluate(model, val_shard, inferer) if val_shard else None
+                metrics = distributed.reduce_metrics(mine, device)
+            key = metrics["mean_dice"] if metrics else None
+            # Without validation data every epoch is kept; between validations nothing is.
+            improved = (not val) or (validate and (best is None or key > best))
+            if improved and key is not None:
+                best = key
+            report = EpochReport(epoch, cfg.epochs, float(np.mean(losses)), float(np.mean(segs)),
+                                 float(np.mean(divs)), metrics, best, improved, round(time.time() - start, 2))
+            val_text = (f"val Dice liver {metrics['dice_liver']:.4f} tumor {metrics['dice_tumor']:.4f}" if metrics
+                        else "not validated this epoch" if val else "no validation set, last epoch kept")
+            log(f"epoch {epoch}/{cfg.epochs} loss {report.loss:.4f} (seg {report.seg_loss:.4f}, "
+                f"diversity {report.diversity:.4f}) {val_text}{' *best*' if improved and metrics else ''} "
+                f"[{report.seconds:.1f}s]")
+            if progress is not None and rank == 0:
+                if improved:
+                    best_weights, best_report = copy.deepcopy(model.state_dict()), report
+                seconds += report.seconds
+                _keep_progress(progress, model, optimizer, scheduler, rng, report, best_weights, best_report, seconds)
+            on_epoch(report)
             if improved:
-                best_weights, best_report = copy.deepcopy(model.state_dict()), report
-            seconds += report.seconds
-            _keep_progress(progress, model, optimizer, scheduler, rng, report, best_weights, best_report, seconds)
-        on_epoch(report)
-        if improved:
-            on_best(report)
+                on_best(report)
+    finally:
+        if unhook is not None:
+            unhook.remove()
     return report
 
 
@@ -273,6 +308,7 @@ def fit_keeping_best(
     fit(model, train, val, cfg, inferer, progress=progress,
         on_best=lambda r: best.update(report=r, state=copy.deepcopy(model.state_dict())), log=log)
     seconds = time.perf_counter() - start
+    best = distributed.from_rank_zero(best)  # on_best ran there only; after it, the progress file is complete
     if progress is not None:
         best["report"], best["state"], seconds = _kept_progress(progress)
     model.load_state_dict(best["state"])
