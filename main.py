@@ -15,6 +15,7 @@ check_environment()  # before MONAI Label or torch do anything on a broken insta
 
 import monailabel  # noqa: E402
 import schedule  # noqa: E402
+import torch  # noqa: E402
 from fastapi import HTTPException  # noqa: E402
 from monailabel.config import settings  # noqa: E402
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
@@ -67,7 +68,7 @@ class MyApp(MONAILabelApp):
         self._pending_seen: frozenset = frozenset()
         self._request_specs = task_specs({name: task.config() for name, task in self._infers.items()},
                                          {name: task.config() for name, task in self._trainers.items()},
-                                         list(device_map()))
+                                         list(device_map()), torch.cuda.device_count())
 
     def init_datastore(self):
         """A local studies folder gets upload checks; a DICOMweb PACS gets SLPT's SEG labels (no dcmqi

@@ -151,6 +151,7 @@ def task_specs(
     infer_configs: Mapping[str, Mapping[str, Any]],
     train_configs: Mapping[str, Mapping[str, Any]],
     device_names: Collection[str],
+    gpu_count: int = 0,
 ) -> dict[str, RequestSpec]:
     """The spec of each of the app's tasks, keyed ``"<kind>/<name>"`` (``"infer/slpt"``).
 
@@ -160,16 +161,18 @@ def task_specs(
         train_configs: trainer name -> the config it advertises, which MONAI Label adds to every run's request
             and Slicer echoes back.
         device_names: MONAI Label's names for the machine's devices.
+        gpu_count: the machine's CUDA devices, which a training request's ``gpus`` may name.
     """
-    devices = device(device_names)
+    devices, gpus = device(device_names), gpu_ids(gpu_count)
     specs = {}
     for name, config in infer_configs.items():
         choices = {k: one_of(v) for k, v in config.items() if isinstance(v, list)}
         specs[f"infer/{name}"] = RequestSpec(f"infer/{name}", checks={**choices, "device": devices}, open=True)
     for name, config in train_configs.items():
-        own = {*TRAIN_SETTINGS, "warm_start"}
+        checks = {"warm_start": flag, "multi_gpu": boolean, "gpus": gpus}
+        own = {*TRAIN_SETTINGS, *checks}
         specs[f"train/{name}"] = RequestSpec(
-            f"train/{name}", settings=TRAIN_SETTINGS, ranges=TRAIN_RANGES, checks={"warm_start": flag},
+            f"train/{name}", settings=TRAIN_SETTINGS, ranges=TRAIN_RANGES, checks=checks,
             framework=frozenset({*config, "model", "bundle_path", "client_id"} - own),
         )
     specs["activelearning/tesla"] = RequestSpec(
@@ -227,6 +230,35 @@ def flag(value: Any) -> None:
     """``true``/``false``, as JSON booleans or strings."""
     if not (isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false"))):
         raise ValueError(f"must be true or false, got {value!r}")
+
+
+def boolean(value: Any) -> None:
+    """A JSON boolean: MONAI Label tests the value's truth, so the string ``"false"`` would mean true."""
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false (a JSON boolean), got {value!r}")
+
+
+def gpu_ids(count: int) -> Check:
+    """MONAI Label's ``gpus``: ``all`` or distinct ids ``"0,1"``, each below ``count`` (the machine's GPUs).
+
+    Without a GPU (``count`` 0), MONAI Label still starts one training process per listed id, on the CPU: the
+    data-parallel path runs there (gloo), which tests it; it does not make a CPU train faster.
+    """
+
+    def check(value: Any) -> None:
+        text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        if text == "all":
+            return
+        ids = text.split(",") if text else []
+        if not ids or not all(re.fullmatch(r"\d+", i.strip()) for i in ids):
+            raise ValueError(f"must be 'all' or GPU ids such as '0,1', got {value!r}")
+        numbers = [int(i) for i in ids]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError(f"lists a GPU twice: {value!r}")
+        if count and max(numbers) >= count:
+            raise ValueError(f"names GPU {max(numbers)}, but this server has {count} (ids 0-{count - 1})")
+
+    return check
 
 
 def client_id(value: Any) -> None:

@@ -140,6 +140,8 @@ class TeslaSettings:
     lease_seconds: float = _f(1800.0, "how long a served scan stays reserved for its annotator")
     train_after_labels: int = _f(0, "retrain after this many new final labels (0: when the round is complete)")
     embed_stage: str = _f("down_layers.3", "backbone stage pooled into the scan embedding (the bottleneck)")
+    scoring_workers: int = _f(1, "processes that share a scoring run's scans, one GPU each in turn where there are "
+                                 "several (1: the scoring task's own process)")
 
     def _checks(self) -> list[tuple[bool, str]]:
         return [
@@ -149,6 +151,7 @@ class TeslaSettings:
             (self.rounds >= 1 and self.min_round_size >= 1, "slpt_rounds and slpt_min_round_size must be >= 1"),
             (self.lease_seconds > 0, "slpt_lease_seconds must be > 0"),
             (self.train_after_labels >= 0, "slpt_train_after_labels must be >= 0"),
+            (self.scoring_workers >= 1, "slpt_scoring_workers must be >= 1"),
         ]
 
 

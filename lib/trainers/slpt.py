@@ -14,6 +14,7 @@ the split, the checkpoints and the stats.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -95,6 +96,8 @@ class SLPTTrainer(BasicTrainTask):
             raise ValueError("no labelled scans: save final labels with PUT /datastore/label first")
         world_size = world_size if request.get("multi_gpu") else 1
         device = self._rank_device(rank, world_size, request)
+        if world_size > 1 and device.type == "cpu":  # ranks sharing the CPU share its cores, not each take all
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
         # MONAI Label's own keys, where a client set them; else the device's backend and a file every rank finds.
         url = request.get("distributed_url") or distributed.rendezvous_file(self.cfg.model_dir, request["run_id"])
         with distributed.process_group(rank, world_size, device, url, request.get("distributed_backend")):
