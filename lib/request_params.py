@@ -241,8 +241,8 @@ def boolean(value: Any) -> None:
 def gpu_ids(count: int) -> Check:
     """MONAI Label's ``gpus``: ``all`` or distinct ids ``"0,1"``, each below ``count`` (the machine's GPUs).
 
-    Without a GPU (``count`` 0), MONAI Label still starts one training process per listed id, on the CPU: the
-    data-parallel path runs there (gloo), which tests it; it does not make a CPU train faster.
+    Without a GPU (``count`` 0) any ids pass: the server hands its train command ``CUDA_VISIBLE_DEVICES`` and
+    ``gpus: all``, finds no device, and trains in one process.
     """
 
     def check(value: Any) -> None:

@@ -347,5 +347,21 @@ def test_task_specs_follow_what_each_task_advertises():
     checked = check_request({"model": "slpt", "max_epochs": "7", "multi_gpu": False, "bundle_path": "/b"},
                             specs["train/slpt"], SLPTConfig())
     assert checked.overrides == {"epochs": 7}
-    with pytest.raises(InvalidParameter, match="unknown parameter 'gpus'"):
-        check_request({"gpus": "all"}, specs["train/slpt"], SLPTConfig())
+    with pytest.raises(InvalidParameter, match="unknown parameter 'max_epoch'"):
+        check_request({"max_epoch": 3}, specs["train/slpt"], SLPTConfig())
+
+
+@pytest.mark.parametrize("gpus, gpu_count, error", [
+    ("all", 0, None), ("0,1", 2, None), ("0,1", 0, None),  # without a GPU the server trains in one process
+    ("0,2", 2, "names GPU 2, but this server has 2"), ("1,1", 2, "lists a GPU twice"), ("0,x", 2, "'0,1'"),
+    ("", 2, "'0,1'"), (True, 2, "'0,1'"),
+])
+def test_a_training_request_names_gpus_the_server_has(gpus, gpu_count, error):
+    spec = task_specs({}, {"slpt": {"max_epochs": 200}}, [], gpu_count)["train/slpt"]
+    if error is None:
+        check_request({"multi_gpu": True, "gpus": gpus}, spec, SLPTConfig())
+    else:
+        with pytest.raises(InvalidParameter, match=error):
+            check_request({"multi_gpu": True, "gpus": gpus}, spec, SLPTConfig())
+    with pytest.raises(InvalidParameter, match="JSON boolean"):
+        check_request({"multi_gpu": "false"}, spec, SLPTConfig())
