@@ -58,6 +58,7 @@ from apps.slpt.config import SLPTConfig
 from apps.slpt.inference import predict, task_inferer
 from apps.slpt.model.backbone import load_backbone
 from apps.slpt.model.build import build_model
+from apps.slpt.model.checkpoints import PromptCheckpointStore
 from apps.slpt.model.precision import uses_bf16
 from apps.slpt.training.loop import PatchSampler, prompt_optimizer, task_loss, train_step
 from benchmarks.ablations import EnsembleMean
@@ -101,7 +102,10 @@ class SpeedSettings:
     scale: bool = True
     pool_sizes: tuple[int, ...] = (25, 100)
     small_spec: dict = dataclasses.field(default_factory=lambda: dict(SMALL))
-    selection_embeddings: int = 10_000
+    scoring_workers: tuple[int, ...] = (1, 2)  # the app's TESLA scoring of one pool at each slpt_scoring_workers
+    worker_pool: int = 40
+    selection_embeddings: int = 10_000  # judged against selection_target_seconds
+    large_selection_embeddings: int = 100_000  # timed once each, not judged (0: skipped)
     selection_target_seconds: float = 5.0
     volume_spec: dict | None = None  # the scan for server and scoring; None: the full-size CT
     demo_spec: dict | None = None  # the training phantom (and the server's demo one); None: the default
@@ -109,7 +113,8 @@ class SpeedSettings:
 
 QUICK = SpeedSettings(repeats=2, server_train={"max_epochs": 1, "iterations_per_epoch": 1, "patch_size": 16},
                       server_demo=False, mc_samples=2, train_epochs=1, iterations_per_epoch=1, batch_size=1,
-                      patch_size=16, pool_sizes=(2, 4), selection_embeddings=500, volume_spec=dict(SMALL),
+                      patch_size=16, pool_sizes=(2, 4), worker_pool=3, selection_embeddings=500,
+                      large_selection_embeddings=1000, volume_spec=dict(SMALL),
                       demo_spec=dict(SMALL))
 
 
@@ -361,6 +366,66 @@ def measure_training(s: SpeedSettings, backbone_dir: Path, log, v1_tree: Path | 
     return out
 
 
+def _score_with_workers_child(workers: int, studies: str, backbone_dir: str, threads: int, queue) -> None:
+    """The app's TESLA scoring task (``lib/activelearning/tesla_scoring.py``) over a fresh local datastore:
+    every scan embedded and scored, over ``workers`` processes."""
+    from monailabel.datastore.local import LocalDatastore
+
+    from lib.activelearning.tesla_scoring import TeslaScoring
+
+    torch.set_num_threads(threads)
+    backbone = load_backbone(backbone_dir, device=device())
+    model_dir = tempfile.mkdtemp(prefix="slpt-workers-")
+    try:
+        cfg = SLPTConfig(model_dir=model_dir, scoring_workers=workers)
+        model = build_model(backbone, cfg)  # untrained prompts: scoring costs the same
+        PromptCheckpointStore(model_dir).save(model.trainable_state_dict(),
+                                              {"backbone": backbone.identity, "config": cfg.to_dict()})
+        datastore = LocalDatastore(studies, extensions=["*.nii.gz"], auto_reload=False)
+        t = time.perf_counter()
+        counts = TeslaScoring(backbone, cfg)({}, datastore)
+        seconds = time.perf_counter() - t
+    finally:
+        shutil.rmtree(model_dir, ignore_errors=True)
+    queue.put({"workers": workers, "scans": counts["scored"], "failed": counts["failed"], "scoring_s": seconds})
+
+
+def measure_workers(s: SpeedSettings, backbone_dir: Path, log) -> list[dict]:
+    """One pool of small phantoms (NIfTI files, as the app reads them) scored at each worker count, each run
+    in a fresh process that shares this one's threads among its workers."""
+    with tempfile.TemporaryDirectory(prefix="slpt-worker-pool-") as folder:
+        studies = Path(folder) / "studies"
+        write_studies(studies, range(SCALE_FIRST_SEED, SCALE_FIRST_SEED + s.worker_pool),
+                      spec=PhantomSpec(**s.small_spec))
+        runs = [in_child(_score_with_workers_child, w, str(studies), str(backbone_dir), torch.get_num_threads())
+                for w in s.scoring_workers]
+    for run in runs:
+        if run["scans"] != s.worker_pool or run["failed"]:
+            raise RuntimeError(f"scoring with {run['workers']} workers scored {run['scans']} of {s.worker_pool} "
+                               f"scans ({run['failed']} failed)")
+        run["seconds_per_scan"] = run["scoring_s"] / run["scans"]
+        run["speedup"] = runs[0]["scoring_s"] / run["scoring_s"]
+        log(f"scale: {run['scans']} scans over {run['workers']} worker(s): {run['scoring_s']:.1f}s "
+            f"({run['speedup']:.2f}x one)")
+    return runs
+
+
+def measure_selection(n: int, dim: int, repeats: int, log) -> dict:
+    """Each strategy's pick of one round (k) from ``n`` synthetic embeddings."""
+    rng = np.random.default_rng(0)
+    feats, scores = rng.normal(size=(n, dim)), rng.random(n)  # float64, as the app reads them from JSON
+    _, k = budget_plan(n, SLPTConfig.budget_fraction, SLPTConfig.rounds)
+    selection = {"embeddings": n, "dim": dim, "k": k, "repeats": repeats}
+    for name, fn in (("stage2_uncertain_diverse",
+                      lambda: uncertain_diverse_select(feats, scores, k, np.random.default_rng(1))),
+                     ("stage1_diversity", lambda: diversity_select(feats, k, np.random.default_rng(1))),
+                     ("coreset_k_center", lambda: coreset_select(feats, feats[:0], k)),
+                     ("random", lambda: random_select(n, k, np.random.default_rng(1)))):
+        selection[name] = timed(fn, repeats, warmup=0)
+        log(f"scale: {name} over {n} embeddings, k={k}: {selection[name]['median_s']:.2f}s")
+    return selection
+
+
 def measure_scale(s: SpeedSettings, backbone_dir: Path, log) -> dict:
     pools = []
     for n in s.pool_sizes:
@@ -368,22 +433,13 @@ def measure_scale(s: SpeedSettings, backbone_dir: Path, log) -> dict:
         log(f"scale: pool {n}: {pools[-1]['scoring_s']:.1f}s scoring, peak RSS {pools[-1]['peak_rss_mb']:.0f} MB")
     for p in pools:
         p["seconds_per_scan"] = p["scoring_s"] / p["pool"]
+    workers = measure_workers(s, backbone_dir, log)
     backbone = load_backbone(backbone_dir)
     dim = len(embed_scan(backbone.network, torch.zeros(1, 32, 32, 32), SLPTConfig.embed_stage, None)[0])
-    n = s.selection_embeddings
-    rng = np.random.default_rng(0)
-    feats, scores = rng.normal(size=(n, dim)), rng.random(n)
-    _, k = budget_plan(n, SLPTConfig.budget_fraction, SLPTConfig.rounds)
-    selection = {"embeddings": n, "dim": dim, "k": k}
-    for name, fn in (("stage2_uncertain_diverse",
-                      lambda: uncertain_diverse_select(feats, scores, k, np.random.default_rng(1))),
-                     ("stage1_diversity", lambda: diversity_select(feats, k, np.random.default_rng(1))),
-                     ("coreset_k_center", lambda: coreset_select(feats, feats[:0], k)),
-                     ("random", lambda: random_select(n, k, np.random.default_rng(1)))):
-        selection[name] = timed(fn, s.repeats, warmup=0)
-        log(f"scale: {name} over {n} embeddings, k={k}: {selection[name]['median_s']:.2f}s")
+    selection = measure_selection(s.selection_embeddings, dim, s.repeats, log)
     selection["target_seconds"] = s.selection_target_seconds
-    return {"pools": pools, "selection": selection}
+    large = measure_selection(s.large_selection_embeddings, dim, 1, log) if s.large_selection_embeddings else None
+    return {"pools": pools, "workers": workers, "selection": selection, "large_selection": large}
 
 
 # -- the real server ----------------------------------------------------------------------------------------
@@ -587,15 +643,64 @@ def markdown(r: dict) -> str:
         for p in sc["pools"]:
             lines.append(f"| {p['pool']} | {p['scoring_s']:.1f} | {p['seconds_per_scan']:.3f} | "
                          f"{p['peak_rss_mb']:.0f} | {p['rss_first_mb']:.0f} -> {p['rss_last_mb']:.0f} |")
+        if sc.get("workers"):
+            lines += ["", (f"The app's TESLA scoring task on one pool of {sc['workers'][0]['scans']} small phantoms "
+                           "(NIfTI files in a local datastore, embedded and scored), at each `slpt_scoring_workers`, "
+                           f"each run in a fresh process whose {m['torch_threads']} torch threads its workers share:"),
+                      "", "| workers | scoring s | s per scan | speed-up vs 1 |", "| --- | --- | --- | --- |"]
+            for w in sc["workers"]:
+                lines.append(f"| {w['workers']} | {w['scoring_s']:.1f} | {w['seconds_per_scan']:.3f} | "
+                             f"{w['speedup']:.2f}x |")
         sel = sc["selection"]
         lines += ["", (f"Selection of k={sel['k']} from {sel['embeddings']:,} synthetic embeddings "
                        f"of dimension {sel['dim']} (medians over {s['repeats']} runs):"), "",
                   "| selection | median s |", "| --- | --- |"]
-        for key in ("stage2_uncertain_diverse", "stage1_diversity", "coreset_k_center", "random"):
+        for key in SELECTIONS:
             lines.append(f"| {key} | {sel[key]['median_s']:.3f} |")
         lines += ["", (f"Target stage 2 <= {sel['target_seconds']:.0f} s: "
                   f"{_verdict(sel['stage2_uncertain_diverse']['median_s'] <= sel['target_seconds'])}.")]
+        if sc.get("large_selection"):
+            big = sc["large_selection"]
+            lines += ["", (f"The same from {big['embeddings']:,} embeddings, k={big['k']} "
+                           "(one run each; no target at this size):"),
+                      "", "| selection | s |", "| --- | --- |",
+                      *(f"| {key} | {big[key]['median_s']:.2f} |" for key in SELECTIONS)]
+        lines += ["", *projection(r)]
     return "\n".join(lines) + "\n"
+
+
+SELECTIONS = ("stage2_uncertain_diverse", "stage1_diversity", "coreset_k_center", "random")
+PROJECTED_POOLS = (10_000, 100_000)
+
+
+def projection(r: dict) -> list[str]:
+    """Hours to score a pool of full-size CTs, projected from this run's per-scan figures: the first scoring
+    of the full-size scan (file reading excluded), divided among workers at the speed-up measured here; on
+    several GPUs, linearly (scans are independent, one worker per GPU), which is an assumption, not a
+    measurement."""
+    first = r["scoring"]["tesla_scoring"]["median_s"]
+    again = r["scoring"]["tesla_uncertainty"]["median_s"]
+    device = r["machine"]["device"]
+    lines = ["## Projection to large pools", "",
+             (f"Hours of TESLA scoring for pools of full-size CTs like the one above, from its per-scan seconds on "
+              f"this run's device ({device}): first scoring {first:.2f} s, re-scoring after a new checkpoint "
+              f"{again:.2f} s. Reading and resampling each file comes on top. Worker counts measured above scale "
+              "by their measured speed-up; the others are linear projections (independent scans, one worker per "
+              "device), not measurements."), "",
+             "| pool | where | first scoring h | re-scoring h | basis |", "| --- | --- | --- | --- | --- |"]
+    measured = {w["workers"]: w["speedup"] for w in r.get("scale", {}).get("workers") or []}
+    on_gpu = device.startswith("cuda")
+    setups = ([(f"1 GPU ({r['machine']['gpu']})", 1.0, "measured per scan"),
+               ("8 such GPUs", 8.0, "linear projection")] if on_gpu else
+              [(f"this CPU, {w} worker{'s' if w > 1 else ''}", speedup, "measured speed-up")
+               for w, speedup in sorted(measured.items())])
+    for pool in PROJECTED_POOLS:
+        for where, speedup, basis in setups:
+            lines.append(f"| {pool:,} | {where} | {pool * first / speedup / 3600:.1f} | "
+                         f"{pool * again / speedup / 3600:.1f} | {basis} |")
+    if not on_gpu:
+        lines += ["", "GPU rows come from a run of this benchmark on a GPU machine; none has run here yet."]
+    return lines
 
 
 def run(s: SpeedSettings, backbone_dir: Path, log=lambda m: print(m, flush=True), v1_tree: Path | None = None) -> dict:

@@ -125,7 +125,12 @@ def test_speed_quick_run_writes_every_figure_and_judges_every_target(root, tmp_p
     assert training["slpt"]["trainable_parameters"] < training["full_finetune"]["trainable_parameters"]
     assert [p["pool"] for p in result["scale"]["pools"]] == list(settings.pool_sizes)
     assert result["scale"]["selection"]["embeddings"] == settings.selection_embeddings
-    for heading in ("## Scoring one scan", "## Training", "## Scale", "Quick mode", "not measured in this run"):
+    assert result["scale"]["large_selection"]["embeddings"] == settings.large_selection_embeddings
+    workers = result["scale"]["workers"]  # the app's scoring task at each worker count, every scan scored
+    assert [w["workers"] for w in workers] == list(settings.scoring_workers)
+    assert all(w["scans"] == settings.worker_pool and w["scoring_s"] > 0 for w in workers)
+    for heading in ("## Scoring one scan", "## Training", "## Scale", "Quick mode", "not measured in this run",
+                    "## Projection to large pools", "| 100,000 | this CPU, 2 workers |"):
         assert heading in table
 
     # Outside quick mode every target gets a verdict, from the figures measured.
