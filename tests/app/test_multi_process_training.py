@@ -52,7 +52,8 @@ def train_command(server, request: dict) -> subprocess.CompletedProcess:
     """MONAI Label's own train command for ``request``, in the environment its server gives it."""
     env = {**os.environ, "MONAI_LABEL_APP_DIR": str(ROOT), "MONAI_LABEL_STUDIES": str(server.studies),
            "MONAI_LABEL_APP_CONF": json.dumps(server.conf), "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
-           "MONAI_LABEL_SERVER_PORT": server.url.rsplit(":", 1)[1].strip("/"), "PYTHONPATH": str(NETGUARD), "SLPT_NETGUARD_LOG": str(server.workdir / "network.log")}
+           "MONAI_LABEL_SERVER_PORT": server.url.rsplit(":", 1)[1].strip("/"),  # the app asks it to re-score
+           "PYTHONPATH": str(NETGUARD), "SLPT_NETGUARD_LOG": str(server.workdir / "network.log")}
     command = [sys.executable, "-m", "monailabel.interfaces.utils.app", "-m", "train", "-r", json.dumps(request)]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
