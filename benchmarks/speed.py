@@ -104,6 +104,7 @@ class SpeedSettings:
     small_spec: dict = dataclasses.field(default_factory=lambda: dict(SMALL))
     scoring_workers: tuple[int, ...] = (1, 2)  # the app's TESLA scoring of one pool at each slpt_scoring_workers
     worker_pool: int = 40
+    worker_spec: dict | None = None  # the phantoms of that pool; None: the default size
     selection_embeddings: int = 10_000  # judged against selection_target_seconds
     large_selection_embeddings: int = 100_000  # timed once each, not judged (0: skipped)
     selection_target_seconds: float = 5.0
@@ -113,7 +114,7 @@ class SpeedSettings:
 
 QUICK = SpeedSettings(repeats=2, server_train={"max_epochs": 1, "iterations_per_epoch": 1, "patch_size": 16},
                       server_demo=False, mc_samples=2, train_epochs=1, iterations_per_epoch=1, batch_size=1,
-                      patch_size=16, pool_sizes=(2, 4), worker_pool=3, selection_embeddings=500,
+                      patch_size=16, pool_sizes=(2, 4), worker_pool=3, worker_spec=dict(SMALL), selection_embeddings=500,
                       large_selection_embeddings=1000, volume_spec=dict(SMALL),
                       demo_spec=dict(SMALL))
 
@@ -391,12 +392,13 @@ def _score_with_workers_child(workers: int, studies: str, backbone_dir: str, thr
 
 
 def measure_workers(s: SpeedSettings, backbone_dir: Path, log) -> list[dict]:
-    """One pool of small phantoms (NIfTI files, as the app reads them) scored at each worker count, each run
-    in a fresh process that shares this one's threads among its workers."""
+    """One pool of phantoms (NIfTI files, as the app reads them) scored at each worker count, each run in a
+    fresh process that shares this one's threads among its workers. The time includes starting the workers
+    (each loads the backbone and the prompts), the cost a real scoring run pays too."""
     with tempfile.TemporaryDirectory(prefix="slpt-worker-pool-") as folder:
         studies = Path(folder) / "studies"
         write_studies(studies, range(SCALE_FIRST_SEED, SCALE_FIRST_SEED + s.worker_pool),
-                      spec=PhantomSpec(**s.small_spec))
+                      spec=PhantomSpec(**s.worker_spec) if s.worker_spec else None)
         runs = [in_child(_score_with_workers_child, w, str(studies), str(backbone_dir), torch.get_num_threads())
                 for w in s.scoring_workers]
     for run in runs:
@@ -644,9 +646,10 @@ def markdown(r: dict) -> str:
             lines.append(f"| {p['pool']} | {p['scoring_s']:.1f} | {p['seconds_per_scan']:.3f} | "
                          f"{p['peak_rss_mb']:.0f} | {p['rss_first_mb']:.0f} -> {p['rss_last_mb']:.0f} |")
         if sc.get("workers"):
-            lines += ["", (f"The app's TESLA scoring task on one pool of {sc['workers'][0]['scans']} small phantoms "
+            lines += ["", (f"The app's TESLA scoring task on one pool of {sc['workers'][0]['scans']} phantoms "
                            "(NIfTI files in a local datastore, embedded and scored), at each `slpt_scoring_workers`, "
-                           f"each run in a fresh process whose {m['torch_threads']} torch threads its workers share:"),
+                           f"each run in a fresh process whose {m['torch_threads']} torch threads its workers share; "
+                           "the time includes starting the workers:"),
                       "", "| workers | scoring s | s per scan | speed-up vs 1 |", "| --- | --- | --- | --- |"]
             for w in sc["workers"]:
                 lines.append(f"| {w['workers']} | {w['scoring_s']:.1f} | {w['seconds_per_scan']:.3f} | "
@@ -674,26 +677,23 @@ PROJECTED_POOLS = (10_000, 100_000)
 
 
 def projection(r: dict) -> list[str]:
-    """Hours to score a pool of full-size CTs, projected from this run's per-scan figures: the first scoring
-    of the full-size scan (file reading excluded), divided among workers at the speed-up measured here; on
-    several GPUs, linearly (scans are independent, one worker per GPU), which is an assumption, not a
-    measurement."""
+    """Hours to score a pool of full-size CTs, projected from this run's per-scan figures for the full-size
+    scan (file reading excluded); on several GPUs, linearly (scans are independent, one worker per GPU),
+    which is an assumption, not a measurement."""
     first = r["scoring"]["tesla_scoring"]["median_s"]
     again = r["scoring"]["tesla_uncertainty"]["median_s"]
     device = r["machine"]["device"]
     lines = ["## Projection to large pools", "",
              (f"Hours of TESLA scoring for pools of full-size CTs like the one above, from its per-scan seconds on "
               f"this run's device ({device}): first scoring {first:.2f} s, re-scoring after a new checkpoint "
-              f"{again:.2f} s. Reading and resampling each file comes on top. Worker counts measured above scale "
-              "by their measured speed-up; the others are linear projections (independent scans, one worker per "
-              "device), not measurements."), "",
+              f"{again:.2f} s. Reading and resampling each file comes on top, and so does starting the workers "
+              "(seconds, once per run). Several GPUs are a linear projection (independent scans, one worker per "
+              "GPU), not a measurement; on a CPU, one worker already uses every core."), "",
              "| pool | where | first scoring h | re-scoring h | basis |", "| --- | --- | --- | --- | --- |"]
-    measured = {w["workers"]: w["speedup"] for w in r.get("scale", {}).get("workers") or []}
     on_gpu = device.startswith("cuda")
     setups = ([(f"1 GPU ({r['machine']['gpu']})", 1.0, "measured per scan"),
                ("8 such GPUs", 8.0, "linear projection")] if on_gpu else
-              [(f"this CPU, {w} worker{'s' if w > 1 else ''}", speedup, "measured speed-up")
-               for w, speedup in sorted(measured.items())])
+              [(f"this CPU ({r['machine']['cores']} cores), 1 worker", 1.0, "measured per scan")])
     for pool in PROJECTED_POOLS:
         for where, speedup, basis in setups:
             lines.append(f"| {pool:,} | {where} | {pool * first / speedup / 3600:.1f} | "

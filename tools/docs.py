@@ -28,6 +28,7 @@ from benchmarks.speed import (
     MC_DROPOUT_VS_SCORING_MIN,
     REQUEST_VS_BACKBONE_MAX,
     SCORING_VS_INFER_MAX,
+    projection,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -352,11 +353,27 @@ def epoch_cost() -> str:
             f"CPU cores), a round of {epochs} epochs takes about {seconds * epochs / 60:.0f} minutes")
 
 
+def scale_figures() -> str:
+    """The scoring-worker table and the large-pool projection of the speed benchmark's last run."""
+    speed = _result("speed")
+    workers = (speed or {}).get("scale", {}).get("workers")
+    if not workers:
+        return "Not measured yet: run `python -m benchmarks.speed --out docs/results/speed`."
+    m = speed["machine"]
+    lines = [(f"Measured by `{speed.get('command', 'python -m benchmarks.speed')}` on {m['cpu']} ({m['cores']} "
+              f"cores, device {m['device']}): the app's TESLA scoring task on one pool of {workers[0]['scans']} "
+              "phantoms, worker start-up included."),
+             "", "| scoring workers | s per scan | speed-up vs 1 |", "| --- | --- | --- |",
+             *(f"| {w['workers']} | {w['seconds_per_scan']:.3f} | {w['speedup']:.2f}x |" for w in workers), ""]
+    return "\n".join(lines + projection(speed)[2:])  # the speed page's heading is this page's own
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "status": status_box,
     "results": results_table,
     "compare-verdict": compare_verdict,
     "epoch-cost": epoch_cost,
+    "scale": scale_figures,
 }
 
 

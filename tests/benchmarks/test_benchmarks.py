@@ -130,7 +130,7 @@ def test_speed_quick_run_writes_every_figure_and_judges_every_target(root, tmp_p
     assert [w["workers"] for w in workers] == list(settings.scoring_workers)
     assert all(w["scans"] == settings.worker_pool and w["scoring_s"] > 0 for w in workers)
     for heading in ("## Scoring one scan", "## Training", "## Scale", "Quick mode", "not measured in this run",
-                    "## Projection to large pools", "| 100,000 | this CPU, 2 workers |"):
+                    "## Projection to large pools", "| 100,000 | this CPU ("):
         assert heading in table
 
     # Outside quick mode every target gets a verdict, from the figures measured.
