@@ -71,6 +71,10 @@ def paired_difference(a_runs: list[dict], b_runs: list[dict], resamples: int = 2
 BASELINES = ("random", "foreground_random", "mc_dropout", "top_uncertainty", "coreset")
 
 
+PAPER_PERCENT = 94.0  # of full-data Dice at 5% labels: the SLPT paper's claim, the bar
+GOAL_PERCENT = 96.0  # this project's goal
+
+
 def bars(strategies: dict, methods: dict, full: dict, comparisons: dict | None = None) -> dict:
     """The issue's bars, computed (the markdown says which hold). ``comparisons``: TESLA minus each
     alternative, from :func:`paired_difference`; TESLA beats one only where the interval excludes 0."""
@@ -80,8 +84,11 @@ def bars(strategies: dict, methods: dict, full: dict, comparisons: dict | None =
     out = {}
     tesla, ref = final("tesla"), full["slpt_k3"]["dice_tumor"]["mean"]
     if tesla is not None:
-        out["tesla_slpt_percent_of_full_data"] = {"value": 100.0 * tesla / ref if ref else None, "bar": 96.0,
-                                                  "holds": bool(ref and 100.0 * tesla / ref >= 96.0)}
+        percent = 100.0 * tesla / ref if ref else None
+        out["tesla_slpt_percent_of_full_data"] = {
+            "value": percent, "bar": PAPER_PERCENT, "goal": GOAL_PERCENT,
+            "holds": percent is not None and percent >= PAPER_PERCENT,
+            "goal_holds": percent is not None and percent >= GOAL_PERCENT}
         out["tesla_beats"] = {n: {"tesla": tesla, "other": final(n), **comparisons[n],
                                   "holds": comparisons[n]["better"]} for n in BASELINES if n in comparisons}
     if "status_quo" in comparisons:
@@ -210,7 +217,8 @@ def bar_lines(b: dict, quick: bool) -> list[str]:
     if "tesla_slpt_percent_of_full_data" in b:
         v = b["tesla_slpt_percent_of_full_data"]
         lines.append(f"- TESLA + SLPT at the budget reaches {_pct(v['value'])} of full-data SLPT tumour Dice per case "
-                     f"(bar >= 96%): {verdict(v['holds'])}.")
+                     f"(the paper's bar >= {v['bar']:.0f}%: {verdict(v['holds'])}; our goal >= {v['goal']:.0f}%: "
+                     f"{verdict(v['goal_holds'])}).")
     if "slpt_vs_full_finetune" in b:
         v = b["slpt_vs_full_finetune"]
         lines.append(f"- SLPT {v['slpt']:.4f} vs full fine-tuning {v['full_finetune']:.4f} at the budget, with "

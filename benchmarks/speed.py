@@ -684,8 +684,9 @@ def projection(r: dict) -> list[str]:
     again = r["scoring"]["tesla_uncertainty"]["median_s"]
     device = r["machine"]["device"]
     lines = ["## Projection to large pools", "",
-             (f"Hours of TESLA scoring for pools of full-size CTs like the one above, from its per-scan seconds on "
-              f"this run's device ({device}): first scoring {first:.2f} s, re-scoring after a new checkpoint "
+             (f"Hours of TESLA scoring for pools of {'x'.join(map(str, r['scoring']['scan']['shape']))} CTs, from "
+              f"the per-scan seconds of such a scan in this run, on its device ({device}): first scoring "
+              f"{first:.2f} s, re-scoring after a new checkpoint "
               f"{again:.2f} s. Reading and resampling each file comes on top, and so does starting the workers "
               "(seconds, once per run). Several GPUs are a linear projection (independent scans, one worker per "
               "GPU), not a measurement; on a CPU, one worker already uses every core."), "",

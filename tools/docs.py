@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from apps.slpt.config import CONF_PREFIX, SECTIONS, SLPTConfig
+from benchmarks.label_efficiency_report import bar_lines
 from benchmarks.speed import (
     EPOCH_SPEEDUP_VS_V1_MIN,
     EPOCH_VS_FINETUNE_MAX,
@@ -353,6 +354,22 @@ def epoch_cost() -> str:
             f"CPU cores), a round of {epochs} epochs takes about {seconds * epochs / 60:.0f} minutes")
 
 
+def efficiency_curve() -> str:
+    """The label-efficiency learning curve and the bars it was judged by, once a full run has finished."""
+    r = _result("benchmark")
+    if not r or r.get("quick"):
+        return ("Not measured yet: the curve appears here when `python -m benchmarks.label_efficiency --out "
+                "docs/results/benchmark` has finished (it prints its plan and an estimate first, and resumes "
+                "where it stopped).")
+    wall = r.get("wall", {})
+    lines = [("![Tumour Dice per case against the share of the pool labelled, one line per selection strategy]"
+              "(docs/results/benchmark/learning_curve.png)"), "",
+             (f"{r['pool_size']} pool and {r['test_size']} test phantoms, {len(r['settings']['run_seeds'])} seeds, "
+              f"{wall.get('seconds', r.get('wall_seconds', 0)) / 3600:.1f} h on {r['machine']['cpu']}. The bars "
+              "([result](docs/results/benchmark/result.md)):"), "", *bar_lines(r["bars"], False)]
+    return "\n".join(lines)
+
+
 def scale_figures() -> str:
     """The scoring-worker table and the large-pool projection of the speed benchmark's last run."""
     speed = _result("speed")
@@ -374,6 +391,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "compare-verdict": compare_verdict,
     "epoch-cost": epoch_cost,
     "scale": scale_figures,
+    "efficiency": efficiency_curve,
 }
 
 
