@@ -114,8 +114,8 @@ class SpeedSettings:
 
 QUICK = SpeedSettings(repeats=2, server_train={"max_epochs": 1, "iterations_per_epoch": 1, "patch_size": 16},
                       server_demo=False, mc_samples=2, train_epochs=1, iterations_per_epoch=1, batch_size=1,
-                      patch_size=16, pool_sizes=(2, 4), worker_pool=3, worker_spec=dict(SMALL), selection_embeddings=500,
-                      large_selection_embeddings=1000, volume_spec=dict(SMALL),
+                      patch_size=16, pool_sizes=(2, 4), worker_pool=3, worker_spec=dict(SMALL),
+                      selection_embeddings=500, large_selection_embeddings=1000, volume_spec=dict(SMALL),
                       demo_spec=dict(SMALL))
 
 
@@ -668,7 +668,7 @@ def markdown(r: dict) -> str:
                            "(one run each; no target at this size):"),
                       "", "| selection | s |", "| --- | --- |",
                       *(f"| {key} | {big[key]['median_s']:.2f} |" for key in SELECTIONS)]
-        lines += ["", *projection(r)]
+        lines += ["", "## Projection to large pools", "", *projection(r)]
     return "\n".join(lines) + "\n"
 
 
@@ -683,8 +683,7 @@ def projection(r: dict) -> list[str]:
     first = r["scoring"]["tesla_scoring"]["median_s"]
     again = r["scoring"]["tesla_uncertainty"]["median_s"]
     device = r["machine"]["device"]
-    lines = ["## Projection to large pools", "",
-             (f"Hours of TESLA scoring for pools of {'x'.join(map(str, r['scoring']['scan']['shape']))} CTs, from "
+    lines = [(f"Hours of TESLA scoring for pools of {'x'.join(map(str, r['scoring']['scan']['shape']))} CTs, from "
               f"the per-scan seconds of such a scan in this run, on its device ({device}): first scoring "
               f"{first:.2f} s, re-scoring after a new checkpoint "
               f"{again:.2f} s. Reading and resampling each file comes on top, and so does starting the workers "
