@@ -461,6 +461,7 @@ class Benchmark:
             "machine": machine(model_device(self.backbone.network)),
             "pool_size": len(self.pool), "test_size": len(self.test), "budget": budget, "round_size": round_size,
             "pool_types": type_counts([[c["tumor_type"] for c in self.pool]]),
+            "pool_with_liver": sum(organ is not None and bool(organ.any()) for organ in self.organs),
             "test_types": type_counts([[c["tumor_type"] for c in self.test]]),
             "strategies": strategies, "methods": methods, "full_data": full, "status_quo": status_quo,
             "tesla_minus": comparisons,

@@ -111,6 +111,27 @@ def bars(strategies: dict, methods: dict, full: dict, comparisons: dict | None =
     return out
 
 
+def selection_notes(result: dict) -> list[str]:
+    """What the picks themselves show: strategies whose whole budget was the same scans for every seed (their
+    last rows are then the same cached trainings), strategies whose picks do not depend on the seed, and how
+    much of the pool foreground-aware random can tell apart from the rest."""
+    label = {name: v["label"] for name, v in result["strategies"].items()}
+    picked = {name: [tuple(sorted(p)) for p in v["selected_seeds"]] for name, v in result["strategies"].items()}
+    alike: dict[tuple, list[str]] = {}
+    for name, sets in picked.items():
+        alike.setdefault(tuple(sets), []).append(name)
+    notes = [f"- {' and '.join(label[n] for n in group)} picked the same scans as each other, seed by seed: "
+             "their last rows are the same trainings." for group in alike.values() if len(group) > 1]
+    notes += [f"- {label[name]} picked the same scans under every seed (it draws nothing at random): its "
+              "seeds differ only in training." for name, sets in picked.items()
+              if len(sets) > 1 and sets.count(sets[0]) == len(sets)]
+    if "foreground_random" in picked and "pool_with_liver" in result:
+        n, pool = result["pool_with_liver"], result["pool_size"]
+        notes.append(f"- The backbone finds a liver in {n} of the {pool} pool scans, and foreground-aware random draws "
+                     "among those" + (": on this pool it is uniform random." if n == pool else "."))
+    return notes
+
+
 def _ms(stat: dict) -> str:
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
@@ -166,6 +187,8 @@ def markdown(result: dict) -> str:
               "| --- |" + " --- |" * len(types)]
     for v in result["strategies"].values():
         lines.append(f"| {v['label']} | " + " | ".join(f"{v['selected_types'][t]:.1f}" for t in types) + " |")
+    notes = selection_notes(result)
+    lines += ["", *notes] if notes else []
     lines += ["", f"## Tuning methods on TESLA's {result['budget']} labelled scans", "",
               ("| method | trainable % of backbone | tumour Dice per case | tumour global Dice | liver Dice | "
               "% of full-data SLPT | train time (s) |"), "| --- | --- | --- | --- | --- | --- | --- |"]

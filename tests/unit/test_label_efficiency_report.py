@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.label_efficiency_report import bar_lines, bars, paired_difference
+from benchmarks.label_efficiency_report import bar_lines, bars, paired_difference, selection_notes
 
 
 def runs(per_seed_dice: list[list[float]]) -> list[dict]:
@@ -46,3 +46,23 @@ def test_the_bars_judge_tesla_by_the_interval_not_the_means():
     assert b["tesla_slpt_beats_status_quo"]["holds"]
     text = "\n".join(bar_lines(b, quick=False))
     assert "random 0.4800, difference +0.0200 (95% interval -0.0100 to +0.0500): does NOT hold" in text
+
+
+def test_the_report_says_which_strategies_picked_alike():
+    def strategy(label, per_seed):
+        return {"label": label, "selected_seeds": per_seed}
+    result = {"pool_size": 4, "pool_with_liver": 4, "strategies": {
+        "random": strategy("random", [[1, 2], [3, 4]]),
+        "foreground_random": strategy("foreground random", [[2, 1], [3, 4]]),  # the same sets, drawn in another order
+        "coreset": strategy("coreset", [[1, 3], [1, 3]]),
+        "tesla": strategy("TESLA", [[1, 4], [2, 4]])}}
+    notes = selection_notes(result)
+    assert notes == [
+        "- random and foreground random picked the same scans as each other, seed by seed: their last rows are the "
+        "same trainings.",
+        "- coreset picked the same scans under every seed (it draws nothing at random): its seeds differ only in "
+        "training.",
+        "- The backbone finds a liver in 4 of the 4 pool scans, and foreground-aware random draws among those: on "
+        "this pool it is uniform random."]
+    result["pool_with_liver"] = 3
+    assert selection_notes(result)[-1].endswith("draws among those.")
