@@ -22,7 +22,7 @@ from torch import nn
 from apps.slpt.config import SLPTConfig
 from apps.slpt.model.backbone import Backbone
 from apps.slpt.model.build import build_model
-from apps.slpt.model.prompts import PromptedSegmenter, split_prompts
+from apps.slpt.model.prompts import PromptedSegmenter, liver_margin, split_prompts
 from benchmarks.baselines import full_finetune
 
 
@@ -94,5 +94,7 @@ class EnsembleMean(nn.Module):
         self.num_prompts = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = split_prompts(self.model(x), self.model.num_prompts).softmax(2).mean(0)
+        # The organ evidence of this window, from the backbone whose dropout the MC samples switch on.
+        margin = liver_margin(self.model.organ_network(x), self.model.organ_channel)
+        probs = split_prompts(self.model(x, margin), self.model.num_prompts).softmax(2).mean(0)
         return probs.clamp_min(1e-8).log()

@@ -12,7 +12,7 @@ import dataclasses
 from apps.slpt.config import SLPTConfig
 from apps.slpt.model.backbone import Backbone
 from apps.slpt.model.build import build_model
-from apps.slpt.model.prompts import PromptedSegmenter
+from apps.slpt.model.prompts import PromptedSegmenter, keep_organ_evidence_frozen
 
 # Full fine-tuning's step and schedule, picked on validation phantoms by the explore rule
 # (benchmarks.explore --pick --method ft).
@@ -28,7 +28,7 @@ def head_only(backbone: Backbone, cfg: SLPTConfig) -> PromptedSegmenter:
 
 def full_finetune(backbone: Backbone, cfg: SLPTConfig) -> PromptedSegmenter:
     """Every backbone weight trained, with SLPT's tumour head."""
-    model = head_only(backbone, cfg)
+    model = keep_organ_evidence_frozen(head_only(backbone, cfg))
     for p in model.backbone.parameters():
         p.requires_grad_(True)
     return model

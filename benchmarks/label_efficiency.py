@@ -354,7 +354,7 @@ class Benchmark:
                                                           seed=run["seed"] * 100_003 + i)}
                 self._time("score_mc_dropout", time.perf_counter() - t)
                 continue
-            logits, _ = stitched_logits(model, image[None], OrganWindows(self.inferer, organ))
+            logits, _ = stitched_logits(model, image[None], self.inferer, region=organ)
             probs, pu = ensemble(logits.cpu(), model.num_prompts)
             label = task_label(probs[0]).numpy()
             out[str(i)] = {
@@ -570,7 +570,7 @@ def estimate(backbone: Backbone, full: BenchmarkSettings, log=print) -> dict:
     image = image.to(model_device(backbone.network))
     model = build_model(backbone, SLPTConfig()).to(image.device)
     t = time.perf_counter()
-    ensemble(stitched_logits(model, image[None], OrganWindows(inferer, organ))[0], model.num_prompts)
+    ensemble(stitched_logits(model, image[None], inferer, region=organ)[0], model.num_prompts)
     unit["score"] = time.perf_counter() - t
     t = time.perf_counter()
     mc_variance(model, image, organ, inferer, full.mc_samples, seed=0)

@@ -55,7 +55,7 @@ from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertaint
 from apps.slpt.active.selection import coreset_select, diversity_select, random_select, uncertain_diverse_select
 from apps.slpt.active.uncertainty import dropout_enabled, mc_dropout_probabilities
 from apps.slpt.config import SLPTConfig
-from apps.slpt.inference import predict, task_inferer
+from apps.slpt.inference import backbone_liver_margin, predict, task_inferer
 from apps.slpt.model.backbone import load_backbone
 from apps.slpt.model.build import build_model
 from apps.slpt.model.checkpoints import PromptCheckpointStore
@@ -255,7 +255,8 @@ def _train_child(method: str, s: SpeedSettings, backbone_dir: str, threads: int,
         model = full_finetune(backbone, cfg).to(dev)
         cfg = finetune_config(cfg)
     rng = np.random.default_rng(0)
-    sampler = PatchSampler([pair], cfg.patch_size, rng, cfg.tumour_patch_ratio)
+    sampler = PatchSampler([pair], [backbone_liver_margin(model, pair[0])], cfg.patch_size, rng,
+                           cfg.tumour_patch_ratio)
     loss_fn, optimizer = task_loss(cfg).to(dev), prompt_optimizer(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     rss_before = psutil.Process().memory_info().rss / 2**20

@@ -3,28 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
+import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import KeepLargestConnectedComponent, MapTransform
+from monai.transforms.utils import generate_spatial_bounding_box, get_largest_connected_component_mask
+from torch import nn
 
 from apps.slpt.active.uncertainty import ensemble, scan_uncertainty
 from apps.slpt.config import SLPTConfig
 from apps.slpt.labels import LIVER, TUMOUR
-from apps.slpt.model.prompts import PromptedSegmenter, model_device
+from apps.slpt.model.precision import autocast
+from apps.slpt.model.prompts import TUMOUR_PRIOR, PromptedSegmenter, liver_margin, model_device, task_logits
+from apps.slpt.windows import OrganWindows, sliding_window  # noqa: F401 (sliding_window: imported from here)
 
-# The liver is one organ. Liver or tumour voxels outside its largest connected piece (liver and tumour
-# together) are partial-volume edges of other organs or of the body wall, never a lesion of this liver.
+# The liver is one organ: a tumour outside its largest connected piece (liver and tumour together) lies in a
+# partial-volume edge of another organ or of the body wall, never in this liver.
 _ONE_LIVER = KeepLargestConnectedComponent(applied_labels=[LIVER, TUMOUR], independent=False)
+# Voxels of context around the liver where tumour is looked for: a lesion at the liver's edge that the backbone
+# left out of the liver still lies in the box.
+LIVER_BOX_MARGIN = 4
 
 
 def task_label(probs: torch.Tensor) -> torch.Tensor:
-    """``[C, *S]`` class probabilities -> ``[*S]`` long label map: the argmax, then only the largest
-    connected region of liver and tumour (background elsewhere)."""
-    label = channel_argmax(probs)[None]
-    return torch.as_tensor(_ONE_LIVER(label))[0].long()
+    """``[C, *S]`` class probabilities -> ``[*S]`` long label map: the argmax, with tumour only in the largest
+    connected region of liver and tumour (liver elsewhere: the organ stays what the backbone says it is)."""
+    label = channel_argmax(probs)
+    outside = torch.as_tensor(_ONE_LIVER(label[None].clone()))[0] == 0
+    label[outside & (label == TUMOUR)] = LIVER
+    return label.long()
 
 
 def channel_argmax(probs: torch.Tensor) -> torch.Tensor:
@@ -82,15 +91,6 @@ class PromptEnsembled(MapTransform):
         return d
 
 
-def sliding_window(roi_size, overlap: float = 0.25, batch_voxels: int = 1) -> SlidingWindowInferer:
-    """MONAI's sliding window, with as many windows per forward pass as fit in ``batch_voxels`` (at least
-    one). On a CPU, eight 32³ windows together cost about half as much per window as one at a time (the
-    per-call overhead of a small conv is shared), while 64³ windows run fastest one at a time; GroupNorm
-    never mixes samples, so the stitched output is the same either way."""
-    return SlidingWindowInferer(roi_size=roi_size, sw_batch_size=max(1, batch_voxels // math.prod(roi_size)),
-                                overlap=overlap)
-
-
 def task_inferer(cfg: SLPTConfig) -> SlidingWindowInferer:
     """Sliding windows of the training patch size, for every model trained by :func:`fit`.
 
@@ -108,23 +108,81 @@ def checkpoint_inferer(payload: dict, cfg: SLPTConfig) -> SlidingWindowInferer:
     return task_inferer(dataclasses.replace(cfg, patch_size=int(saved.get("patch_size", cfg.patch_size))))
 
 
+def organ_inferer(roi_size, cfg: SLPTConfig) -> SlidingWindowInferer:
+    """The frozen backbone's windows: its bundle's ``roi_size``, at the app's overlap. ``/infer/backbone`` and
+    the organ evidence of ``/infer/slpt`` both run in them, so both serve the same organs."""
+    return sliding_window(roi_size, cfg.sw_overlap, cfg.sw_batch_voxels)
+
+
 @torch.no_grad()
-def stitched_logits(model: PromptedSegmenter, inputs: torch.Tensor,
-                    inferer: Inferer) -> tuple[torch.Tensor, torch.Tensor]:
+def organ_logits(network: nn.Module, inputs: torch.Tensor, inferer: Inferer, precision: str = "fp32") -> torch.Tensor:
+    """``inputs [1, 1, *S]`` -> the frozen network's stitched organ logits ``[1, out, *S]``, fp32: the one
+    definition ``/infer/backbone``, ``/infer/slpt`` and training share."""
+    network.eval()
+    with autocast(precision, inputs.device):
+        return torch.as_tensor(inferer(inputs, network)).float()
+
+
+def backbone_liver_margin(model: PromptedSegmenter, image: torch.Tensor) -> torch.Tensor:
+    """``image [1, *S]`` -> the frozen backbone's :func:`~apps.slpt.model.prompts.liver_margin` ``[1, *S]`` on
+    the CPU, from its organ logits in its own windows: what a training patch is cut from, so that the
+    prompts learn against the very organ evidence they are served with."""
+    organ = organ_logits(model.organ_network, image[None].to(model_device(model)), model.organ_inferer,
+                         model.precision)
+    return liver_margin(organ, model.organ_channel)[0].cpu()
+
+
+@torch.no_grad()
+def stitched_logits(model: PromptedSegmenter, inputs: torch.Tensor, inferer: Inferer,
+                    region: np.ndarray | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``inputs [1, 1, *S]`` -> ``(task logits [1, K * 3, *S], organ logits [1, out, *S])`` of the whole scan.
 
-    The windows blend the model's :meth:`~PromptedSegmenter.window_outputs` (organ logits and tumour
-    log-odds), and the task logits are composed once from the blend: fewer channels to stitch, one
-    log-softmax per voxel instead of one per window. Where windows do not overlap this equals stitching
-    the task logits themselves; on their overlaps it averages logits before the softmax, as MONAI's
-    stitching of any network's logits does.
+    Two passes, each in the windows it was trained in:
+
+    * the frozen backbone's organ logits, in its own windows (:func:`organ_logits`): the organs, the
+      out-of-distribution signs and the liver are the backbone's, whatever the prompts learnt;
+    * the prompted model's tumour log-odds, in ``inferer``'s windows (the training patch size), over the
+      box around the liver (:func:`liver_box`) only: the task label keeps the liver's largest piece and the
+      tumour carved out of it, so nothing outside the box can be labelled. Elsewhere the log-odds are
+      :data:`~apps.slpt.model.prompts.TUMOUR_PRIOR` for every set (no tumour, no disagreement). The box is
+      about a tenth of an abdominal scan: this pass costs a fraction of the first.
+
+    ``region`` (a ``[*S]`` mask that holds the liver, e.g. TESLA's coarse one): the organ pass computes only
+    its windows that touch the region; inside it the logits, the box and so the answer are the same.
     """
     model.eval()
-    return model.compose(torch.as_tensor(inferer(inputs.to(model_device(model)), model.window_outputs)))
+    x = inputs.to(model_device(model))
+    organ = organ_logits(model.organ_network, x, _only(model.organ_inferer, region), model.precision)
+    margin = liver_margin(organ, model.organ_channel)
+    liver = margin[0] > 0
+    if region is not None:
+        liver &= torch.as_tensor(np.asarray(region, dtype=bool), device=liver.device)
+    tau = torch.full((1, model.num_prompts, *x.shape[2:]), TUMOUR_PRIOR, device=x.device)
+    box = liver_box(liver)
+    if box is not None:
+        tau[(..., *box)] = torch.as_tensor(inferer(x[(..., *box)], model.tumour_log_odds)).float()
+    return task_logits(margin, tau), organ
+
+
+def liver_box(liver: torch.Tensor, margin: int = LIVER_BOX_MARGIN) -> tuple[slice, ...] | None:
+    """``[1, *S]`` liver mask -> the slices of its largest connected piece's bounding box, ``margin`` voxels
+    wider on every side (within the scan), or ``None`` without a liver."""
+    if not liver.any():
+        return None
+    largest = get_largest_connected_component_mask(liver)
+    start, end = generate_spatial_bounding_box(largest, margin=margin, allow_smaller=True)
+    return tuple(slice(a, b) for a, b in zip(start, end))
+
+
+def _only(inferer: Inferer, region) -> Inferer:
+    """``inferer`` restricted to the windows that touch ``region`` (when it slides windows and a region is given)."""
+    if region is None or not isinstance(inferer, SlidingWindowInferer):
+        return inferer
+    return OrganWindows(inferer, torch.as_tensor(np.asarray(region, dtype=bool)))
 
 
 def predict(model: PromptedSegmenter, image: torch.Tensor, inferer: Inferer) -> tuple[torch.Tensor, torch.Tensor]:
-    """``image [1, *S]`` -> ``(ensemble probabilities [C, *S], PU map [*S])``."""
+    """``image [1, *S]`` -> ``(ensemble probabilities [C, *S], PU map [*S])``, as ``/infer/slpt`` computes them."""
     logits, _ = stitched_logits(model, image[None], inferer)
     probs, pu = ensemble(logits, model.num_prompts)
     return probs[0].cpu(), pu[0].cpu()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 from monai.transforms import Activationsd, AsDiscreted, CastToTyped, Compose, Invertd, LoadImaged, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from apps.slpt.inference import sliding_window
+from apps.slpt.inference import organ_logits, sliding_window
 from apps.slpt.model.backbone import Backbone
-from apps.slpt.model.precision import autocast
 from apps.slpt.ood import LayoutLimits, OutOfDistributiond
 
 
@@ -40,10 +40,11 @@ class BackboneSegmentation(BasicInferTask):
         return sliding_window(self.roi_size, self.overlap, self.sw_batch_voxels)
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
-        """MONAI Label's own pass, at the app's precision (``slpt_precision``), as ``/infer/slpt`` runs."""
-        with autocast(self.precision, device):
-            data = super().run_inferer(data, convert_to_batch, device)
-        data[self.output_label_key] = data[self.output_label_key].float()
+        """The organ logits at the app's precision (``slpt_precision``), computed as the organ evidence of
+        ``/infer/slpt`` is (:func:`~apps.slpt.inference.organ_logits`): both serve the same organs."""
+        image = torch.as_tensor(data[self.input_key])[None].to(device)
+        data[self.output_label_key] = organ_logits(self._get_network(device, data), image, self.inferer(data),
+                                                   self.precision)[0]
         return data
 
     def post_transforms(self, data=None):

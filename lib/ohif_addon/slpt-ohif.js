@@ -3,14 +3,20 @@
  *
  * That build's MONAI Label panel can connect, fetch Next Sample and run a model, but it has no Save Label
  * button, no brush, and it throws away TESLA's reason for the suggestion. This script adds a small
- * "SLPT" box on top of the panel with exactly those three things. It uses only what the build exposes
- * on window (services, cornerstoneTools) and the app's own REST API on the same origin.
+ * "SLPT" box on top of the panel with exactly those three things, and says there why a model left a scan
+ * unsegmented when the app found it is not an abdominal CT (the panel would draw an empty overlay and call
+ * it a success). It uses only what the build exposes on window (services, cornerstoneTools) and the app's
+ * own REST API on the same origin.
  */
 (function () {
   'use strict';
 
   const SEGMENTATION_ID = '1'; // the one labelmap the MONAI Label panel creates and fills
   const SUGGESTION_KEY = 'slpt.suggestion';
+  // The app's /infer answer carries its out-of-distribution verdict here (lib/ohif.py): the panel asks for
+  // the label alone (output=image), so the result params are not in the body.
+  const OOD_HEADER = 'X-SLPT-Out-Of-Distribution';
+  let flagged = null; // {study, model, reasons} of the last /infer answer that was flagged, else null
   // Same colours as the DICOM SEG the app writes (lib/dicomweb_datastore.py SEGMENT_COLORS).
   const COLORS = { liver: [221, 130, 101, 255], tumor: [144, 238, 144, 255] };
 
@@ -36,6 +42,11 @@
   const send = XMLHttpRequest.prototype.send;
   XMLHttpRequest.prototype.send = function () {
     if (this.slptUrl && this.slptUrl.indexOf('/infer/') >= 0) {
+      // The panel uses axios, i.e. XMLHttpRequest, so this sees its /infer answers (fetch is not used).
+      const model = decodeURIComponent((this.slptUrl.match(/\/infer\/([^/?]+)/) || [])[1] || '');
+      this.addEventListener('load', () => {
+        if (this.status === 200) onInferAnswer(model, this.getResponseHeader(OOD_HEADER));
+      });
       // The panel colours segments from its own table; use the colours the saved SEG will carry.
       this.addEventListener('load', () => setTimeout(() => { try { colourSegments(); } catch (e) {} }, 500));
     }
@@ -54,6 +65,55 @@
     }
     return send.apply(this, arguments);
   };
+
+  // --- a flagged scan: why the overlay is empty ----------------------------------------------------------
+  /** Keeps the verdict of an /infer answer (a JSON header, absent where the app checks nothing) and tells. */
+  function onInferAnswer(model, header) {
+    let verdict = null;
+    try {
+      verdict = header ? JSON.parse(header) : null;
+    } catch (e) {
+      /* malformed: treat as no verdict rather than break the panel */
+    }
+    flagged = verdict && verdict.flagged
+      ? { study: currentStudy(), model: model, reasons: verdict.reasons || [] }
+      : null; // a later answer that was segmented clears an earlier warning
+    render();
+    if (flagged && window.services && window.services.uiNotificationService) {
+      // The panel itself will still say "Running Segmentation - Successful"; this toast says what that means.
+      window.services.uiNotificationService.show({
+        title: 'SLPT - ' + model + ': scan not segmented',
+        message: oodText() + ' ' + flagged.reasons.join('; '),
+        type: 'warning',
+        duration: 15000,
+      });
+    }
+  }
+
+  function oodText() {
+    return 'Not segmented: this scan does not look like an abdominal CT, so ' + flagged.model +
+      ' returned an empty label.';
+  }
+
+  /** The warning in the box, while the flagged scan's study is open; hidden otherwise. */
+  function renderOod() {
+    const el = box.querySelector('#slpt-ood-reason');
+    box.dataset.study = currentStudy() || '';
+    const shown = !!flagged && flagged.study === currentStudy();
+    el.hidden = !shown;
+    el.textContent = '';
+    if (!shown) return;
+    const head = document.createElement('div');
+    head.textContent = oodText();
+    const list = document.createElement('ul');
+    list.setAttribute('style', 'margin:2px 0 0 14px;padding:0');
+    for (const reason of flagged.reasons) {
+      const item = document.createElement('li');
+      item.textContent = reason; // text, not HTML: the reasons come from the server
+      list.appendChild(item);
+    }
+    el.append(head, list);
+  }
 
   function currentStudy() {
     return new URLSearchParams(location.search).get('StudyInstanceUIDs');
@@ -85,6 +145,8 @@
   box.innerHTML =
     '<div style="font-weight:bold;color:#5acce6">SLPT</div>' +
     '<div id="slpt-reason" style="margin:4px 0"></div>' +
+    '<div id="slpt-ood-reason" class="slpt-ood-reason" role="alert" hidden style="margin:4px 0;padding:4px;' +
+      'border:1px solid #e0a030;background:#3a2a05;color:#ffd27a"></div>' +
     '<div>Brush: <button id="slpt-brush-liver">Liver</button> <button id="slpt-brush-tumor">Tumour</button>' +
     ' <button id="slpt-brush-erase">Eraser</button> <button id="slpt-brush-off">Off</button></div>' +
     '<div style="margin-top:4px"><button id="slpt-save" style="font-weight:bold">Save label</button></div>' +
@@ -92,6 +154,7 @@
 
   function render() {
     box.querySelector('#slpt-reason').textContent = reasonText();
+    renderOod();
   }
 
   function status(text, ok) {
@@ -118,6 +181,8 @@
       render();
     } else if (!wanted && box.parentElement) {
       box.remove();
+    } else if (flagged && box.parentElement && box.dataset.study !== currentStudy()) {
+      renderOod(); // another study opened without a reload: its overlay is not the flagged one
     }
   }, 300);
 

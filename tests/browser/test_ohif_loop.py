@@ -7,10 +7,14 @@ The chain is real: Orthanc with two phantom CT series, the app on its DICOMweb (
 MONAI Label's bundled OHIF with SLPT's add-on, Debian's Chromium. Phantom A is labelled through the API
 and a tiny round trained first, because ``/infer/slpt`` needs a prompt checkpoint (409 before one).
 ``SLPT_OHIF_SCREENSHOTS=docs/ohif`` also writes the two screenshots the README shows.
+
+A second test puts a head (``phantoms/non_abdominal.py``) into the same PACS and runs a model on it from the
+panel: the SLPT box says why the overlay is empty, with the app's reasons.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -22,15 +26,18 @@ import numpy as np
 import pydicom
 import pydicom_seg
 import pytest
+import requests
 import SimpleITK
 from dicomweb_client import DICOMwebClient
 
-from phantoms.dicom import RAS_TO_LPS, to_lps_order
+from phantoms import non_abdominal
+from phantoms.dicom import RAS_TO_LPS, to_lps_order, write_ct_series
 from phantoms.io import image_id
 from phantoms.phantom import make_phantom
 from tests.app import helpers
 from tests.app.helpers import wait
 from tools.ohif_chain import start_chain, stop_chain
+from tools.orthanc import upload_series
 
 pytestmark = [pytest.mark.server, pytest.mark.orthanc, pytest.mark.browser]
 
@@ -40,6 +47,7 @@ SEEDS = {"A": 9, "B": 16}  # small phantoms; A (with metastases) labelled throug
 CONF = {"slpt_epochs": "1", "slpt_iterations_per_epoch": "1", "slpt_patch_size": "32", "slpt_min_round_size": "2",
         "slpt_train_after_labels": "1000"}
 SCREENSHOTS = os.environ.get("SLPT_OHIF_SCREENSHOTS")
+HEAD = "head_000"  # non_abdominal.head(0) as a CT series: the app flags it as not an abdominal CT
 
 
 @pytest.fixture(scope="module")
@@ -86,18 +94,26 @@ def read_seg(dicomweb: str, series_uid: str) -> np.ndarray:
     return np.transpose(SimpleITK.GetArrayFromImage(image), (2, 1, 0))
 
 
+def infer_responses(driver, model: str) -> list[dict]:
+    """Chromium's network log entries (``Network.responseReceived`` params) for ``POST /infer/<model>``."""
+    out = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        params = message.get("params", {})
+        if message["method"] == "Network.responseReceived" and f"/infer/{model}" in params["response"]["url"]:
+            out.append(params)
+    return out
+
+
 def infer_answer(driver, path: Path) -> np.ndarray | None:
     """The body of the browser's ``POST /infer/slpt`` (the NRRD OHIF drew), ``[X, Y, Z]``; ``None`` when
     Chromium no longer holds it."""
     import base64
-    import json
 
-    for entry in driver.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message["method"] == "Network.responseReceived" and "/infer/slpt" in message["params"]["response"]["url"]:
-            body = driver.execute_cdp_cmd("Network.getResponseBody", {"requestId": message["params"]["requestId"]})
-            path.write_bytes(base64.b64decode(body["body"]) if body["base64Encoded"] else body["body"].encode())
-            return np.transpose(SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(path))), (2, 1, 0))
+    for response in infer_responses(driver, "slpt"):
+        body = driver.execute_cdp_cmd("Network.getResponseBody", {"requestId": response["requestId"]})
+        path.write_bytes(base64.b64decode(body["body"]) if body["base64Encoded"] else body["body"].encode())
+        return np.transpose(SimpleITK.GetArrayFromImage(SimpleITK.ReadImage(str(path))), (2, 1, 0))
     return None
 
 
@@ -125,6 +141,21 @@ class Browser:
     def text(self, element_id):
         return self.d.find_element(self.By.ID, element_id).text
 
+    def study_list(self, patient_ids):
+        """OHIF's study list, once it shows every one of ``patient_ids`` (its MRN column)."""
+        self.d.get(self.url + "/ohif/")
+        mrns = lambda: {r.text.split("\n")[1] for r in self.css("tbody tr") if "\n" in r.text}  # noqa: E731
+        self.wait(lambda: set(patient_ids) <= mrns())
+        for hide in self.button("Confirm and Hide"):  # OHIF's "investigational use" banner
+            hide.click()
+
+    def open_in_monai_label(self, patient_id):
+        row = next(r for r in self.css("tbody tr") if patient_id in r.text)
+        row.find_elements(self.By.TAG_NAME, "td")[1].click()
+        self.click(self.wait(lambda: self.button("MONAI Label"))[0])
+        self.wait(lambda: "/ohif/monai-label" in self.d.current_url)
+        self.connect_panel()
+
     def connect_panel(self):
         refresh = self.wait(lambda: self.css(".monaiLabelPanel button.actionButton"))
         self.wait(lambda: self.d.execute_script(
@@ -136,7 +167,7 @@ class Browser:
     def where(self) -> str:
         """What a failed step shows: the page, and the SLPT box's reason and status."""
         try:
-            box = {i: [e.text for e in self.css(f"#{i}")] for i in ("slpt-reason", "slpt-status")}
+            box = {i: [e.text for e in self.css(f"#{i}")] for i in ("slpt-reason", "slpt-ood-reason", "slpt-status")}
             return f"at {self.d.current_url}; {box}"
         except Exception as e:  # e.g. a dialog still open
             return f"page unreadable: {type(e).__name__}"
@@ -172,18 +203,10 @@ def test_annotation_loop_in_ohif(chain, driver, tmp_path):
 
     ui = Browser(driver, server.url)
     with step("study list", log, ui):
-        driver.get(server.url + "/ohif/")
-        mrns = lambda: {r.text.split("\n")[1] for r in ui.css("tbody tr") if "\n" in r.text}
-        ui.wait(lambda: {image_id(s) for s in SEEDS.values()} <= mrns())
-        for hide in ui.button("Confirm and Hide"):  # OHIF's "investigational use" banner
-            hide.click()
+        ui.study_list([image_id(s) for s in SEEDS.values()])
 
     with step("open a study in the MONAI Label mode and connect the panel", log, ui):
-        row = next(r for r in ui.css("tbody tr") if image_id(SEEDS["A"]) in r.text)
-        row.find_elements(ui.By.TAG_NAME, "td")[1].click()
-        ui.click(ui.wait(lambda: ui.button("MONAI Label"))[0])
-        ui.wait(lambda: "/ohif/monai-label" in driver.current_url)
-        ui.connect_panel()
+        ui.open_in_monai_label(image_id(SEEDS["A"]))
 
     with step("Next Sample: TESLA suggests B, with its reason", log, ui):
         if not ui.button("Next Sample"):
@@ -262,4 +285,65 @@ def test_annotation_loop_in_ohif(chain, driver, tmp_path):
         stats = wait(trained_on(server, labelled=2), timeout=600, every=2)
         assert stats["labelled"] == 2 and stats["train_size"] + stats["val_size"] == 2, stats
 
+    print("step times (s):", log)
+
+
+def orthanc_delete_study(orthanc_url: str, study_uid: str) -> None:
+    """Remove a study from Orthanc (its REST API: DICOMweb has no delete)."""
+    for found in requests.post(f"{orthanc_url}/tools/lookup", data=study_uid, timeout=30).json():
+        if found["Type"] == "Study":
+            requests.delete(f"{orthanc_url}/studies/{found['ID']}", timeout=30).raise_for_status()
+
+
+def test_a_flagged_scan_says_why_in_ohif(chain, driver, tmp_path):
+    """A head through the PACS, as OHIF gets every scan: Run in the panel draws nothing, and the SLPT box
+    and a toast say that the scan was not segmented because it does not look like an abdominal CT, with the
+    reasons of the app's verdict (the ``/infer`` answer's header, read back from Chromium's network log).
+
+    It runs ``backbone``, which needs no prompt checkpoint (``slpt`` answers the same way, by the same check),
+    so it does not depend on the loop test. The head leaves the PACS afterwards."""
+    server, log = chain.server, []
+    counts = lambda: sum(server.get("/info/").json()["slpt"]["datastore"].values())  # noqa: E731
+    before = counts()
+    head = write_ct_series(*non_abdominal.head(0), tmp_path / "head", patient_id=HEAD,
+                           series_description="generated head (not an abdominal CT)")
+    try:
+        with step("a head into the PACS; the app lists it", log):
+            upload_series(chain.orthanc.dicomweb, [tmp_path / "head"])
+            wait(lambda: counts() == before + 1, timeout=60, every=1)  # the app's DICOMweb cache: 5 s
+
+        ui = Browser(driver, server.url)
+        with step("open the head in the MONAI Label mode and connect the panel", log, ui):
+            ui.study_list([HEAD])
+            ui.open_in_monai_label(HEAD)
+
+        with step("run backbone on it from the panel", log, ui):
+            from selenium.webdriver.support.ui import Select
+
+            run = ui.css("button[title='Run Segmentation']")[0]
+            models = run.find_element(ui.By.XPATH, "ancestor::div[contains(@class,'modelSelector')]//select")
+            Select(models).select_by_value("backbone")
+            ui.click(run)
+            ui.wait(lambda: "Running Segmentation - Successful" in driver.page_source
+                    or "Failed" in driver.page_source, timeout=300)
+            assert "Running Segmentation - Successful" in driver.page_source  # an empty label, to the panel
+            ui.wait(lambda: any(e.is_displayed() and e.text for e in ui.css("#slpt-ood-reason")), timeout=10)
+
+        with step("the box and a toast say why, with the app's reasons; the overlay is empty", log, ui):
+            answers = infer_responses(driver, "backbone")
+            assert len(answers) == 1, answers
+            headers = {k.lower(): v for k, v in answers[0]["response"]["headers"].items()}
+            verdict = json.loads(headers["x-slpt-out-of-distribution"])
+            assert verdict["flagged"] and verdict["reasons"], verdict
+            shown = driver.find_element(ui.By.CSS_SELECTOR, "#slpt-ood-reason.slpt-ood-reason")
+            assert "does not look like an abdominal CT" in shown.text, shown.text
+            items = [li.text for li in shown.find_elements(ui.By.TAG_NAME, "li")]
+            assert items == verdict["reasons"], (items, verdict)
+            ui.wait(lambda: "scan not segmented" in driver.page_source, timeout=10)  # OHIF's toast
+            painted = driver.execute_script(
+                "return window.services.segmentationService.getLabelmapVolume('1')"
+                ".voxelManager.getCompleteScalarDataArray().some(v => v !== 0)")
+            assert painted is False
+    finally:
+        orthanc_delete_study(chain.orthanc.url, head["study_uid"])
     print("step times (s):", log)

@@ -7,7 +7,7 @@ import torch
 from monai.networks.nets import SegResNet
 
 from apps.slpt.active.uncertainty import dropout_enabled, ensemble
-from apps.slpt.model.prompts import FeatureAwarePromptUpdater, PromptedSegmenter, count_parameters
+from apps.slpt.model.prompts import FeatureAwarePromptUpdater, PromptedSegmenter, count_parameters, liver_margin
 from benchmarks.ablations import EnsembleMean, PlainPromptUpdater, reinitialise, without_fpu
 
 
@@ -29,19 +29,22 @@ def test_plain_prompts_have_no_feature_aware_updater_and_start_as_a_no_op():
     model = without_fpu(slpt(net))
     assert not any(isinstance(m, FeatureAwarePromptUpdater) for m in model.modules())
     assert sum(isinstance(m, PlainPromptUpdater) for m in model.modules()) == len(model.stages)
-    torch.testing.assert_close(model.backbone_output(x), frozen, rtol=0, atol=1e-5)
+    untrained = model.tumour_log_odds(x)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "to_feature" in name:
                 p.normal_(0, 0.1)
-    assert not torch.allclose(model.backbone_output(x), frozen, atol=1e-3)  # the prompts do reach the features
+            if "head.out.weight" in name:
+                p.normal_(0, 0.1)  # so that the features reach the tumour log-odds
+    torch.testing.assert_close(model.organ_network(x), frozen, rtol=0, atol=0)  # the organ stays the backbone's
+    assert not torch.allclose(model.tumour_log_odds(x), untrained, atol=1e-3)  # the prompts do reach the features
 
 
 def test_plain_prompts_train_fewer_parameters_than_slpt_and_never_the_backbone():
     model = without_fpu(slpt(segresnet()))
     assert count_parameters(model)[0] < count_parameters(slpt(segresnet()))[0]
     assert not any(p.requires_grad for p in model.backbone.parameters())
-    assert model(torch.randn(1, 1, 32, 32, 32)).shape == (1, 9, 32, 32, 32)
+    assert model(torch.randn(1, 1, 32, 32, 32), torch.zeros(1, 1, 32, 32, 32)).shape == (1, 9, 32, 32, 32)
 
 
 def test_reinitialise_draws_new_seeded_weights_and_leaves_the_original_alone():
@@ -61,7 +64,8 @@ def test_ensemble_mean_softmax_is_the_prompt_ensemble_and_mc_dropout_reaches_the
     x = torch.randn(1, 1, 32, 32, 32)
     wrapped = EnsembleMean(model).eval()
     with torch.no_grad():
-        torch.testing.assert_close(wrapped(x).softmax(1), ensemble(model(x), k)[0], rtol=0, atol=1e-5)
+        margin = liver_margin(model.organ_network(x), model.organ_channel)
+        torch.testing.assert_close(wrapped(x).softmax(1), ensemble(model(x, margin), k)[0], rtol=0, atol=1e-5)
         with dropout_enabled(wrapped):
             torch.manual_seed(0)
             first = wrapped(x)

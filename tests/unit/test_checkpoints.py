@@ -41,9 +41,9 @@ def test_save_reload_reproduces_outputs_and_holds_only_trained_tensors(tmp_path)
     fresh = tiny_model(seed=1)
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
-        assert not torch.allclose(fresh(x), model(x))
+        assert not torch.allclose(fresh.tumour_log_odds(x), model.tumour_log_odds(x))
         load_into(fresh, payload, IDENTITY)
-        torch.testing.assert_close(fresh(x), model(x))
+        torch.testing.assert_close(fresh.tumour_log_odds(x), model.tumour_log_odds(x))
 
 
 def test_checkpoint_for_another_backbone_is_refused(tmp_path):
@@ -65,7 +65,17 @@ def test_a_checkpoint_of_the_first_design_is_refused_with_what_to_do(tmp_path):
     store.save(tiny_model().trainable_state_dict(), {"backbone": IDENTITY})
     payload = torch.load(store.path(1), weights_only=True)
     torch.save({**payload, "format_version": 1}, store.path(1))  # as SLPT v1 wrote them
-    with pytest.raises(CheckpointError, match=r"holds SLPT v1 .* serves SLPT v2: train a new version"):
+    with pytest.raises(CheckpointError, match=r"holds SLPT v1 .* serves SLPT v2 on the frozen backbone's organ: "
+                                              "train a new version"):
+        store.read(1)
+
+
+def test_a_checkpoint_trained_against_the_tuned_decoders_organ_is_refused(tmp_path):
+    store = PromptCheckpointStore(tmp_path)
+    store.save(tiny_model().trainable_state_dict(), {"backbone": IDENTITY})
+    payload = torch.load(store.path(1), weights_only=True)
+    torch.save({**payload, "format_version": 2}, store.path(1))  # as SLPT v2 wrote them before
+    with pytest.raises(CheckpointError, match=r"holds SLPT v2, but .* train a new version"):
         store.read(1)
 
 

@@ -15,11 +15,20 @@ from apps.slpt.model.prompts import (
     format_parameter_report,
     parameter_group,
     parameter_report,
+    TUMOUR_PRIOR,
+    liver_margin,
     split_prompts,
     task_logits,
 )
 
 LIVER = 1
+
+
+def run(model, x):
+    """``model``'s task logits on ``x``, against the frozen backbone's liver in the same window."""
+    with torch.no_grad():
+        margin = liver_margin(model.organ_network(x), model.organ_channel)
+    return model(x, margin)
 
 
 def segresnet(init_filters=8, out_channels=9):
@@ -43,7 +52,7 @@ def _train(model, steps=3, size=32):
     torch.manual_seed(1)
     for _ in range(steps):
         x = torch.randn(2, 1, size, size, size)
-        logits = split_prompts(model(x), model.num_prompts)
+        logits = split_prompts(run(model, x), model.num_prompts)
         # Push the sets apart and towards tumour, so that every group gets a gradient.
         loss = -logits[..., 2, :, :, :].mean() - sum(logits[k].std() for k in range(model.num_prompts))
         optimizer.zero_grad()
@@ -53,23 +62,22 @@ def _train(model, steps=3, size=32):
 
 
 @pytest.mark.parametrize("k", [1, 3])
-def test_untrained_added_parts_reproduce_the_frozen_backbone(k):
+def test_untrained_the_task_is_the_backbones_liver_without_tumour_and_training_moves_only_the_tumour(k):
     net = segresnet()
     x = torch.randn(2, 1, 32, 32, 32)
     with torch.no_grad():
         frozen = net(x)
     model = prompted(net, k=k)
-    organ_logits = model.backbone_output(x)
-    torch.testing.assert_close(organ_logits, frozen, rtol=0, atol=1e-5)
     with torch.no_grad():
-        sets = split_prompts(model(x), k)
-    log_p = torch.log_softmax(frozen, 1)
-    for logits in sets:  # background and liver are the backbone's own; tumour starts below liver everywhere
-        torch.testing.assert_close(logits[:, 1], log_p[:, LIVER], rtol=0, atol=1e-5)
-        torch.testing.assert_close(logits[:, 0].exp(), 1 - log_p[:, LIVER].exp(), rtol=0, atol=1e-5)
-        assert (logits[:, 2] < logits[:, 1]).all()
+        tau = model.tumour_log_odds(x)
+        sets = split_prompts(run(model, x), k)
+    torch.testing.assert_close(tau, torch.full_like(tau, TUMOUR_PRIOR), rtol=0, atol=0)
+    for logits in sets:  # liver exactly where the backbone's argmax is liver, and no tumour anywhere
+        assert torch.equal(logits.argmax(1), (frozen.argmax(1) == LIVER).long())
     _train(model)  # sanity: the comparison above can fail
-    assert not torch.allclose(model.backbone_output(x), frozen, atol=1e-3)
+    with torch.no_grad():
+        assert not torch.allclose(model.tumour_log_odds(x), tau, atol=1e-3)
+        torch.testing.assert_close(model.organ_network(x), frozen, rtol=0, atol=0)  # what the backbone knows
 
 
 def test_training_changes_only_the_declared_groups_and_leaves_every_frozen_tensor_bit_identical():
@@ -91,7 +99,7 @@ def test_no_autograd_runs_through_frozen_stages_before_the_first_trainable_one(e
     seen = []
     for module in (model.backbone.convInit, *model.backbone.down_layers):
         module.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
-    model(torch.randn(1, 1, 16, 16, 16)).sum().backward()
+    model(torch.randn(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16)).sum().backward()
     assert seen == graph  # no graph, and so no backward pass, through the frozen prefix of the encoder
 
 
@@ -102,7 +110,7 @@ def test_the_k_sets_share_one_pass_and_part_only_at_the_prompted_stages():
         module = model.backbone.get_submodule(name)
         module.register_forward_hook(lambda m, i, o, name=name: sizes.__setitem__(name, o.shape[0]))
     with torch.no_grad():
-        out = model(torch.randn(2, 1, 32, 32, 32))
+        out = run(model, torch.randn(2, 1, 32, 32, 32))
     assert out.shape == (2, 9, 32, 32, 32)
     assert sizes == {"down_layers.0": 2, "up_layers.0": 2, "up_layers.1": 2, "up_layers.2": 2}
 
@@ -122,10 +130,14 @@ def test_a_backbone_that_is_not_a_segresnet_is_refused_with_its_name():
 
 
 def test_the_k_predictions_differ_after_training():
-    model = _train(prompted(k=3), steps=5)
+    model = prompted(k=3)
+    x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
-        sets = split_prompts(model(torch.randn(1, 1, 32, 32, 32)), 3).softmax(2)
-    assert (sets[0] - sets[1]).abs().max() > 1e-3 and (sets[1] - sets[2]).abs().max() > 1e-3
+        assert (model.tumour_log_odds(x).diff(dim=1) == 0).all()  # untrained, the sets agree exactly
+    _train(model, steps=5)
+    with torch.no_grad():
+        tau = model.tumour_log_odds(x)  # each set's tumour-vs-liver log-odds
+    assert (tau[:, 0] - tau[:, 1]).abs().max() > 1e-2 and (tau[:, 1] - tau[:, 2]).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize(
@@ -151,24 +163,27 @@ def test_bf16_and_fp32_predictions_agree():
     bf16.load_state_dict(fp32.state_dict())
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
-        p32, p16 = (split_prompts(m(x), 3).softmax(2) for m in (fp32, bf16))
+        p32, p16 = (split_prompts(run(m, x), 3).softmax(2) for m in (fp32, bf16))
     assert p16.dtype == torch.float32  # logits come back in fp32 whatever ran inside
     # bf16 keeps 8 bits of mantissa: probabilities agree to a few hundredths, labels almost everywhere.
     assert (p32 - p16).abs().max() < 0.05
     assert (p32.mean(0).argmax(1) == p16.mean(0).argmax(1)).float().mean() > 0.99
 
 
-def test_stitching_the_window_outputs_equals_stitching_the_task_logits_where_windows_do_not_overlap():
-    from apps.slpt.inference import sliding_window, stitched_logits
+def test_the_stitched_scan_composes_the_frozen_backbones_organ_with_the_tumour_in_the_liver_box():
+    from apps.slpt.inference import liver_box, sliding_window, stitched_logits
 
     model = _train(prompted())
     x = torch.randn(1, 1, 64, 64, 32)
     tiles = sliding_window((32, 32, 32), overlap=0.0, batch_voxels=2 * 32**3)
     with torch.no_grad():
         task, organ = stitched_logits(model, x, tiles)
-        torch.testing.assert_close(task, tiles(x, model), rtol=0, atol=1e-5)
-        torch.testing.assert_close(organ, tiles(x, model.backbone_output), rtol=0, atol=1e-5)
-        assert model.window_outputs(x[..., :32, :32, :]).shape[1] == 9 + 3  # out + K channels to stitch
+        torch.testing.assert_close(organ, model.backbone(x), rtol=0, atol=0)  # the whole input, as built here
+        margin = liver_margin(organ, LIVER)
+        box = (..., *liver_box(margin[0] > 0))
+        tau = torch.full((1, 3, *x.shape[2:]), TUMOUR_PRIOR)
+        tau[box] = tiles(x[box], model.tumour_log_odds)
+        torch.testing.assert_close(task, task_logits(margin, tau), rtol=0, atol=0)
 
 
 def test_the_pointwise_head_is_its_1x1x1_convs():
@@ -229,13 +244,13 @@ def test_low_rank_deltas_start_at_zero_and_fold_into_the_kernel():
     assert set(deltas.shift) == {"bias"} and tuple(deltas.lora_a["weight"].shape) == (2, 4 * 27)
 
 
-def test_task_logits_start_from_the_organ_and_make_tau_the_tumour_vs_liver_log_odds():
+def test_task_logits_give_the_organ_where_its_margin_is_positive_and_make_tau_the_tumour_vs_liver_log_odds():
     organ_logits = torch.randn(2, 5, 4, 4, 4)
     tau = torch.randn(2, 3, 4, 4, 4)
-    logits = task_logits(organ_logits, tau, organ_channel=2).view(2, 3, 3, 4, 4, 4)
-    p_organ = organ_logits.softmax(1)[:, 2][:, None].expand(-1, 3, -1, -1, -1)
-    torch.testing.assert_close(logits[:, :, 1].exp(), p_organ)
-    torch.testing.assert_close(logits[:, :, 0].exp(), 1 - p_organ)
+    margin = liver_margin(organ_logits, organ_channel=2)
+    logits = task_logits(margin, tau).view(2, 3, 3, 4, 4, 4)
+    organ = organ_logits.argmax(1)[:, None].expand(-1, 3, -1, -1, -1) == 2
+    assert torch.equal(logits[:, :, 1] > logits[:, :, 0], organ)
     probs = logits.softmax(2)
     torch.testing.assert_close(probs[:, :, 2] / probs[:, :, 1], tau.exp(), rtol=1e-4, atol=1e-4)
 

@@ -5,8 +5,10 @@ import pytest
 import torch
 from monai.networks.nets import SegResNet
 
-from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty, scoring_windows
-from apps.slpt.inference import sliding_window
+from monai.inferers import SlidingWindowInferer
+
+from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty
+from apps.slpt.inference import LIVER_BOX_MARGIN, sliding_window
 from apps.slpt.model.prompts import PromptedSegmenter
 
 
@@ -45,7 +47,7 @@ def disagreeing_model():
     model = PromptedSegmenter(tiny_net(), organ_channel=1, num_prompts=3)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "to_feature" in name:
+            if "to_feature" in name or "set_evidence_gain" in name:
                 p.normal_(0, 0.2)  # make the prompt sets disagree
     return model.eval()
 
@@ -58,7 +60,7 @@ def test_organ_windows_skip_windows_without_organ_and_keep_organ_voxels_exact(ba
     organ[50:60, 40:50, 30:40] = True  # the far corner: one window of the grid holds it
     windows = OrganWindows(inferer, organ)
     with torch.no_grad():
-        full, only_organ = inferer(image, model), windows(image, model)
+        full, only_organ = inferer(image, model.backbone), windows(image, model.backbone)
     total = windows.computed + windows.skipped
     assert windows.computed < total / 2
     assert windows.count(image) == (windows.computed, total)  # counted without a network
@@ -71,8 +73,8 @@ def test_organ_windows_skip_windows_without_organ_and_keep_organ_voxels_exact(ba
 def test_windows_run_together_give_what_they_give_one_at_a_time():
     model, image = disagreeing_model(), torch.rand(1, 1, 64, 56, 48)
     with torch.no_grad():
-        alone = sliding_window((32, 32, 32))(image, model)
-        together = sliding_window((32, 32, 32), batch_voxels=8 * 32**3)(image, model)
+        alone = sliding_window((32, 32, 32))(image, model.tumour_log_odds)
+        together = sliding_window((32, 32, 32), batch_voxels=8 * 32**3)(image, model.tumour_log_odds)
     torch.testing.assert_close(together, alone)  # GroupNorm never mixes the windows of a batch
 
 
@@ -81,13 +83,13 @@ def test_without_an_organ_every_window_is_computed():
     image = torch.rand(1, 1, 40, 40, 40)
     windows = OrganWindows(inferer, None)
     with torch.no_grad():
-        torch.testing.assert_close(windows(image, model), inferer(image, model))
+        torch.testing.assert_close(windows(image, model.backbone), inferer(image, model.backbone))
 
 
 def test_an_organ_mask_of_another_shape_is_refused():
     windows = OrganWindows(sliding_window((32, 32, 32)), np.ones((8, 8, 8), bool))
     with pytest.raises(ValueError, match="organ mask"):
-        windows(torch.rand(1, 1, 16, 16, 16), disagreeing_model())
+        windows(torch.rand(1, 1, 16, 16, 16), disagreeing_model().backbone)
 
 
 def test_prompt_uncertainty_in_the_organ_windows_is_a_non_negative_score():
@@ -97,17 +99,19 @@ def test_prompt_uncertainty_in_the_organ_windows_is_a_non_negative_score():
     assert prompt_uncertainty(disagreeing_model(), image, organ, sliding_window((32, 32, 32))) > 0.0
 
 
-def test_prompt_uncertainty_runs_the_network_only_on_the_windows_that_touch_the_organ():
+def test_prompt_uncertainty_looks_for_tumour_only_in_the_box_around_the_liver_inside_the_organ_mask():
     model, inferer = disagreeing_model(), sliding_window((32, 32, 32))
+    with torch.no_grad():
+        model.backbone.conv_final[2].conv.bias[1] = 100.0  # the backbone calls every voxel liver
     image = torch.rand(1, 64, 56, 48)
     organ = np.zeros(image.shape[1:], bool)
     organ[50:60, 40:50, 30:40] = True
-    passes = []
-    model.head.register_forward_pre_hook(lambda module, args: passes.append(args[0].shape[0]))  # once a pass
+    windows = []
+    model.head.register_forward_pre_hook(lambda module, args: windows.append(tuple(args[0].shape)))
     prompt_uncertainty(model, image, organ, inferer)
-    computed, total = OrganWindows(scoring_windows(inferer), organ).count(image[None])
-    assert sum(passes) == computed < total  # windows through the network
-    assert total < OrganWindows(inferer, organ).count(image[None])[1]  # scoring tiles, without overlap
+    # The 10-voxel cube, LIVER_BOX_MARGIN wider on each side (cut at the scan's edge), fits one window.
+    assert 10 + 2 * LIVER_BOX_MARGIN <= 32
+    assert [w[0] for w in windows] == [1] and windows[0][2:] == (32, 32, 32)
 
 
 def test_a_scan_needs_scoring_without_an_embedding_or_with_an_older_checkpoints_uncertainty():
@@ -128,12 +132,17 @@ def test_gathered_windows_fill_whole_batches_and_give_the_same_logits():
         for j in range(4):
             organ[16 * i + 5, 16 * j + 5, 5] = (i + j) % 2 == 0  # a checkerboard of the 4x4 windows
     batches = []
-    model.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    model.backbone.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
     with torch.no_grad():
-        one_batch_at_a_time = OrganWindows(scoring_windows(inferer, gather=1), organ, batch_size=2)(image, model)
+        one_batch_at_a_time = OrganWindows(gather(inferer, 1), organ, batch_size=2)(image, model.backbone)
         ragged = list(batches)
         batches.clear()
-        gathered = OrganWindows(scoring_windows(inferer, gather=8), organ, batch_size=2)(image, model)
+        gathered = OrganWindows(gather(inferer, 8), organ, batch_size=2)(image, model.backbone)
     torch.testing.assert_close(gathered, one_batch_at_a_time)
     assert sum(batches) == sum(ragged) and len(batches) < len(ragged)
     assert all(b == 2 for b in batches[:-1])
+
+
+def gather(inferer: SlidingWindowInferer, batches: int) -> SlidingWindowInferer:
+    """``inferer``'s windows without overlap, handed over ``batches`` batches at a time."""
+    return SlidingWindowInferer(roi_size=inferer.roi_size, sw_batch_size=inferer.sw_batch_size * batches, overlap=0.0)

@@ -51,9 +51,10 @@ def scorer(tmp_path, name, workers):
     cfg = SLPTConfig(model_dir=str(tmp_path / name), scoring_workers=workers, ood_check=False, precision="fp32")
     torch.manual_seed(1)
     model = build_model(backbone, cfg)
-    with torch.no_grad():  # a trained-looking head, so that the prompt sets disagree
+    with torch.no_grad():  # a trained-looking head and set evidence, so that the prompt sets disagree
         for p in model.head.parameters():
             p.add_(0.05 * torch.randn_like(p))
+        model.set_evidence_gain.normal_(0, 1.0)
     PromptCheckpointStore(cfg.model_dir).save(model.trainable_state_dict(),
                                               {"backbone": IDENTITY, "config": cfg.to_dict()})
     return TeslaScoring(backbone, cfg)

@@ -180,11 +180,23 @@ def test_validation_runs_every_interval_and_after_the_last_epoch():
 
 def test_patch_sampler_centres_on_tumour_as_often_as_asked():
     pairs = [tiny_pair(0)]
-    never = PatchSampler(pairs, 8, np.random.default_rng(0), tumour_ratio=0.0)
-    always = PatchSampler(pairs, 8, np.random.default_rng(0), tumour_ratio=1e6)
+    margins = [torch.zeros_like(pairs[0][0])]
+    never = PatchSampler(pairs, margins, 8, np.random.default_rng(0), tumour_ratio=0.0)
+    always = PatchSampler(pairs, margins, 8, np.random.default_rng(0), tumour_ratio=1e6)
     # An 8³ patch centred on the 6³ tumour holds tumour; one centred elsewhere mostly does not.
-    assert all((always(1)[1] == 2).any() for _ in range(10))
-    assert sum(bool((never(1)[1] == 2).any()) for _ in range(20)) < 10
+    assert all((always(1)[2] == 2).any() for _ in range(10))
+    assert sum(bool((never(1)[2] == 2).any()) for _ in range(20)) < 10
+
+
+def test_patches_carry_the_backbones_liver_margin_cut_where_the_image_and_label_are():
+    image, label = tiny_pair(0)
+    margin = torch.arange(image.numel(), dtype=torch.float32).view_as(image)  # each voxel tells where it is
+    x, m, y = PatchSampler([(image, label)], [margin], 8, np.random.default_rng(0))(4)
+    for xi, mi, yi in zip(x, m, y):
+        where = (margin[0] == mi[0, 0, 0, 0]).nonzero()[0]
+        cut = tuple(slice(int(w), int(w) + 8) for w in where)
+        assert torch.equal(mi[0], margin[0][cut]) and torch.equal(xi[0], image[0][cut])
+        assert torch.equal(yi[0], label[0][cut])
 
 
 def test_task_loss_weights_tumour_errors_more():

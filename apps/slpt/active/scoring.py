@@ -2,15 +2,14 @@
 
 Scoring is made cheaper than a full K-prompt pass in two ways:
 
-* the **embedding** and the organ mask come from one prompt-free backbone pass over the whole scan (no
+* the **embedding** and a coarse organ mask come from one prompt-free backbone pass over the whole scan (no
   sliding window), which never depends on the prompts;
-* the **prompt-based uncertainty** is computed by the K-prompt model only in the sliding windows that touch
-  the organ (:class:`OrganWindows`), on the very window grid that ``/infer/slpt`` uses. Lesions live in
-  the liver and ``uncertainty.scan_uncertainty`` only looks at the predicted liver and tumour, so the
-  skipped windows hold nothing it reads. Because the grid is the same, every organ voxel gets exactly the
-  logits a full pass would give it: the backbone's GroupNorm normalises each window over its own extent,
-  so a crop on another grid (a bounding-box crop, say) changes the predictions and
-  with them the ranking.
+* the **prompt-based uncertainty** comes from ``/infer/slpt``'s own computation
+  (:func:`~apps.slpt.inference.stitched_logits`) with the backbone's organ pass run only in its windows that
+  touch that mask (:class:`~apps.slpt.windows.OrganWindows`). Lesions live in the liver and
+  ``uncertainty.scan_uncertainty`` only looks at the predicted liver and tumour, so the skipped windows hold
+  nothing it reads: inside the mask the organ logits are exactly ``/infer/slpt``'s, and the tumour pass runs
+  on the box around the liver found there.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from apps.slpt.active.uncertainty import ensemble, scan_uncertainty
 from apps.slpt.inference import channel_argmax, stitched_logits, task_label
 from apps.slpt.model.precision import autocast
 from apps.slpt.model.prompts import model_device
+from apps.slpt.windows import OrganWindows  # noqa: F401 (the benchmarks' import)
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -93,82 +93,14 @@ def embed_scan(
     return torch.cat([mean_in, std_in, feature.flatten(1).mean(1)]).cpu().numpy(), organ
 
 
-class OrganWindows:
-    """Sliding-window inference that runs the network only on windows touching ``organ``.
-
-    MONAI's :class:`~monai.inferers.SlidingWindowInferer` cuts a ``condition`` tensor into the same windows
-    as the input; the organ mask rides along as that condition, and a window without organ voxels is
-    answered with zero logits instead of a forward pass. A voxel is covered only by windows that contain
-    it, so organ voxels are stitched from computed windows alone and equal the full pass exactly.
-
-    Args:
-        inferer: the sliding-window inferer whose grid is kept (the app's ``task_inferer``).
-        organ: boolean ``[*S]`` mask of the input's spatial size, or ``None`` to compute every window.
-        batch_size: windows per forward pass (default: ``inferer``'s ``sw_batch_size``). An inferer that
-            hands over several batches' worth at a time (:func:`scoring_windows`) lets the windows that
-            touch the organ fill whole batches, which run faster per window than ragged ones.
-    """
-
-    def __init__(self, inferer: SlidingWindowInferer, organ: np.ndarray | torch.Tensor | None,
-                 batch_size: int | None = None):
-        self.inferer = inferer
-        self.organ = None if organ is None else torch.as_tensor(np.asarray(organ, dtype=bool))
-        self.batch_size = batch_size or inferer.sw_batch_size
-        self.computed = self.skipped = 0
-
-    def __call__(self, inputs: torch.Tensor, network) -> torch.Tensor:
-        """``inputs [1, C, *S]`` -> the network's stitched output, computed in organ windows only."""
-        self.computed = self.skipped = 0
-        if self.organ is None:
-            return self.inferer(inputs, network)
-        if self.organ.shape != inputs.shape[2:]:
-            raise ValueError(f"organ mask {tuple(self.organ.shape)} does not match the input {tuple(inputs.shape[2:])}")
-        channels = None
-
-        def predictor(windows: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-            """``windows [N, C, *w]`` (the inferer's ``sw_batch_size`` of them): only those with organ voxels
-            run; the very first window always runs, since it tells the output's channels."""
-            nonlocal channels
-            touches = condition.flatten(1).any(1)
-            if channels is None:
-                touches[0] = True
-            self.computed += int(touches.sum())
-            self.skipped += int((~touches).sum())
-            rows = touches.nonzero()[:, 0]
-            computed = [network(windows[rows[i:i + self.batch_size]]) for i in range(0, len(rows), self.batch_size)]
-            if computed:
-                channels = computed[0].shape[1]
-            out = windows.new_zeros((windows.shape[0], channels, *windows.shape[2:]))
-            if computed:
-                out[rows] = torch.cat(computed).to(out.dtype)
-            return out
-
-        condition = self.organ.to(inputs.device, inputs.dtype).expand_as(inputs)  # MONAI wants the input's shape
-        return self.inferer(inputs, predictor, condition=condition)
-
-    def count(self, inputs: torch.Tensor) -> tuple[int, int]:
-        """``(computed, total)`` windows for ``inputs``, found without running a network."""
-        self(inputs, lambda window: window[:, :1] * 0)
-        return self.computed, self.computed + self.skipped
-
-
-def scoring_windows(inferer: SlidingWindowInferer, gather: int = 4) -> SlidingWindowInferer:
-    """``inferer``'s windows, tiling the scan without overlap, handed over ``gather`` batches at a time (for
-    :class:`OrganWindows` to fill whole batches). A scan's score needs each voxel seen once, in a window of
-    the size the model was trained on; overlap only blends the seams of a label map, and at 0.25 it runs
-    about twice as many windows."""
-    return SlidingWindowInferer(roi_size=inferer.roi_size, sw_batch_size=inferer.sw_batch_size * gather, overlap=0.0)
-
-
 @torch.no_grad()
 def prompt_uncertainty(
     model: nn.Module, image: torch.Tensor, organ: np.ndarray | None, inferer: SlidingWindowInferer,
     margin: int = 2, top_fraction: float = 0.01,
 ) -> float:
-    """Per-scan prompt-based uncertainty of ``image [1, *S]``, from the :func:`scoring_windows` of
-    ``inferer`` that touch ``organ [*S]``."""
-    windows = OrganWindows(scoring_windows(inferer), organ, batch_size=inferer.sw_batch_size)
-    logits, _ = stitched_logits(model, image[None], windows)
+    """Per-scan prompt-based uncertainty of ``image [1, *S]``, as ``/infer/slpt`` computes it in ``inferer``'s
+    windows, with the backbone's organ pass restricted to the windows that touch ``organ [*S]``."""
+    logits, _ = stitched_logits(model, image[None], inferer, region=organ)
     probs, pu = ensemble(logits, model.num_prompts)
     label = task_label(probs[0].cpu()).numpy()
     return scan_uncertainty(pu[0].cpu().numpy(), label, margin=margin, top_fraction=top_fraction)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from monai.inferers import SlidingWindowInferer
 
 from apps.slpt.config import SLPTConfig
-from apps.slpt.inference import checkpoint_inferer
+from apps.slpt.inference import checkpoint_inferer, organ_inferer
 from apps.slpt.model.backbone import Backbone
 from apps.slpt.model.checkpoints import PromptCheckpointStore, load_into
 from apps.slpt.model.prompts import PromptedSegmenter
@@ -39,6 +39,7 @@ def build_model(backbone: Backbone, cfg: SLPTConfig) -> PromptedSegmenter:
         head_channels=cfg.head_channels,
         head_kernel=cfg.head_kernel,
         precision=cfg.precision,
+        organ_inferer=organ_inferer(backbone.roi_size, cfg),
         seed=cfg.seed,
     )
 

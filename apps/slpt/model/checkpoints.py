@@ -34,8 +34,11 @@ from apps.slpt.model.prompts import is_backbone_key
 FORMAT = "slpt-prompts"
 # 2: the SLPT v2 design (prompts in the decoder, decoder deltas, organ-based tumour head). Version 1 files
 # hold v1's prompts on every backbone stage and its 3x3x3 head: nothing of them maps onto v2.
-FORMAT_VERSION = 2
-DESIGNS = {1: "SLPT v1 (prompts on every backbone stage, 3x3x3 task head)", 2: "SLPT v2"}
+# 3: the organ is the frozen backbone's own (no delta on its final conv) and each set's coarse evidence has a
+# gain that starts at zero. A version 2 file's tumour log-odds were learnt against the tuned decoder's organ.
+FORMAT_VERSION = 3
+DESIGNS = {1: "SLPT v1 (prompts on every backbone stage, 3x3x3 task head)", 2: "SLPT v2",
+           3: "SLPT v2 on the frozen backbone's organ"}
 _NAME = re.compile(r"^prompts_v(\d{4,})\.pt$")
 
 

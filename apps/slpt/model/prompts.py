@@ -18,26 +18,31 @@ One pass over ``x [B, 1, *S]``:
 3. After the last prompted stage each set reads its own **tumour evidence** at that (coarse) resolution,
    and the ``K`` features are averaged: the fine stages run **once**, so the sets share the costly
    full-resolution work (the K sets cost about what one coarse decoder stage costs, per extra set).
-4. **Decoder deltas** (:mod:`apps.slpt.model.deltas`): every decoder module (up-sampling, stages, final
-   conv) runs with zero-initialised shifts of its norms and biases and low-rank updates of its kernels.
-5. **Task logits from the organ the backbone knows.** The backbone's own final conv gives organ
-   log-probabilities; background is ``log(1 - p_liver)`` and liver ``log p_liver``, exactly. Tumour is
-   ``log p_liver + tau_k``, where ``tau_k`` (tumour-vs-healthy-liver log-odds) is a small 1x1x1 head on
-   the decoder's output, the first encoder stage's feature (which still carries the faint lesion
-   contrast) and the image, plus set ``k``'s coarse evidence. It starts at :data:`TUMOUR_PRIOR`, so only
-   tumour has to be learnt; liver and background start as the backbone's own.
+4. **Decoder deltas** (:mod:`apps.slpt.model.deltas`): every decoder module (up-sampling and stages) runs with zero-initialised shifts of its norms and biases and low-rank updates of its kernels.
+5. **Task logits from the organ the backbone knows.** The organ evidence is the frozen backbone's own,
+   computed by the caller in the backbone's own windows (:func:`apps.slpt.inference.organ_logits`), never
+   by this prompted pass: the liver margin ``m`` (the liver's logit minus the strongest other class's) gives
+   background ``0`` and liver ``m``, so liver wins exactly where the backbone labels liver. Tumour is
+   ``m + tau_k``, where ``tau_k`` (tumour-vs-healthy-liver log-odds) is a small 1x1x1 head on the decoder's
+   output, the first encoder stage's feature (which still carries the faint lesion contrast) and the image,
+   plus set ``k``'s coarse evidence. It starts at :data:`TUMOUR_PRIOR`, so only tumour has to be learnt.
 
-With nothing trained, the organ logits are the frozen backbone's, bit for bit. The backbone module is
-never edited (its state-dict keys and tensors stay as loaded); checkpoints hold only what is trained.
+The prompts, updaters and deltas only shape ``tau``: what the backbone knows (its organs, which the
+out-of-distribution check and TESLA's liver masks read) is served unchanged, however long the training, and
+untrained the label is the backbone's liver with no tumour. The backbone module is never edited (its
+state-dict keys and tensors stay as loaded); checkpoints hold only what is trained.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from monai.inferers import Inferer, SimpleInferer
 
 from apps.slpt.model.deltas import ParameterDeltas
 from apps.slpt.model.kernels import pointwise, upsample_trilinear
@@ -121,6 +126,9 @@ class PromptedSegmenter(nn.Module):
         head_kernel: kernel size of the tumour head's first conv (1 or 3).
         precision: ``auto``, ``bf16`` or ``fp32``: whether the pass runs under bf16 autocast
             (:mod:`apps.slpt.model.precision`); task logits are always returned in fp32.
+        organ_inferer: how the frozen backbone's organ logits of a scan are computed: in the windows its
+            bundle was trained and is served in (``/infer/backbone``'s), since GroupNorm statistics of
+            smaller windows cost it the organ. ``None``: the whole input at once (small inputs, tests).
         seed: initialises the prompt sets and low-rank factors differently but reproducibly.
     """
 
@@ -139,6 +147,7 @@ class PromptedSegmenter(nn.Module):
         head_channels: int = 16,
         head_kernel: int = 1,
         precision: str = "fp32",
+        organ_inferer: Inferer | None = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -150,6 +159,10 @@ class PromptedSegmenter(nn.Module):
             raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
         self.backbone = backbone
         freeze(self.backbone)
+        # Where the organ evidence comes from when the tumour pathway trains the backbone itself (full
+        # fine-tuning, :func:`keep_organ_evidence_frozen`); ``None``: the frozen ``backbone``.
+        self.organ_backbone: nn.Module | None = None
+        self.organ_inferer = organ_inferer or SimpleInferer()
         self.num_prompts = num_prompts
         self.organ_channel = organ_channel
         uses_bf16(precision, "cpu")  # validates the name
@@ -173,13 +186,15 @@ class PromptedSegmenter(nn.Module):
             for i in self.prompted
         })
         # Each set's own tumour evidence, read where the sets part (after the last prompted stage): 1x1x1
-        # weights, then a zero bias. The weights are drawn per set (as nn.Linear draws them): from equal
-        # weights the sets would get equal gradients and stay one prediction.
-        self.set_evidence = None
+        # weights and a bias, scaled by a per-set gain. The weights are drawn per set (as nn.Linear draws
+        # them): from equal weights the sets would get equal gradients and stay one prediction. The gain
+        # starts at zero (LoRA's B), so an untrained model adds no evidence and predicts no tumour.
+        self.set_evidence = self.set_evidence_gain = None
         if self.prompted:
             c = channels[self.prompted[-1]]
             weights = (torch.rand(num_prompts, c, generator=generator) * 2 - 1) / c**0.5
             self.set_evidence = nn.Parameter(torch.cat([weights, torch.zeros(num_prompts, 1)], dim=1))
+            self.set_evidence_gain = nn.Parameter(torch.zeros(num_prompts))
         self.deltas = nn.ModuleDict()
         if decoder_rank or decoder_shifts:
             tuned = {**{f"down_layers.{i}": backbone.down_layers[i] for i in range(encoder_stages)},
@@ -190,38 +205,27 @@ class PromptedSegmenter(nn.Module):
                                head_kernel)
 
     # -- forward -------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, 1, *S]`` -> task logits of every prompt set, ``[B, K * 3, *S]``.
+    def forward(self, x: torch.Tensor, liver_margin: torch.Tensor) -> torch.Tensor:
+        """``x [B, 1, *S]`` and the frozen backbone's liver margin there (:func:`liver_margin`, ``[B, 1, *S]``)
+        -> task logits of every prompt set, ``[B, K * 3, *S]``.
 
         The ``K`` predictions sit side by side on the channel axis so that MONAI's sliding-window
         inferer (which stitches ``[B, C, *S]``) handles them unchanged; :func:`split_prompts` undoes it.
         """
-        return self.logits(x)[0]
+        return task_logits(liver_margin, self.tumour_log_odds(x))
 
-    def logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x [B, 1, *S]`` -> ``(task logits [B, K * 3, *S], organ logits [B, out, *S])``, the latter the
-        backbone's own output classes as the tuned decoder now gives them."""
-        return self.compose(self.window_outputs(x))
-
-    def window_outputs(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [B, 1, *S]`` -> ``[B, out + K, *S]`` fp32: the organ logits, then each set's tumour log-odds.
-
-        This is what sliding windows should stitch: ``K + out`` channels instead of ``3K + out``, and
-        :meth:`compose` (a log-softmax per voxel) then runs once over the scan instead of once per window.
-        """
+    def tumour_log_odds(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, 1, *S]`` -> each set's tumour-vs-healthy-liver log-odds ``[B, K, *S]``, fp32: all that the
+        trained parts decide, and what sliding windows stitch."""
         with autocast(self.precision, x.device):
-            organ_logits, tau = self._outputs(x)
-        out = organ_logits.new_empty((x.shape[0], organ_logits.shape[1] + tau.shape[1], *x.shape[2:]),
-                                     dtype=torch.float32)
-        out[:, :organ_logits.shape[1]], out[:, organ_logits.shape[1]:] = organ_logits, tau  # one fp32 buffer
-        return out
+            return self._tumour_log_odds(x).float()
 
-    def compose(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`window_outputs` (of a window or a stitched scan) -> ``(task logits, organ logits)``."""
-        organ_logits, tau = outputs[:, :-self.num_prompts], outputs[:, -self.num_prompts:]
-        return task_logits(organ_logits, tau, self.organ_channel), organ_logits
+    @property
+    def organ_network(self) -> nn.Module:
+        """The frozen, pre-trained network whose organ logits the task composes (:func:`organ_logits`)."""
+        return self.organ_backbone if self.organ_backbone is not None else self.backbone
 
-    def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tumour_log_odds(self, x: torch.Tensor) -> torch.Tensor:
         net, k, b = self.backbone, self.num_prompts, x.shape[0]
         skips = self._encode(x)
         h = skips.pop()
@@ -239,11 +243,10 @@ class PromptedSegmenter(nn.Module):
                 if i == self.prompted[-1]:
                     evidence = self._set_evidence(h, b)
                     h = h.view(k, b, *h.shape[1:]).mean(0)  # the finer stages run once, for all sets
-        organ_logits = self._run("conv_final", net.conv_final, h)
         tau = self.head(h, skips[-1], x)
         if evidence is not None:
             tau = tau + upsample_trilinear(evidence.float(), x.shape[2:])
-        return organ_logits, tau
+        return tau
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """SegResNet's ``encode``, stage by stage (each through its deltas, if it has any); no autograd up to
@@ -279,12 +282,8 @@ class PromptedSegmenter(nn.Module):
         k = self.num_prompts
         w, bias = self.set_evidence[:, :-1], self.set_evidence[:, -1]
         per_set = torch.einsum("kbc...,kc->bk...", h.view(k, b, *h.shape[1:]), w.to(h.dtype))
-        return per_set + bias.to(per_set.dtype).view(1, k, *(1,) * (h.dim() - 2))
-
-    @torch.no_grad()
-    def backbone_output(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone's own output classes, through the prompted, shifted decoder."""
-        return self.logits(x)[1]
+        per_set = per_set + bias.to(per_set.dtype).view(1, k, *(1,) * (h.dim() - 2))
+        return per_set * self.set_evidence_gain.to(per_set.dtype).view(1, k, *(1,) * (h.dim() - 2))
 
     # -- checkpoint state ----------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -295,23 +294,38 @@ class PromptedSegmenter(nn.Module):
         """Train mode for the added parts; a frozen backbone always stays in eval mode (its dropout off)."""
         super().train(mode)
         self.backbone.train(mode and _any_trainable(self.backbone))
+        if self.organ_backbone is not None:
+            self.organ_backbone.eval()
         return self
 
 
-def task_logits(organ_logits: torch.Tensor, tumour_log_odds: torch.Tensor, organ_channel: int) -> torch.Tensor:
-    """Backbone organ logits ``[B, out, *S]`` and tumour log-odds ``[B, K, *S]`` -> ``[B, K * 3, *S]``.
+def liver_margin(organ_logits: torch.Tensor, organ_channel: int) -> torch.Tensor:
+    """Backbone organ logits ``[B, out, *S]`` -> ``[B, 1, *S]`` fp32: the organ's logit minus the strongest other
+    class's. Positive exactly where the backbone's argmax is the organ."""
+    logits = organ_logits.float()
+    others = torch.cat([logits[:, :organ_channel], logits[:, organ_channel + 1:]], dim=1)
+    return logits[:, organ_channel:organ_channel + 1] - others.amax(dim=1, keepdim=True)
 
-    Background is ``log(1 - p_organ)`` and liver ``log p_organ`` (exactly, from the log-softmax); tumour is
-    ``log p_organ + tau``: a softmax over the three gives tumour ``p e^tau / (1 + p e^tau)``, so tumour
-    is always carved out of the organ, and ``tau > 0`` is where it wins over healthy liver.
+
+def task_logits(liver_margin: torch.Tensor, tumour_log_odds: torch.Tensor) -> torch.Tensor:
+    """The backbone's liver margin ``[B, 1, *S]`` and tumour log-odds ``[B, K, *S]`` -> ``[B, K * 3, *S]``.
+
+    Background ``0``, liver ``m`` and tumour ``m + tau``: liver or tumour wins exactly where the backbone
+    labels the organ (``m > 0``), so the organ is the backbone's; a softmax over the three gives
+    tumour-to-liver odds ``e^tau``, so tumour is always carved out of the organ, and ``tau > 0`` is where
+    it wins over healthy liver.
     """
-    log_p = F.log_softmax(organ_logits.float(), dim=1)
-    organ = log_p[:, organ_channel:organ_channel + 1]
-    others = torch.cat([log_p[:, :organ_channel], log_p[:, organ_channel + 1:]], dim=1)
-    background = torch.logsumexp(others, dim=1, keepdim=True)
-    tumour = organ + tumour_log_odds.float()
-    return torch.cat([torch.cat([background, organ, tumour[:, j:j + 1]], dim=1)
-                      for j in range(tumour.shape[1])], dim=1)
+    m, tau = liver_margin.float(), tumour_log_odds.float()
+    background = torch.zeros_like(m)
+    return torch.cat([torch.cat([background, m, m + tau[:, j:j + 1]], dim=1) for j in range(tau.shape[1])], dim=1)
+
+
+def keep_organ_evidence_frozen(model: PromptedSegmenter) -> PromptedSegmenter:
+    """Before training ``model.backbone`` itself (full fine-tuning): a frozen copy keeps giving the organ
+    evidence, so the organ stays the pre-trained one's, as for every other tuning method."""
+    model.organ_backbone = copy.deepcopy(model.backbone)
+    freeze(model.organ_backbone)
+    return model
 
 
 def prompted_stage_indices(stages: Sequence[str], n_up: int) -> tuple[int, ...]:
@@ -328,12 +342,12 @@ def prompted_stage_indices(stages: Sequence[str], n_up: int) -> tuple[int, ...]:
 
 
 def decoder_modules(network: nn.Module) -> dict[str, nn.Module]:
-    """The decoder's modules in forward order: up-sampling, stage, ..., final conv."""
+    """The decoder's modules that the tumour evidence passes through, in forward order: up-sampling, stage,
+    ... (the final conv gives the organ logits, which are the frozen backbone's own)."""
     modules = {}
     for i in range(len(network.up_layers)):
         modules[f"up_samples.{i}"] = network.up_samples[i]
         modules[f"up_layers.{i}"] = network.up_layers[i]
-    modules["conv_final"] = network.conv_final
     return modules
 
 
@@ -376,7 +390,7 @@ def split_prompts(logits: torch.Tensor, num_prompts: int) -> torch.Tensor:
 def is_backbone_key(key: str) -> bool:
     """Whether a state-dict key of a prompted model belongs to the frozen backbone (the wrapper holds it as
     ``backbone``): such tensors are never trained and never written to a prompt checkpoint."""
-    return key.startswith("backbone.")
+    return key.startswith(("backbone.", "organ_backbone."))
 
 
 def freeze(module: nn.Module) -> None:

@@ -77,9 +77,9 @@ class GlobalBatch(nn.Module):
         self.model, self.batch_size = model, batch_size
         self.num_prompts = model.num_prompts
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [per_rank, 1, *P]`` -> ``[B, K * C, *P]``."""
-        live = self.model(x)
+    def forward(self, x: torch.Tensor, liver_margin: torch.Tensor) -> torch.Tensor:
+        """``x``, ``liver_margin`` ``[per_rank, 1, *P]`` -> ``[B, K * C, *P]``."""
+        live = self.model(x, liver_margin)
         rank, size = world()
         parts = [torch.empty_like(live, dtype=torch.float32) for _ in range(size)]
         dist.all_gather(parts, live.detach().float().contiguous())  # float: not every backend gathers bf16

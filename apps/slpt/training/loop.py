@@ -25,6 +25,7 @@ from apps.slpt import labels
 from apps.slpt.active.uncertainty import mutual_information, prompt_probabilities
 from apps.slpt.config import SLPTConfig
 from apps.slpt.evaluation import evaluate
+from apps.slpt.inference import backbone_liver_margin
 from apps.slpt.labels import NUM_CLASSES
 from apps.slpt.model.checkpoints import atomic_write_bytes
 from apps.slpt.model.prompts import (
@@ -38,6 +39,7 @@ from apps.slpt.training import distributed
 from apps.slpt.training.splits import split_scans, update_split
 
 Pair = tuple[torch.Tensor, torch.Tensor]  # ([1, *S] image, [1, *S] long label), backbone space
+_PADDED_MARGIN = 20.0  # padding outside a small scan is background, surely: liver margin -20
 
 
 def dvpt_loss(
@@ -79,15 +81,24 @@ def task_loss(cfg: SLPTConfig) -> DiceCELoss:
 
 
 class PatchSampler:
-    """Random training patches centred on background : liver : tumour in the ratio ``1 : 1 : tumour_ratio``."""
+    """Random training patches centred on background : liver : tumour in the ratio ``1 : 1 : tumour_ratio``.
 
-    def __init__(self, pairs: Sequence[Pair], patch_size: int, rng: np.random.Generator, tumour_ratio: float = 2.0):
+    Each patch is cut from a scan's image, its label and the frozen backbone's liver margin there
+    (:func:`~apps.slpt.inference.backbone_liver_margin`, one per pair), and returned as ``(image, margin,
+    label)``, each ``[B, 1, *P]``.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], margins: Sequence[torch.Tensor], patch_size: int,
+                 rng: np.random.Generator, tumour_ratio: float = 2.0):
         if not pairs:
             raise ValueError("no labelled scans to train on")
-        pad = SpatialPad([patch_size] * 3)
-        self.stacks = [pad(torch.cat([img, lab.float()])) for img, lab in pairs]
+        if len(margins) != len(pairs):
+            raise ValueError(f"{len(margins)} liver margins for {len(pairs)} labelled scans")
+        pad, pad_margin = SpatialPad([patch_size] * 3), SpatialPad([patch_size] * 3, value=-_PADDED_MARGIN)
+        self.stacks = [torch.cat([pad(img), pad(lab.float()), pad_margin(torch.as_tensor(m).float())])
+                       for (img, lab), m in zip(pairs, margins)]
         # The voxels of each class, found once per scan rather than once per patch.
-        self.indices = [map_classes_to_indices(stack[1:].long(), num_classes=NUM_CLASSES) for stack in self.stacks]
+        self.indices = [map_classes_to_indices(stack[1:2].long(), num_classes=NUM_CLASSES) for stack in self.stacks]
         self.crop = RandCropByLabelClasses([patch_size] * 3, ratios=[1, 1, tumour_ratio], num_classes=NUM_CLASSES,
                                            num_samples=1, warn=False)
         self.rng = rng
@@ -98,9 +109,9 @@ class PatchSampler:
             n = self.rng.integers(len(self.stacks))
             stack = self.stacks[n]
             self.crop.set_random_state(int(self.rng.integers(2**31)))
-            patches.append(torch.as_tensor(self.crop(stack, label=stack[1:].long(), indices=self.indices[n])[0]))
+            patches.append(torch.as_tensor(self.crop(stack, label=stack[1:2].long(), indices=self.indices[n])[0]))
         batch = torch.stack(patches)
-        return batch[:, :1].float(), batch[:, 1:].round().long()
+        return batch[:, :1].float(), batch[:, 2:].float(), batch[:, 1:2].round().long()
 
 
 def prompt_optimizer(model: torch.nn.Module, cfg: SLPTConfig) -> torch.optim.Optimizer:
@@ -169,12 +180,13 @@ def fit(
         return _fit(model, train, val, cfg, inferer, optimizer, seg_loss, on_epoch, on_best, log, progress)
 
 
-def train_step(model: PromptedSegmenter, x: torch.Tensor, y: torch.Tensor, cfg: SLPTConfig, seg_loss: Callable,
-               optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, dict]:
-    """One DVPT optimiser step on a CPU batch ``x [B, 1, *P]``, ``y [B, 1, *P]``: the K prompt sets share one
-    pass (:class:`PromptedSegmenter`). Returns the loss and its parts (segmentation, diversity)."""
+def train_step(model: PromptedSegmenter, x: torch.Tensor, margin: torch.Tensor, y: torch.Tensor, cfg: SLPTConfig,
+               seg_loss: Callable, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, dict]:
+    """One DVPT optimiser step on a CPU batch (:class:`PatchSampler`'s image ``x``, the backbone's liver
+    ``margin`` and label ``y``, each ``[B, 1, *P]``): the K prompt sets share one pass
+    (:class:`PromptedSegmenter`). Returns the loss and its parts (segmentation, diversity)."""
     device = model_device(model)
-    logits = model(x.to(device))
+    logits = model(x.to(device), margin.to(device))
     loss, parts = dvpt_loss(logits, y.to(device), model.num_prompts, seg_loss, cfg.diversity_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -196,7 +208,8 @@ def _fit(model, train, val, cfg, inferer, optimizer, seg_loss, on_epoch, on_best
     # Warm-up over the first tenth, then cosine decay, each group to its own peak rate.
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
                                                     total_steps=steps, pct_start=0.1)
-    sampler = PatchSampler(train, cfg.patch_size, rng, cfg.tumour_patch_ratio)
+    margins = [backbone_liver_margin(model, image) for image, _ in train]  # one frozen pass per scan, up front
+    sampler = PatchSampler(train, margins, cfg.patch_size, rng, cfg.tumour_patch_ratio)
     best: float | None = None
     report = None
     best_weights, best_report, seconds = None, None, 0.0  # kept in ``progress`` only
@@ -221,10 +234,10 @@ def _fit(model, train, val, cfg, inferer, optimizer, seg_loss, on_epoch, on_best
             model.train()
             losses, segs, divs = [], [], []
             for _ in range(cfg.iterations_per_epoch):
-                x, y = sampler(cfg.batch_size)
-                if size > 1:
-                    x = distributed.padded(x, part, per_rank)  # y stays whole: the loss is the global batch's
-                loss, parts = train_step(step_model, x, y, cfg, seg_loss, optimizer)
+                x, m, y = sampler(cfg.batch_size)
+                if size > 1:  # y stays whole: the loss is the global batch's
+                    x, m = distributed.padded(x, part, per_rank), distributed.padded(m, part, per_rank)
+                loss, parts = train_step(step_model, x, m, y, cfg, seg_loss, optimizer)
                 scheduler.step()
                 losses.append(loss.item()), segs.append(parts["seg"]), divs.append(parts["diversity"])
             validate = bool(val) and (epoch % cfg.val_interval == 0 or epoch == cfg.epochs)
