@@ -49,7 +49,7 @@ import torch
 
 from apps.slpt import labels
 from apps.slpt.active.rounds import budget_plan
-from apps.slpt.active.scoring import OrganWindows, embed_scan
+from apps.slpt.active.scoring import embed_scan
 from apps.slpt.active.selection import (
     coreset_select,
     diversity_select,
@@ -67,6 +67,7 @@ from apps.slpt.model.build import build_model
 from apps.slpt.model.checkpoints import atomic_write_bytes
 from apps.slpt.model.prompts import is_backbone_key, model_device, parameter_report
 from apps.slpt.training.loop import fit, fit_keeping_best, training_split
+from apps.slpt.windows import OrganWindows
 from benchmarks.ablations import EnsembleMean, build_plain_model, from_scratch
 from benchmarks.baselines import finetune_config, full_finetune, head_only
 from benchmarks.label_efficiency_report import (
@@ -354,7 +355,7 @@ class Benchmark:
                                                           seed=run["seed"] * 100_003 + i)}
                 self._time("score_mc_dropout", time.perf_counter() - t)
                 continue
-            logits, _ = stitched_logits(model, image[None], self.inferer, region=organ)
+            logits, _ = stitched_logits(model, image[None], self.inferer, liver=organ)
             probs, pu = ensemble(logits.cpu(), model.num_prompts)
             label = task_label(probs[0]).numpy()
             out[str(i)] = {
@@ -570,7 +571,7 @@ def estimate(backbone: Backbone, full: BenchmarkSettings, log=print) -> dict:
     image = image.to(model_device(backbone.network))
     model = build_model(backbone, SLPTConfig()).to(image.device)
     t = time.perf_counter()
-    ensemble(stitched_logits(model, image[None], inferer, region=organ)[0], model.num_prompts)
+    ensemble(stitched_logits(model, image[None], inferer, liver=organ)[0], model.num_prompts)
     unit["score"] = time.perf_counter() - t
     t = time.perf_counter()
     mc_variance(model, image, organ, inferer, full.mc_samples, seed=0)

@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty
+from apps.slpt.active.scoring import embed_scan, prompt_uncertainty
 from apps.slpt.active.uncertainty import scan_uncertainty
 from apps.slpt.config import SLPTConfig
 from apps.slpt.inference import predict, task_inferer, task_label
 from apps.slpt.model.backbone import load_backbone
 from apps.slpt.model.build import build_model
 from apps.slpt.training.loop import fit
+from apps.slpt.windows import OrganWindows
 from benchmarks.reporting import write_report
 from phantoms.io import load_phantom_pair
 from phantoms.phantom import make_phantom

@@ -9,7 +9,7 @@ Every figure is a median over ``--repeats`` runs, next to its baseline measured 
   the client's wall time. Targets: the inferer part of ``/infer/slpt`` <= 1.3x the backbone's, the whole
   request (MONAI Label's ``total``) <= 1.1x. A small demo phantom is measured alongside, not judged.
 * **scoring** — TESLA's first scoring of the CT (the backbone pass for the embedding and the liver mask, then
-  the K-prompt uncertainty in the sliding windows that touch the liver: ``lib/activelearning/tesla_scoring.py``
+  the K-prompt uncertainty in the box around that liver: ``lib/activelearning/tesla_scoring.py``
   through ``apps/slpt/active/scoring.py``) and its re-scoring after a new prompt checkpoint (the uncertainty
   alone: the app keeps the liver mask) vs one SLPT inference, all in backbone space, and vs MC-dropout with
   5 samples (MONAI Label's epistemic approach). Targets: TESLA <= 1.0x one SLPT inference, >= 3x faster
@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import resource
@@ -51,11 +52,11 @@ import psutil
 import torch
 
 from apps.slpt.active.rounds import budget_plan
-from apps.slpt.active.scoring import OrganWindows, embed_scan, prompt_uncertainty
+from apps.slpt.active.scoring import embed_scan, prompt_uncertainty
 from apps.slpt.active.selection import coreset_select, diversity_select, random_select, uncertain_diverse_select
 from apps.slpt.active.uncertainty import dropout_enabled, mc_dropout_probabilities
 from apps.slpt.config import SLPTConfig
-from apps.slpt.inference import backbone_liver_margin, predict, task_inferer
+from apps.slpt.inference import backbone_liver_margin, liver_box, predict, task_inferer
 from apps.slpt.model.backbone import load_backbone
 from apps.slpt.model.build import build_model
 from apps.slpt.model.checkpoints import PromptCheckpointStore
@@ -203,10 +204,10 @@ def measure_scoring(s: SpeedSettings, backbone_dir: Path, volume: Phantom, log) 
         with dropout_enabled(wrapped):
             mc_dropout_probabilities(wrapped, image, inferer, samples=s.mc_samples)
 
-    computed, total = OrganWindows(inferer, organ).count(image[None])
+    box = None if organ is None else liver_box(torch.as_tensor(organ)[None])
     out = {"scan": _describe(volume), "volume": list(image.shape[1:]),
            "organ_fraction": 0.0 if organ is None else float(organ.mean()),
-           "windows_computed": computed, "windows_total": total}
+           "box_fraction": 0.0 if box is None else math.prod(b.stop - b.start for b in box) / organ.size}
     works = [("slpt_inference", lambda: predict(model, image, inferer)), ("tesla_scoring", scoring),
              ("tesla_uncertainty", uncertainty_only)]
     if s.mc_samples:
@@ -588,14 +589,14 @@ def markdown(r: dict) -> str:
     lines += ["## Scoring one scan", "",
               (f"The scan {'x'.join(map(str, scan['shape']))} at {' x '.join(f'{x:g}' for x in scan['spacing_mm'])} mm "
                f"is {v['volume']} voxels in backbone space; the liver is {100 * v['organ_fraction']:.0f}% of it, "
-               f"and {v['windows_computed']} of its {v['windows_total']} sliding windows touch the liver. "
+               f"and the box around it, where tumour is looked for, {100 * v['box_fraction']:.0f}%. "
                "Loading and resampling the file (the same for each) is not counted."), "",
               "| work | median s | vs one SLPT inference |", "| --- | --- | --- |"]
     base = v["slpt_inference"]["median_s"]
     mc = next((k for k in v if k.startswith("mc_dropout_")), None)
-    for key, label in (("slpt_inference", "one SLPT inference (every window, K prompt sets)"),
+    for key, label in (("slpt_inference", "one SLPT inference (organ pass, then K prompt sets in the liver's box)"),
                        ("tesla_scoring", ("TESLA first scoring (backbone pass for embedding and liver mask, "
-                                          "then PU in the liver's windows)")),
+                                          "then PU in the liver's box)")),
                        ("tesla_uncertainty", "TESLA re-scoring after a new checkpoint (PU alone; the mask is kept)"),
                        *(((mc, f"MC-dropout, {mc.rsplit('_', 1)[1]} samples (every window)"),) if mc else ())):
         lines.append(f"| {label} | {v[key]['median_s']:.3f} | {v[key]['median_s'] / base:.2f}x |")

@@ -17,7 +17,7 @@ from apps.slpt.config import SLPTConfig
 from apps.slpt.labels import LIVER, TUMOUR
 from apps.slpt.model.precision import autocast
 from apps.slpt.model.prompts import TUMOUR_PRIOR, PromptedSegmenter, liver_margin, model_device, task_logits
-from apps.slpt.windows import OrganWindows, sliding_window  # noqa: F401 (sliding_window: imported from here)
+from apps.slpt.windows import sliding_window  # noqa: F401 (imported from here)
 
 # The liver is one organ: a tumour outside its largest connected piece (liver and tumour together) lies in a
 # partial-volume edge of another organ or of the body wall, never in this liver.
@@ -25,6 +25,7 @@ _ONE_LIVER = KeepLargestConnectedComponent(applied_labels=[LIVER, TUMOUR], indep
 # Voxels of context around the liver where tumour is looked for: a lesion at the liver's edge that the backbone
 # left out of the liver still lies in the box.
 LIVER_BOX_MARGIN = 4
+KNOWN_LIVER_MARGIN = 20.0  # a given liver mask as logits: liver (or tumour) inside for certain, background outside
 
 
 def task_label(probs: torch.Tensor) -> torch.Tensor:
@@ -134,7 +135,7 @@ def backbone_liver_margin(model: PromptedSegmenter, image: torch.Tensor) -> torc
 
 @torch.no_grad()
 def stitched_logits(model: PromptedSegmenter, inputs: torch.Tensor, inferer: Inferer,
-                    region: np.ndarray | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    liver: np.ndarray | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``inputs [1, 1, *S]`` -> ``(task logits [1, K * 3, *S], organ logits [1, out, *S])`` of the whole scan.
 
     Two passes, each in the windows it was trained in:
@@ -142,23 +143,26 @@ def stitched_logits(model: PromptedSegmenter, inputs: torch.Tensor, inferer: Inf
     * the frozen backbone's organ logits, in its own windows (:func:`organ_logits`): the organs, the
       out-of-distribution signs and the liver are the backbone's, whatever the prompts learnt;
     * the prompted model's tumour log-odds, in ``inferer``'s windows (the training patch size), over the
-      box around the liver (:func:`liver_box`) only: the task label keeps the liver's largest piece and the
-      tumour carved out of it, so nothing outside the box can be labelled. Elsewhere the log-odds are
+      box around the liver (:func:`liver_box`) only: tumour is carved out of the liver, and kept in its
+      largest piece (:func:`task_label`). Elsewhere the log-odds are
       :data:`~apps.slpt.model.prompts.TUMOUR_PRIOR` for every set (no tumour, no disagreement). The box is
-      about a tenth of an abdominal scan: this pass costs a fraction of the first.
+      a fraction of an abdominal scan: this pass costs a fraction of the first.
 
-    ``region`` (a ``[*S]`` mask that holds the liver, e.g. TESLA's coarse one): the organ pass computes only
-    its windows that touch the region; inside it the logits, the box and so the answer are the same.
+    ``liver``: a ``[*S]`` liver mask known already (TESLA's, from its whole-scan pass): the organ pass is
+    skipped, the liver is the mask (a sure margin of :data:`KNOWN_LIVER_MARGIN` either way), and no organ
+    logits are returned.
     """
     model.eval()
     x = inputs.to(model_device(model))
-    organ = organ_logits(model.organ_network, x, _only(model.organ_inferer, region), model.precision)
-    margin = liver_margin(organ, model.organ_channel)
-    liver = margin[0] > 0
-    if region is not None:
-        liver &= torch.as_tensor(np.asarray(region, dtype=bool), device=liver.device)
+    organ = None
+    if liver is None:
+        organ = organ_logits(model.organ_network, x, model.organ_inferer, model.precision)
+        margin = liver_margin(organ, model.organ_channel)
+    else:
+        known = torch.as_tensor(np.asarray(liver, dtype=bool), device=x.device)[None, None]
+        margin = (known.float() * 2 - 1) * KNOWN_LIVER_MARGIN
     tau = torch.full((1, model.num_prompts, *x.shape[2:]), TUMOUR_PRIOR, device=x.device)
-    box = liver_box(liver)
+    box = liver_box(margin[0] > 0)
     if box is not None:
         tau[(..., *box)] = torch.as_tensor(inferer(x[(..., *box)], model.tumour_log_odds)).float()
     return task_logits(margin, tau), organ
@@ -172,13 +176,6 @@ def liver_box(liver: torch.Tensor, margin: int = LIVER_BOX_MARGIN) -> tuple[slic
     largest = get_largest_connected_component_mask(liver)
     start, end = generate_spatial_bounding_box(largest, margin=margin, allow_smaller=True)
     return tuple(slice(a, b) for a, b in zip(start, end))
-
-
-def _only(inferer: Inferer, region) -> Inferer:
-    """``inferer`` restricted to the windows that touch ``region`` (when it slides windows and a region is given)."""
-    if region is None or not isinstance(inferer, SlidingWindowInferer):
-        return inferer
-    return OrganWindows(inferer, torch.as_tensor(np.asarray(region, dtype=bool)))
 
 
 def predict(model: PromptedSegmenter, image: torch.Tensor, inferer: Inferer) -> tuple[torch.Tensor, torch.Tensor]:

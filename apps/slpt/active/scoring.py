@@ -1,15 +1,13 @@
 """Per-scan quantities TESLA ranks by: a frozen-backbone embedding and the prompt-based uncertainty.
 
-Scoring is made cheaper than a full K-prompt pass in two ways:
+Scoring is made cheaper than an SLPT inference:
 
-* the **embedding** and a coarse organ mask come from one prompt-free backbone pass over the whole scan (no
-  sliding window), which never depends on the prompts;
-* the **prompt-based uncertainty** comes from ``/infer/slpt``'s own computation
-  (:func:`~apps.slpt.inference.stitched_logits`) with the backbone's organ pass run only in its windows that
-  touch that mask (:class:`~apps.slpt.windows.OrganWindows`). Lesions live in the liver and
-  ``uncertainty.scan_uncertainty`` only looks at the predicted liver and tumour, so the skipped windows hold
-  nothing it reads: inside the mask the organ logits are exactly ``/infer/slpt``'s, and the tumour pass runs
-  on the box around the liver found there.
+* the **embedding** and the liver mask come from one prompt-free backbone pass over the whole scan (no
+  sliding window, downsampled when large), which never depends on the prompts;
+* the **prompt-based uncertainty** takes that liver as given (no organ pass) and runs the K-prompt model
+  as ``/infer/slpt`` does (:func:`~apps.slpt.inference.stitched_logits`), in windows of the training patch
+  size over the box around the liver. Lesions live in the liver and ``uncertainty.scan_uncertainty`` only
+  looks at the liver and its tumours, so nothing outside the box is read.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from apps.slpt.active.uncertainty import ensemble, scan_uncertainty
 from apps.slpt.inference import channel_argmax, stitched_logits, task_label
 from apps.slpt.model.precision import autocast
 from apps.slpt.model.prompts import model_device
-from apps.slpt.windows import OrganWindows  # noqa: F401 (the benchmarks' import)
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -99,8 +96,9 @@ def prompt_uncertainty(
     margin: int = 2, top_fraction: float = 0.01,
 ) -> float:
     """Per-scan prompt-based uncertainty of ``image [1, *S]``, as ``/infer/slpt`` computes it in ``inferer``'s
-    windows, with the backbone's organ pass restricted to the windows that touch ``organ [*S]``."""
-    logits, _ = stitched_logits(model, image[None], inferer, region=organ)
+    windows, in the liver ``organ [*S]`` (TESLA's, from :func:`embed_scan`; ``None``: the backbone's organ pass
+    finds it)."""
+    logits, _ = stitched_logits(model, image[None], inferer, liver=organ)
     probs, pu = ensemble(logits, model.num_prompts)
     label = task_label(probs[0].cpu()).numpy()
     return scan_uncertainty(pu[0].cpu().numpy(), label, margin=margin, top_fraction=top_fraction)
