@@ -54,9 +54,9 @@ class LayoutLimits:
         min_liver_share: fewest liver voxels per body voxel; below it there is no liver to segment.
     """
 
-    # A backup sign: every volume it catches is caught by another sign too. It sits just above the most
-    # confident of them (constant water) rather than just under the abdominal phantoms: real abdominal CTs
-    # leave the backbone less sure than phantoms do (docs/results/ood).
+    # Just above the most confident volume that this sign alone catches (constant water, in windows), rather
+    # than just under the abdominal phantoms: real abdominal CTs leave the backbone less sure than phantoms
+    # do (docs/results/ood).
     min_confidence: float = 0.76
     min_liver_connected: float = 0.60
     companion_ratio: float = 0.002
