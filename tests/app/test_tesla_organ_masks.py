@@ -32,9 +32,10 @@ def scoring(root, tmp_path, monkeypatch):
 def new_checkpoint(backbone, cfg, seed: int) -> int:
     torch.manual_seed(seed)
     model = build_model(backbone, cfg)
-    with torch.no_grad():  # trained-looking head, so that the prompts disagree somewhere
+    with torch.no_grad():  # a trained-looking head and set evidence, so that the prompts disagree somewhere
         for p in model.head.parameters():
             p.add_(0.05 * torch.randn_like(p))
+        model.set_evidence_gain.normal_(0, 1.0)
     metadata = {"backbone": backbone.identity, "config": cfg.to_dict()}
     return PromptCheckpointStore(cfg.model_dir).save(model.trainable_state_dict(), metadata)
 

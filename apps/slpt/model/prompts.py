@@ -51,6 +51,9 @@ from apps.slpt.model.precision import autocast, uses_bf16
 # Initial tumour-vs-healthy-liver log-odds: a tumour probability of about 2% inside the liver, so an
 # untrained head predicts no tumour and the loss starts from the backbone's liver.
 TUMOUR_PRIOR = -4.0
+# Initial scale of each prompt set's coarse tumour evidence: a read-out of about unit size becomes a tenth of a
+# log-odds unit, enough for the K sets to differ (and to get different gradients), far from the prior's 4.
+SET_EVIDENCE_GAIN = 0.1
 
 
 class FeatureAwarePromptUpdater(nn.Module):
@@ -188,13 +191,14 @@ class PromptedSegmenter(nn.Module):
         # Each set's own tumour evidence, read where the sets part (after the last prompted stage): 1x1x1
         # weights and a bias, scaled by a per-set gain. The weights are drawn per set (as nn.Linear draws
         # them): from equal weights the sets would get equal gradients and stay one prediction. The gain
-        # starts at zero (LoRA's B), so an untrained model adds no evidence and predicts no tumour.
+        # starts small (SET_EVIDENCE_GAIN): the sets disagree from the first step, as TESLA's uncertainty needs,
+        # while an untrained model's evidence stays far below the tumour prior's distance from zero.
         self.set_evidence = self.set_evidence_gain = None
         if self.prompted:
             c = channels[self.prompted[-1]]
             weights = (torch.rand(num_prompts, c, generator=generator) * 2 - 1) / c**0.5
             self.set_evidence = nn.Parameter(torch.cat([weights, torch.zeros(num_prompts, 1)], dim=1))
-            self.set_evidence_gain = nn.Parameter(torch.zeros(num_prompts))
+            self.set_evidence_gain = nn.Parameter(torch.full((num_prompts,), SET_EVIDENCE_GAIN))
         self.deltas = nn.ModuleDict()
         if decoder_rank or decoder_shifts:
             tuned = {**{f"down_layers.{i}": backbone.down_layers[i] for i in range(encoder_stages)},
