@@ -64,7 +64,8 @@ def test_rescoring_reads_the_kept_liver_mask_and_scores_what_a_fresh_pass_would(
     served = load_checkpoint(backbone, PromptCheckpointStore(cfg.model_dir), version, cfg)
     fresh = prompt_uncertainty(served.model.eval(), image, organ, served.inferer, cfg.uncertainty_margin,
                                cfg.uncertainty_top_fraction)
-    assert kept["uncertainty"] == pytest.approx(fresh, rel=1e-5)
+    # bf16 kernels may split their work differently in the scoring process: equal to a few parts in 10⁴.
+    assert kept["uncertainty"] == pytest.approx(fresh, rel=1e-3)
 
 
 def test_an_unreadable_kept_mask_costs_one_backbone_pass_not_the_score(scoring):
