@@ -65,7 +65,8 @@ def probabilities(backbone, hu, affine, whole: bool) -> torch.Tensor:
     x = x.as_tensor()[None].float()
     if not whole:
         cfg = SLPTConfig()
-        return torch.softmax(organ_logits(backbone.network, x, organ_inferer(backbone.roi_size, cfg), cfg.precision), 1)[0]
+        logits = organ_logits(backbone.network, x, organ_inferer(backbone.roi_size, cfg), cfg.precision)
+        return torch.softmax(logits, 1)[0]
     spatial = x.shape[2:]
     x = F.pad(x, [v for s in reversed(spatial) for v in (0, (-s) % 16)])
     logits = backbone.network.eval()(x)[(..., *[slice(0, s) for s in spatial])]

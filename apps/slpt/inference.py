@@ -17,7 +17,7 @@ from apps.slpt.config import SLPTConfig
 from apps.slpt.labels import LIVER, TUMOUR
 from apps.slpt.model.precision import autocast
 from apps.slpt.model.prompts import TUMOUR_PRIOR, PromptedSegmenter, liver_margin, model_device, task_logits
-from apps.slpt.windows import sliding_window  # noqa: F401 (imported from here)
+from apps.slpt.windows import sliding_window
 
 # The liver is one organ: a tumour outside its largest connected piece (liver and tumour together) lies in a
 # partial-volume edge of another organ or of the body wall, never in this liver.

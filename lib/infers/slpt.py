@@ -20,7 +20,7 @@ from apps.slpt.ood import LayoutLimits, OutOfDistributiond
 
 logger = logging.getLogger(__name__)
 
-ORGAN_KEY = "organ"  # the backbone's organ logits of the scan, stitched beside the task's
+ORGAN_KEY = "organ"  # the frozen backbone's organ logits of the scan, as /infer/backbone computes them
 
 
 class SLPTSegmentation(BasicInferTask):
@@ -29,7 +29,7 @@ class SLPTSegmentation(BasicInferTask):
     Request params: ``slpt_output`` = ``"label"`` (default) or ``"uncertainty"`` (the voxel-wise
     prompt-disagreement map, float, in the image's geometry, for a viewer overlay). With ``ood`` limits, a
     scan that is not an abdominal CT gets an empty label (and map) and the reason in
-    ``result.out_of_distribution``, read from the organ logits the same pass computes.
+    ``result.out_of_distribution``, read from the frozen backbone's organ logits (``/infer/backbone``'s own).
     """
 
     def __init__(self, backbone: Backbone, config: SLPTConfig, ood: LayoutLimits | None = None):
@@ -68,8 +68,7 @@ class SLPTSegmentation(BasicInferTask):
 
     def post_transforms(self, data=None):
         output = data.get("slpt_output", "label")
-        # The organ layout is checked after the inferer, as /infer/backbone checks it, on the organ logits
-        # the same pass stitched.
+        # The organ layout is checked after the inferer, as /infer/backbone checks it, on the same organ logits.
         ood = [Activationsd(keys=ORGAN_KEY, softmax=True),
                OutOfDistributiond(keys="pred", labels=self.backbone.labels, limits=self.ood, probs_key=ORGAN_KEY,
                                   classes=len(CLASSES))] if self.ood else []

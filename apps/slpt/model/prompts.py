@@ -18,7 +18,8 @@ One pass over ``x [B, 1, *S]``:
 3. After the last prompted stage each set reads its own **tumour evidence** at that (coarse) resolution,
    and the ``K`` features are averaged: the fine stages run **once**, so the sets share the costly
    full-resolution work (the K sets cost about what one coarse decoder stage costs, per extra set).
-4. **Decoder deltas** (:mod:`apps.slpt.model.deltas`): every decoder module (up-sampling and stages) runs with zero-initialised shifts of its norms and biases and low-rank updates of its kernels.
+4. **Decoder deltas** (:mod:`apps.slpt.model.deltas`): every decoder module (up-sampling and stages) runs
+   with zero-initialised shifts of its norms and biases and low-rank updates of its kernels.
 5. **Task logits from the organ the backbone knows.** The organ evidence is the frozen backbone's own,
    computed by the caller in the backbone's own windows (:func:`apps.slpt.inference.organ_logits`), never
    by this prompted pass: the liver margin ``m`` (the liver's logit minus the strongest other class's) gives

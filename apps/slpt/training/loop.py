@@ -25,7 +25,7 @@ from apps.slpt import labels
 from apps.slpt.active.uncertainty import mutual_information, prompt_probabilities
 from apps.slpt.config import SLPTConfig
 from apps.slpt.evaluation import evaluate
-from apps.slpt.inference import backbone_liver_margin
+from apps.slpt.inference import KNOWN_LIVER_MARGIN, backbone_liver_margin
 from apps.slpt.labels import NUM_CLASSES
 from apps.slpt.model.checkpoints import atomic_write_bytes
 from apps.slpt.model.prompts import (
@@ -39,7 +39,6 @@ from apps.slpt.training import distributed
 from apps.slpt.training.splits import split_scans, update_split
 
 Pair = tuple[torch.Tensor, torch.Tensor]  # ([1, *S] image, [1, *S] long label), backbone space
-_PADDED_MARGIN = 20.0  # padding outside a small scan is background, surely: liver margin -20
 
 
 def dvpt_loss(
@@ -94,10 +93,10 @@ class PatchSampler:
             raise ValueError("no labelled scans to train on")
         if len(margins) != len(pairs):
             raise ValueError(f"{len(margins)} liver margins for {len(pairs)} labelled scans")
-        pad, pad_margin = SpatialPad([patch_size] * 3), SpatialPad([patch_size] * 3, value=-_PADDED_MARGIN)
+        pad, pad_margin = SpatialPad([patch_size] * 3), SpatialPad([patch_size] * 3, value=-KNOWN_LIVER_MARGIN)
         self.stacks = [torch.cat([pad(img), pad(lab.float()), pad_margin(torch.as_tensor(m).float())])
                        for (img, lab), m in zip(pairs, margins)]
-        # The voxels of each class, found once per scan rather than once per patch.
+        # Padding outside a small scan is surely background. The voxels of each class are found once per scan.
         self.indices = [map_classes_to_indices(stack[1:2].long(), num_classes=NUM_CLASSES) for stack in self.stacks]
         self.crop = RandCropByLabelClasses([patch_size] * 3, ratios=[1, 1, tumour_ratio], num_classes=NUM_CLASSES,
                                            num_samples=1, warn=False)
