@@ -50,7 +50,7 @@ from apps.slpt.evaluation import evaluate
 from apps.slpt.inference import task_inferer
 from apps.slpt.model.backbone import load_backbone
 from apps.slpt.model.build import PROMPT_SET_FIELDS, build_model
-from apps.slpt.model.checkpoints import atomic_write_json
+from apps.slpt.model.checkpoints import DESIGNS, FORMAT_VERSION, atomic_write_json
 from apps.slpt.model.prompts import parameter_report
 from apps.slpt.training.loop import fit_keeping_best, training_split
 from benchmarks.baselines import FINETUNE_EPOCHS, finetune_config, full_finetune
@@ -182,7 +182,8 @@ def _inputs(method: str, cfg: SLPTConfig, settings: CompareSettings, backbone_id
     # A setting left at None is not an input, so runs kept before it existed are still found.
     others = {v for m, v in OWN_EPOCHS.items() if m != method}
     settings = {k: v for k, v in dataclasses.asdict(settings).items() if v is not None and k not in others}
-    return json.loads(json.dumps({"settings": settings, "config": config,
+    # The design is an input: a run of an earlier SLPT design is not this one's, whatever its settings.
+    return json.loads(json.dumps({"settings": settings, "config": config, "design": DESIGNS[FORMAT_VERSION],
                                   "backbone": backbone_identity["sha256"]}))
 
 

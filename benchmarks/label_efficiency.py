@@ -64,7 +64,7 @@ from apps.slpt.evaluation import case_scores
 from apps.slpt.inference import predict, sliding_window, stitched_logits, task_inferer, task_label
 from apps.slpt.model.backbone import Backbone, load_backbone
 from apps.slpt.model.build import build_model
-from apps.slpt.model.checkpoints import atomic_write_bytes
+from apps.slpt.model.checkpoints import DESIGNS, FORMAT_VERSION, atomic_write_bytes
 from apps.slpt.model.prompts import is_backbone_key, model_device, parameter_report
 from apps.slpt.training.loop import fit, fit_keeping_best, training_split
 from apps.slpt.windows import OrganWindows
@@ -177,11 +177,12 @@ class Benchmark:
 
     # -- setup ---------------------------------------------------------------------------------------
     def _check_settings(self) -> None:
-        current = {"settings": dataclasses.asdict(self.s), "backbone": self.backbone.identity["sha256"]}
+        current = {"settings": dataclasses.asdict(self.s), "backbone": self.backbone.identity["sha256"],
+                   "design": DESIGNS[FORMAT_VERSION]}
         current = json.loads(json.dumps(current))
         path = self.cache / "settings.json"
         if path.exists() and json.loads(path.read_text()) != current:
-            raise ValueError(f"{self.cache} holds results of other settings or another backbone; "
+            raise ValueError(f"{self.cache} holds results of other settings, another backbone or another SLPT design; "
                              "use another --out folder (or delete that cache) to start afresh")
         _write_json(path, current)
 

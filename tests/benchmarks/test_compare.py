@@ -28,6 +28,16 @@ def test_finished_runs_are_reused_only_for_the_same_inputs(root, tmp_path, one_t
     assert not any(m.startswith(TRAINING) for m in messages)  # nothing trained twice
     assert sum("finished earlier" in m for m in messages) == 2
 
+    # A run kept from another SLPT design is not this design's result, whatever its settings.
+    kept = tmp_path / "runs" / "seed0-slpt.json"
+    earlier_design = json.loads(kept.read_text())
+    earlier_design["inputs"]["design"] = "SLPT v2"
+    kept.write_text(json.dumps(earlier_design))
+    messages.clear()
+    compare.run(compare.QUICK, backbone, log=messages.append, out=tmp_path)
+    assert any(m.startswith("[slpt]") for m in messages)
+    assert not any(m.startswith("[full_finetune]") for m in messages)
+
     # A prompt-only setting trains SLPT again; full fine-tuning never reads it and is kept.
     messages.clear()
     wider = compare.run(compare.QUICK, backbone, log=messages.append, out=tmp_path, overrides={"hidden_ratio": 0.5})

@@ -35,7 +35,7 @@ FORMAT = "slpt-prompts"
 # 2: the SLPT v2 design (prompts in the decoder, decoder deltas, organ-based tumour head). Version 1 files
 # hold v1's prompts on every backbone stage and its 3x3x3 head: nothing of them maps onto v2.
 # 3: the organ is the frozen backbone's own (no delta on its final conv) and each set's coarse evidence has a
-# gain that starts at zero. A version 2 file's tumour log-odds were learnt against the tuned decoder's organ.
+# gain that starts small (0.1). A version 2 file's tumour log-odds were learnt against the tuned decoder's organ.
 FORMAT_VERSION = 3
 DESIGNS = {1: "SLPT v1 (prompts on every backbone stage, 3x3x3 task head)", 2: "SLPT v2",
            3: "SLPT v2 on the frozen backbone's organ"}
