@@ -125,6 +125,9 @@ class Tesla(Strategy):
         version = self.store.current()
         rng = np.random.default_rng(self.cfg.seed + state.round)
         unlabelled = _selectable(unlabelled, records)
+        if not unlabelled:
+            logger.info("TESLA: no new round: every unlabelled scan is flagged as not an abdominal CT")
+            return
         plan = plan_round(unlabelled, records, version, k, rng, _geometry(datastore))
         release_leases(state, labelled, now)
         start_round(state, plan.picks, plan.reasons, plan.stage, version, now, pool_size=len(unlabelled))
