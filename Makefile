@@ -7,7 +7,7 @@ PORT ?= 8000
 DEMO := data/demo
 DEMO_COUNT ?= 12
 
-.PHONY: install demo ohif system-deps test test-fast pretrain montage clean-demo
+.PHONY: install demo ohif system-deps test test-fast pretrain backbone montage clean-demo
 
 $(BIN)/monailabel: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ pretrain: install
 	$(BIN)/python -m benchmarks.pretrain --out data/pretrain/stage1
 	$(BIN)/python -m benchmarks.pretrain --out models/backbone --init-from data/pretrain/stage1 \
 	  --lr 1e-3 --iterations 400
+
+# The MONAI model zoo's wholeBody_ct_segmentation bundle (a SegResNet trained on real CTs, TotalSegmentator's
+# 104 structures), fetched once into models/; serve it with --conf slpt_backbone models/wholeBody_ct_segmentation
+# (docs/backbone.md). The app itself never downloads.
+backbone: install
+	$(BIN)/python -m tools.fetch_backbone --bundle-dir models
 
 montage: install
 	$(BIN)/python -m phantoms.montage --out docs/phantoms.png

@@ -14,11 +14,12 @@ them, TESLA scoring runs the backbone once per scan). Four signs, each of which 
 * **bone**: the spine and ribs of an abdominal field of view are a sizeable share of the liver's volume;
   a CT head's brain (the skull stripped) has almost none.
 
-A sign is only read when the backbone has the labels it needs (a ``wholeBody_ct_segmentation`` backbone
-has no single ``bone`` label, so that sign is skipped there). The limits were picked on the default
-backbone with synthetic phantoms against generated non-abdominal volumes and a CT head atlas, with real
-abdominal CTs in view but never used to pick (``python -m tools.ood_calibration``,
-``docs/results/ood/result.md``).
+Organs are read by name (:func:`~apps.slpt.model.backbone.label_channels`), so a backbone that splits one
+into several structures is read the same way: a ``wholeBody_ct_segmentation`` backbone's bone is its
+vertebrae, ribs, sternum, sacrum and hips together. A sign is only read when the backbone has the labels it
+needs. The limits were picked on the default backbone with synthetic phantoms against generated
+non-abdominal volumes and a CT head atlas, with real abdominal CTs in view but never used to pick
+(``python -m tools.ood_calibration``, ``docs/results/ood/result.md``).
 
 Both infer tasks and TESLA read these signs from the frozen backbone's own organ probabilities, never from a
 prompted pass, so no training changes a verdict.
@@ -37,6 +38,7 @@ from scipy import ndimage
 from torch import nn
 
 from apps.slpt.inference import channel_max
+from apps.slpt.model.backbone import label_channels
 
 COMPANIONS = ("spleen", "kidney_left", "kidney_right", "aorta")
 
@@ -95,7 +97,8 @@ def layout_features(probs: torch.Tensor | np.ndarray, labels: dict[str, int]) ->
     Returns:
         ``body_voxels``, ``confidence`` (mean top probability over the body), ``liver_share`` (liver per
         body voxel), ``liver_connected`` (share of the liver in its largest piece) and, for each of
-        :data:`COMPANIONS` and ``bone`` that the backbone has, ``<organ>_per_liver`` (voxels per liver voxel).
+        :data:`COMPANIONS` and ``bone`` that the backbone has (under that name or as a group of its structures,
+        :func:`~apps.slpt.model.backbone.label_channels`), ``<organ>_per_liver`` (voxels per liver voxel).
     """
     p = torch.as_tensor(probs).float()
     if p.ndim < 2:
@@ -117,8 +120,8 @@ def layout_features(probs: torch.Tensor | np.ndarray, labels: dict[str, int]) ->
         "liver_connected": largest / max(liver_voxels, 1),
     }
     for organ in (*COMPANIONS, "bone"):
-        if organ in labels:
-            features[f"{organ}_per_liver"] = int((label == labels[organ]).sum()) / max(liver_voxels, 1)
+        if channels := label_channels(labels, organ):
+            features[f"{organ}_per_liver"] = int(np.isin(label, channels).sum()) / max(liver_voxels, 1)
     return {k: round(v, 5) for k, v in features.items()}
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.networks.nets import SegResNet
 
-from apps.slpt.model.backbone import load_backbone
+from apps.slpt.model.backbone import label_channels, load_backbone
 
 # A bundle in the model zoo's style (wholeBody_ct_segmentation): references, NormalizeIntensity, dropout.
 ZOO_STYLE_CONFIG = {
@@ -68,6 +68,20 @@ def test_zoo_style_bundle_loads_with_its_own_preprocessing(tmp_path):
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(backbone.network(x), reference(x))
+
+
+def test_zoo_metadata_names_the_channels_and_wrapped_weights_load(tmp_path):
+    """The zoo's metadata has no ``labels`` map: the bundle schema's ``channel_def`` names the outputs. Its
+    CheckpointLoader accepts weights under ``model``; so does the app."""
+    reference = _tiny_segresnet().eval()
+    root = _write_bundle(tmp_path / "bundle", {"model": reference.state_dict()})
+    names = ["background", "spleen", "kidney_right", "liver", "vertebrae_L1"]
+    outputs = {"pred": {"format": "segmentation", "channel_def": {str(i): n for i, n in enumerate(names)}}}
+    (root / "configs" / "metadata.json").write_text(json.dumps({"network_data_format": {"outputs": outputs}}))
+    backbone = load_backbone(root)
+    assert backbone.labels == {n: i for i, n in enumerate(names)}
+    assert label_channels(backbone.labels, "liver") == (3,) and label_channels(backbone.labels, "bone") == (4,)
+    assert label_channels(backbone.labels, "muscle") == ()
 
 
 def test_mismatched_weights_fail_loudly(tmp_path):

@@ -20,9 +20,9 @@ from apps.slpt.ood import (
 LABELS = {"background": 0, "liver": 1, "spleen": 2, "kidney_left": 3, "kidney_right": 4, "aorta": 5, "bone": 6}
 
 
-def one_hot(label: np.ndarray, confidence: float = 0.95) -> torch.Tensor:
+def one_hot(label: np.ndarray, confidence: float = 0.95, classes: int = len(LABELS)) -> torch.Tensor:
     """``[*S]`` label map -> ``[C, *S]`` probabilities with ``confidence`` on the labelled class."""
-    c = len(LABELS)
+    c = classes
     probs = np.full((c, *label.shape), (1 - confidence) / (c - 1), np.float32)
     np.put_along_axis(probs, label[None], confidence, axis=0)
     return torch.from_numpy(probs)
@@ -81,6 +81,23 @@ def test_signs_the_backbone_cannot_give_are_skipped():
     labels = {k: v for k, v in LABELS.items() if k != "bone"}  # ... and a backbone without a bone label
     probs = one_hot(label)[: len(labels)]
     assert not check_scan(probs / probs.sum(0), labels).flagged
+
+
+def test_a_backbone_that_splits_the_skeleton_is_read_as_one_bone():
+    """A TotalSegmentator backbone (wholeBody_ct_segmentation) names vertebrae and ribs, no ``bone``: its trunk
+    skeleton together is the bone sign; its limbs are not."""
+    labels = {**{k: v for k, v in LABELS.items() if k != "bone"},
+              "vertebrae_L1": 6, "rib_left_11": 7, "humerus_left": 8}
+    label = abdomen()
+    bone = label == LABELS["bone"]
+    label[bone & (np.arange(32)[None, None, :] < 16)] = labels["rib_left_11"]  # half the spine's voxels are rib
+    verdict = check_scan(one_hot(label, classes=9), labels)
+    assert verdict.features["bone_per_liver"] == pytest.approx(bone.sum() / (label == 1).sum(), abs=1e-5)
+    assert not verdict.flagged, verdict.reasons
+
+    label[bone] = labels["humerus_left"]  # an arm where the spine was
+    verdict = check_scan(one_hot(label, classes=9), labels)
+    assert verdict.features["bone_per_liver"] == 0 and any(r.startswith("almost no bone") for r in verdict.reasons)
 
 
 def test_limits_are_checked():

@@ -1,9 +1,15 @@
 """Loading a frozen, task-agnostic CT segmentation backbone from a MONAI bundle directory.
 
 One mechanism serves both our default backbone and a model-zoo bundle such as
-``wholeBody_ct_segmentation``: a directory with ``configs/inference.json`` (holding ``network_def``,
-``preprocessing`` and optionally ``inferer``) and ``models/model.pt`` (a plain state dict). Our
-pre-training script writes exactly that layout, so nothing special-cases "our" checkpoint.
+``wholeBody_ct_segmentation`` (``python -m tools.fetch_backbone``), read as the zoo ships it: a directory
+with ``configs/inference.json`` (holding ``network_def``, ``preprocessing`` and optionally ``inferer``),
+``configs/metadata.json`` and ``models/model.pt`` (a state dict). Our pre-training script writes exactly that
+layout, so nothing special-cases "our" checkpoint.
+
+Organ names come from the metadata: our ``labels`` map, or the zoo's standard
+``network_data_format.outputs.pred.channel_def``. The app looks organs up by name
+(:func:`label_channels`); a name the backbone lacks may stand for a group of its structures
+(:data:`LABEL_GROUPS`: ``bone`` is a TotalSegmentator backbone's vertebrae, ribs and pelvis).
 
 The bundle's own ``preprocessing`` transforms are reused (minus its loader), which keeps inference and
 prompt tuning on the intensity and spacing conventions the backbone was trained with.
@@ -11,6 +17,7 @@ prompt tuning on the intensity and spacing conventions the backbone was trained 
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -24,6 +31,14 @@ from torch import nn
 INFERENCE_CONFIG = Path("configs") / "inference.json"
 METADATA = Path("configs") / "metadata.json"
 WEIGHTS = Path("models") / "model.pt"
+# Keys that may wrap a state dict: a trainer's checkpoint, and the zoo's CheckpointLoader ``load_dict``.
+WRAPPING_KEYS = ("state_dict", "model")
+# Names the app reads (:mod:`apps.slpt.ood`) that a backbone may split into several structures, as
+# patterns of its label names: the trunk's skeleton an abdominal field of view holds (TotalSegmentator's
+# names; limbs, shoulders and skull left out, so that a head or a limb never counts as an abdomen's bone).
+LABEL_GROUPS: dict[str, tuple[str, ...]] = {
+    "bone": ("vertebrae_*", "rib_*", "sternum", "sacrum", "hip_*"),
+}
 
 
 @dataclass
@@ -81,8 +96,9 @@ def load_backbone(bundle_dir: str | Path, device: str | torch.device = "cpu") ->
 
     weights_path = bundle_dir / WEIGHTS
     state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]  # some bundles wrap the weights
+    wrapper = next((k for k in WRAPPING_KEYS if isinstance(state, dict) and isinstance(state.get(k), dict)), None)
+    if wrapper is not None:
+        state = state[wrapper]
     load_strict(network, state, source=str(weights_path))
     network.to(device).eval()
 
@@ -91,10 +107,30 @@ def load_backbone(bundle_dir: str | Path, device: str | torch.device = "cpu") ->
         network=network,
         preprocessing=image_preprocessing(parser),
         roi_size=_roi_size(parser),
-        labels=dict(metadata.get("labels", {})),
+        labels=bundle_labels(metadata),
         identity={"path": str(bundle_dir), "sha256": file_sha256(weights_path), "name": bundle_dir.name},
         metadata=metadata,
     )
+
+
+def bundle_labels(metadata: dict) -> dict[str, int]:
+    """Organ names to output channels from a bundle's ``configs/metadata.json``: its ``labels`` map, else the
+    MONAI bundle schema's ``network_data_format.outputs.pred.channel_def`` (``{"5": "liver", ...}``, the
+    model zoo's way; its first output where none is called ``pred``); empty when it has neither."""
+    if metadata.get("labels"):
+        return {str(name): int(channel) for name, channel in metadata["labels"].items()}
+    outputs = metadata.get("network_data_format", {}).get("outputs", {})
+    channel_def = outputs.get("pred", next(iter(outputs.values()), {})).get("channel_def", {})
+    return {str(name): int(channel) for channel, name in channel_def.items()}
+
+
+def label_channels(labels: dict[str, int], name: str) -> tuple[int, ...]:
+    """The output channels that make up ``name``: its own label, else those of the structures of
+    :data:`LABEL_GROUPS` the backbone has (in channel order); ``()`` when it has none of them."""
+    if name in labels:
+        return (int(labels[name]),)
+    patterns = LABEL_GROUPS.get(name, ())
+    return tuple(sorted(int(c) for n, c in labels.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)))
 
 
 def check_state_dict(expected: dict, state: dict, source: str) -> None:
