@@ -160,7 +160,7 @@ class ScanScorer:
         self.backbone, self.cfg, self.ood = method.backbone, method.cfg, method.ood
         self.load, self.organs, self.cache = method.load, method.organs, cache
         self.model, self.inferer, self.version = model, inferer, version
-        self.organ_channel = self.backbone.labels.get("liver")
+        self.organ_channel = self.backbone.labels.get(self.cfg.organ)  # the organ that holds the lesions (slpt_organ)
 
     def start(self, device: str) -> None:
         """A worker's own device (a worker process, never the server's)."""
