@@ -188,7 +188,10 @@ class MyApp(MONAILabelApp):
             "config": self.config.to_dict(),
             "backbone": {**self.backbone.identity, "parameters": self.backbone.num_parameters()},
             "datastore": {"labelled": len(store.get_labeled_images()),
-                          "unlabelled": len(store.get_unlabeled_images())},
+                          "unlabelled": len(store.get_unlabeled_images()),
+                          # local studies only (lib/label_versions.py); a PACS keeps every SEG itself
+                          "scans_with_several_label_versions":
+                              getattr(store, "scans_with_several_label_versions", lambda: None)()},
             "tesla": self._strategies["tesla"].view(store) if "tesla" in self._strategies else None,
         }
         return meta

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import os
 import shutil
+import sys
 import tempfile
 
 import monailabel.endpoints.activelearning as activelearning_endpoint
@@ -21,11 +23,15 @@ import monailabel.endpoints.datastore as datastore_endpoint
 import monailabel.endpoints.infer as infer_endpoint
 import monailabel.endpoints.train as train_endpoint
 import monailabel.endpoints.wsi_infer as wsi_infer_endpoint
-from fastapi import HTTPException
+from fastapi import Depends, HTTPException
+from monailabel.config import settings
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.tasks.batch_infer import BatchInferImageType
 from monailabel.interfaces.utils.app import app_instance
 from starlette.datastructures import UploadFile  # what requests carry; FastAPI's UploadFile subclasses it
 
+from lib.label_versions import NO_SPACE
 from lib.request_params import CHECKED_SETTINGS, InvalidParameter, parse_params
 from lib.validation import InvalidUpload, check_image, check_upload_size, upload_suffix
 
@@ -79,13 +85,59 @@ def _guarded_upload(endpoint):
             raise HTTPException(422, str(e)) from e
         try:
             return endpoint(*args, **kwargs)
-        except Exception:
+        except Exception as e:
             for task in arguments["background_tasks"].tasks:  # the endpoint's own clean-up (remove_file)
                 if not task.is_async:
                     task.func(*task.args, **task.kwargs)
+            if isinstance(e, OSError) and e.errno in NO_SPACE:  # MONAI Label's copy of the upload: a 500
+                where = os.path.dirname(e.filename) if e.filename else f"the server's temp folder {tempfile.gettempdir()}"
+                raise HTTPException(507, f"no space left on device: the upload could not be stored in {where}; "
+                                         "nothing was saved. Free space on that disk, then try again.") from e
             raise
 
     return guarded
+
+
+def _save_label_versioned(background_tasks, image, params="{}", tag=DefaultLabelTag.FINAL.value, label=None,
+                          user=None, _save=datastore_endpoint.save_label):
+    """``PUT /datastore/label``, recording who saved the label (MONAI Label passes its user to the endpoint
+    but not into the label's info), and answering which version the label became and which earlier label
+    it replaced (``replaces``: version, user, client id and time; ``None`` when the scan had no final
+    label), as the datastore recorded them."""
+    save_params = parse_params(params)
+    if user:
+        save_params["user"] = user  # the authenticated user ("admin" when auth is off), not the client's word
+    result = _save(background_tasks, image, json.dumps(save_params), tag, label, user)
+    if (tag or DefaultLabelTag.FINAL.value) == DefaultLabelTag.FINAL.value:
+        info = app_instance().datastore().get_label_info(result["label"], DefaultLabelTag.FINAL.value) or {}
+        result["version"], result["replaces"] = info.get("version"), info.get("replaces")
+    return result
+
+
+def _label_versions(image: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    """Every kept version of a scan's final label, oldest first: who saved it, when, and whether it is the
+    current label."""
+    return {"image": image, "versions": _versioned_store().list_label_versions(image)}
+
+
+async def _restore_label_version(image: str, version: int, client_id: str | None = None,
+                                 user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))):
+    """Make an earlier version the scan's final label again; the restore is a new version, and nothing is
+    overwritten. Asynchronous like MONAI Label's save, so saves and restores run one at a time."""
+    store, app = _versioned_store(), app_instance()
+    label_id = store.restore_label_version(image, version, {"user": user.username, "client_id": client_id})
+    result = app.on_save_label(image, label_id) or {}
+    info = store.get_label_info(label_id, DefaultLabelTag.FINAL.value)
+    return {**result, "image": image, "label": label_id, "version": info.get("version"),
+            "restored_from": version, "replaces": info.get("replaces")}
+
+
+def _versioned_store():
+    store = app_instance().datastore()
+    if not hasattr(store, "list_label_versions"):
+        raise HTTPException(404, "label versions are kept by the local studies folder only; a DICOMweb PACS "
+                                 "keeps every saved SEG itself")
+    return store
 
 
 def _datastore_images_only(endpoint):
@@ -202,9 +254,16 @@ def install() -> None:
         (infer_endpoint, "run_inference", _guarded_upload(_datastore_images_only(infer_endpoint.run_inference))),
         (wsi_infer_endpoint, "run_wsi_inference", _no_wsi),
         (batch_infer_endpoint, "run", _run_batch_checked),
-        (datastore_endpoint, "save_label", _guarded_upload(datastore_endpoint.save_label)),
+        (datastore_endpoint, "save_label", _guarded_upload(_save_label_versioned)),
         (datastore_endpoint, "add_image", _guarded_upload(datastore_endpoint.add_image)),
     ]
     for module, name, replacement in replacements:
         replacement.slpt_wrapped = True
         setattr(module, name, replacement)
+    server = sys.modules.get("monailabel.app")  # only the server; task subprocesses have no routes
+    if server is not None:
+        prefix = settings.MONAI_LABEL_API_STR + "/datastore/label/versions"
+        server.app.add_api_route(prefix, _label_versions, methods=["GET"], tags=["Datastore"],
+                                 summary="List the kept versions of a scan's final label")
+        server.app.add_api_route(prefix + "/restore", _restore_label_version, methods=["POST"], tags=["Datastore"],
+                                 summary="Restore an earlier version of a scan's final label (as a new version)")
