@@ -11,6 +11,7 @@ own scans' records, and SQLite serialises their writes.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -209,6 +210,10 @@ class ScanScorer:
             self.cache.put(image_id, info)  # now, not at the end: a killed run keeps every scan it finished
             return done
         except Exception as e:  # one unreadable scan must not stop the others from being scored
+            if _disk_full(e):  # but a full disk stops them all; every record kept so far stays as it was
+                raise OSError(errno.ENOSPC, f"no space left on device: TESLA scores could not be written to "
+                                            f"{self.cache.path.parent} (scoring {image_id}); scoring stopped, the "
+                                            "records already kept are unchanged") from e
             logger.error("TESLA could not score %s: %s", image_id, e)
             self.cache.put(image_id, {**info, "error": str(e)[:500]})  # so the first round does not wait for it
             return ["failed"]
@@ -267,6 +272,14 @@ class TeslaScoring(ScoringMethod):
                   "seconds": round(time.time() - start, 2)}
         logger.info("TESLA scoring: %s", result)
         return result
+
+
+def _disk_full(error: Exception) -> bool:
+    """A write failed for lack of space: an ``OSError`` (the organ masks) or SQLite's "database or disk is
+    full" (the score records; SQLite rolls the write back)."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return isinstance(error, sqlite3.OperationalError) and "full" in str(error)
 
 
 def _take_over_from_image_info(datastore: Datastore, image_id: str) -> dict:

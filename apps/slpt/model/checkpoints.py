@@ -17,6 +17,7 @@ back (``python -m apps.slpt.model.checkpoints --model-dir DIR rollback``).
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
 import os
@@ -120,7 +121,15 @@ class PromptCheckpointStore:
     def _write(self, version: int, payload: dict[str, Any]) -> None:
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        atomic_write_bytes(self.path(version), buffer.getvalue())
+        try:
+            atomic_write_bytes(self.path(version), buffer.getvalue())
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            # What a training round's log and /train/ show: the disk, and that nothing served changed.
+            raise OSError(e.errno, f"no space left on device: prompt checkpoint v{version} could not be written to "
+                                   f"{self.directory}; nothing was published and the served version is "
+                                   "unchanged") from e
 
     def set_current(self, version: int) -> None:
         if version not in self.versions():
