@@ -163,7 +163,8 @@ class ValidatingDatastore(LocalDatastore):
                                 "versioned save (an older app version, or a file copied into the folder)"})
         replaced = history[-1] if previous is not None else None
         record = {"version": (history[-1]["version"] + 1) if history else 1, "ext": ext,
-                  "sha256": hashlib.sha256(data).hexdigest(), "saved_at": now_iso(info["ts"]), **{k: info.get(k) for k in WHO}}
+                  "sha256": hashlib.sha256(data).hexdigest(), "saved_at": now_iso(info["ts"]),
+                  **{k: info.get(k) for k in WHO}}
         if restored_from is not None:
             record["restored_from"] = info["restored_from"] = restored_from
         history.append(record)

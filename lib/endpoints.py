@@ -90,7 +90,8 @@ def _guarded_upload(endpoint):
                 if not task.is_async:
                     task.func(*task.args, **task.kwargs)
             if isinstance(e, OSError) and e.errno in NO_SPACE:  # MONAI Label's copy of the upload: a 500
-                where = os.path.dirname(e.filename) if e.filename else f"the server's temp folder {tempfile.gettempdir()}"
+                where = (os.path.dirname(e.filename) if e.filename
+                         else f"the server's temp folder {tempfile.gettempdir()}")
                 raise HTTPException(507, f"no space left on device: the upload could not be stored in {where}; "
                                          "nothing was saved. Free space on that disk, then try again.") from e
             raise
