@@ -191,7 +191,9 @@ class MyApp(MONAILabelApp):
                           "unlabelled": len(store.get_unlabeled_images()),
                           # local studies only (lib/label_versions.py); a PACS keeps every SEG itself
                           "scans_with_several_label_versions":
-                              getattr(store, "scans_with_several_label_versions", lambda: None)()},
+                              getattr(store, "scans_with_several_label_versions", lambda: None)(),
+                          # DICOMweb only: whether the PACS answers now (the counts are its last lists if not)
+                          "pacs": getattr(store, "pacs_status", lambda: None)()},
             "tesla": self._strategies["tesla"].view(store) if "tesla" in self._strategies else None,
         }
         return meta

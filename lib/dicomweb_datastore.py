@@ -20,6 +20,12 @@ What MONAI Label 0.8.5's ``DICOMWebDatastore`` does, and what this subclass chan
   the image is registered, without the StudyInstanceUID OHIF's Next Sample opens. Here one caller per
   series fetches it while the others wait, and an image whose cached info lost its DICOM identifiers
   (MONAI Label's file-watcher can re-add an image with bare info) gets them back from the PACS.
+* Its client (dicomweb-client) waits without a timeout and retries every failed request five times over
+  30 s, so a save to a stopped PACS answered a 500 after 39 s. Here a request that cannot reach the PACS
+  fails within seconds as a 503 naming it (:class:`PACSUnreachable`), before anything is stored; the lists
+  of scans and labels are answered from the last ones the PACS gave, so what is cached keeps working.
+* It answers a save without saying that the scan had a label already; here the answer names the SEG it
+  replaces, with its version (the count of this app's SEGs for the scan), time, user and client.
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ import hashlib
 import logging
 import os
 import threading
+import time
+from contextlib import contextmanager
 
 import numpy as np
 import pydicom
 import pydicom_seg
+import requests
 import SimpleITK
 from cachetools import TTLCache
 from dicomweb_client import DICOMwebClient
@@ -46,7 +55,9 @@ from monailabel.datastore.utils.convert import nifti_to_dicom_seg
 from monailabel.datastore.utils.dicom import dicom_web_download_series, dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
+from requests.adapters import HTTPAdapter
 
+from lib.label_versions import now_iso
 from lib.validation import InvalidUpload, check_label, read_volume, volume_geometry
 
 logger = logging.getLogger(__name__)
@@ -55,6 +66,80 @@ logger = logging.getLogger(__name__)
 LABEL_SERIES_DESCRIPTION = "SLPT final label"
 # Display colours (RGB) shared with OHIF's MONAI Label panel palette for these names.
 SEGMENT_COLORS = {"liver": (221, 130, 101), "tumor": (144, 238, 144)}  # OHIF's "liver", "liver tumor"
+# A PACS that takes longer than this to accept a connection is reported unreachable; once connected, a
+# series or a SEG may take minutes to pass on a slow link.
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 3.0, 300.0
+UNAVAILABLE = (502, 503, 504)  # what a proxy in front of a stopped PACS answers
+# Within this long of a failed request, listings answer from the last lists without asking the PACS again:
+# one /info/ lists several times, and each try at a PACS that drops packets costs the connect timeout.
+RECHECK_AFTER_S = 10.0
+
+
+class PACSUnreachable(HTTPException):
+    """503: a request could not reach the PACS. Raised before anything is stored, so the client may retry
+    the same request once the PACS is back."""
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(503, f"the PACS at {url} is unreachable ({reason}); nothing was saved or changed: "
+                              "retry when it is back")
+
+
+class PACSClient(DICOMwebClientX):
+    """MONAI Label's DICOMweb client with timeouts, one quick retry instead of five over 30 s, and every
+    failure to reach the PACS raised as :class:`PACSUnreachable`; ``outage`` holds the last one until a
+    request gets through again."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.set_http_retry_params(max_attempts=2, wait_exponential_multiplier=250)  # one retry, 0.5 s later
+        adapter = _TimeoutAdapter()
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self.outage: dict | None = None
+        self._failed_at = 0.0  # time.monotonic() of the last failed request
+
+    def recently_down(self) -> bool:
+        return self.outage is not None and time.monotonic() - self._failed_at < RECHECK_AFTER_S
+
+    @contextmanager
+    def _reaching(self):
+        try:
+            yield
+        except requests.HTTPError as e:
+            if e.response is None or e.response.status_code not in UNAVAILABLE:
+                raise
+            raise self._down(f"it answered {e.response.status_code}") from e
+        except requests.Timeout as e:
+            connecting = isinstance(e, requests.ConnectTimeout)
+            raise self._down(f"no {'connection' if connecting else 'answer'} within "
+                             f"{CONNECT_TIMEOUT_S if connecting else READ_TIMEOUT_S:g} s") from e
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
+            raise self._down("connection refused" if "refused" in str(e).lower() else "connection lost") from e
+        self.outage = None
+
+    def _down(self, reason: str) -> PACSUnreachable:
+        self._failed_at = time.monotonic()
+        if self.outage is None or self.outage["reason"] != reason:
+            self.outage = {"reason": reason, "since": now_iso()}
+        logger.warning("PACS %s unreachable: %s", self.base_url, reason)
+        return PACSUnreachable(self.base_url, reason)
+
+    def _http_get(self, *args, **kwargs):
+        with self._reaching():
+            return super()._http_get(*args, **kwargs)
+
+    def _http_post(self, *args, **kwargs):
+        with self._reaching():
+            return super()._http_post(*args, **kwargs)
+
+    def _http_delete(self, *args, **kwargs):
+        with self._reaching():
+            return super()._http_delete(*args, **kwargs)
+
+
+class _TimeoutAdapter(HTTPAdapter):
+    def send(self, request, timeout=None, **kwargs):
+        return super().send(request, timeout=timeout or (CONNECT_TIMEOUT_S, READ_TIMEOUT_S), **kwargs)
 
 
 class SLPTDicomWebDatastore(DICOMWebDatastore):
@@ -66,6 +151,43 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
         self._seg_cache = TTLCache(maxsize=1, ttl=settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY)
         self._seg_lock = threading.Lock()
         self._seg_refs: dict[str, tuple[str | None, str]] = {}  # SEG series UID -> (image series UID, saved at)
+        self._seg_counts: dict[str, int] = {}  # image series UID -> how many of this app's SEGs refer to it
+        # The last lists the PACS gave, answered while it is unreachable
+        self._known_images: list[str] | None = None
+        self._known_segs: dict[str, str] | None = None
+
+    # --- the PACS's reachability ---------------------------------------------------------------------
+
+    def check_pacs(self) -> None:
+        """Raise :class:`PACSUnreachable` unless the PACS answers a one-study query now (for requests that
+        hand out work which needs it: Next Sample opens the study in the viewer, training reads labels)."""
+        self._client.search_for_studies(limit=1)
+
+    def pacs_status(self) -> dict:
+        """For ``/info/``: whether the PACS answers now, and if not, why and since when."""
+        try:
+            self.check_pacs()
+        except PACSUnreachable as e:
+            outage = getattr(self._client, "outage", None) or {}
+            return {"url": self._client.base_url, "reachable": False, "error": e.detail, "since": outage.get("since"),
+                    "answering_from": "the last lists of scans and labels the PACS gave"}
+        return {"url": self._client.base_url, "reachable": True}
+
+    def _skip_if_recently_down(self) -> None:
+        """Raise :class:`PACSUnreachable` without asking when a request failed in the last seconds."""
+        if getattr(self._client, "recently_down", lambda: False)():
+            raise PACSUnreachable(self._client.base_url, self._client.outage["reason"])
+
+    def list_images(self) -> list[str]:
+        try:
+            if self._known_images is not None:
+                self._skip_if_recently_down()
+            self._known_images = super().list_images()  # MONAI Label keeps it for its cache expiry
+        except PACSUnreachable:
+            if self._known_images is None:
+                raise
+            logger.warning("PACS unreachable: listing the %d series it listed last", len(self._known_images))
+        return self._known_images
 
     # --- which scans are labelled -------------------------------------------------------------------
 
@@ -73,12 +195,23 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
         """``{image series UID: newest SEG series UID}`` over the SEGs this app wrote."""
         with self._seg_lock:
             if "segs" not in self._seg_cache:
-                self._seg_cache["segs"] = self._query_final_segs()
+                try:
+                    if self._known_segs is not None:
+                        self._skip_if_recently_down()
+                    self._seg_cache["segs"] = self._query_final_segs()
+                except PACSUnreachable:
+                    if self._known_segs is None:
+                        raise
+                    logger.warning("PACS unreachable: answering from the %d labels it listed last",
+                                   len(self._known_segs))
+                    return dict(self._known_segs)
+                self._known_segs = dict(self._seg_cache["segs"])
             return dict(self._seg_cache["segs"])
 
     def _query_final_segs(self) -> dict[str, str]:
         images = set(self.list_images())
         found: dict[str, tuple[str, str]] = {}
+        counts: dict[str, int] = {}
         for meta in self._client.search_for_series(search_filters={"Modality": "SEG"}):
             seg = Dataset.from_json(meta)
             if str(seg.get("SeriesDescription", "")) != LABEL_SERIES_DESCRIPTION:
@@ -90,8 +223,10 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
                 self._seg_refs[uid] = (str(refs[0].SeriesInstanceUID) if refs else None,
                                        f"{header.get('SeriesDate', '')}{header.get('SeriesTime', '')}")
             image, stamp = self._seg_refs[uid]
+            counts[image] = counts.get(image, 0) + 1
             if image in images and (image not in found or stamp >= found[image][0]):
                 found[image] = (stamp, uid)
+        self._seg_counts = counts
         return {image: seg for image, (_, seg) in found.items()}
 
     def get_labeled_images(self, label_tag=None, labels=None) -> list[str]:
@@ -166,21 +301,42 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
         if label_tag != DefaultLabelTag.FINAL:
             return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
 
+        previous = self.final_segs().get(image_id)  # before the upload: the label this save replaces
+        version = max(self._seg_counts.get(image_id, 0), 1) + 1 if previous else 1
         image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
         seg_file = nifti_to_dicom_seg(image_dir, label_filename, self.segment_info(label_filename), use_itk=False)
         if not seg_file:
             raise HTTPException(422, "label is empty: draw at least one voxel of liver or tumour before saving")
         _stamp_now(seg_file)
-        try:
+        try:  # a PACS that cannot be reached raises PACSUnreachable (503) here, before anything is stored
             seg_uid = dicom_web_upload_dcm(seg_file, self._client)
         finally:
             os.unlink(seg_file)
         with self._seg_lock:
             self._seg_cache.clear()  # the next question "is it labelled?" asks the PACS again
-        info = {**(label_info or {}), "SeriesInstanceUID": seg_uid}
+            if self._known_segs is not None:
+                self._known_segs[image_id] = seg_uid
+            self._seg_counts[image_id] = version
+        info = {**(label_info or {}), "SeriesInstanceUID": seg_uid, "version": version,
+                "replaces": self._replaced(image_id, previous, version - 1)}
         local_id = LocalDatastore.save_label(self, image_id, label_filename, label_tag, info)
         logger.info("Saved final label of %s as SEG %s", image_id, seg_uid)
         return local_id
+
+    def _replaced(self, image_id: str, seg_uid: str | None, version: int) -> dict | None:
+        """What the answer to a save says of the SEG it replaces: its version, time, and who saved it where
+        this server did (the local copy's info)."""
+        if seg_uid is None:
+            return None
+        stamp = self._seg_refs.get(seg_uid, (None, ""))[1]
+        try:
+            saved_at = now_iso(datetime.datetime.strptime(stamp[:14], "%Y%m%d%H%M%S").timestamp())
+        except ValueError:
+            saved_at = stamp or None
+        local = LocalDatastore.get_label_info(self, image_id, DefaultLabelTag.FINAL) or {}
+        mine = local.get("SeriesInstanceUID") == seg_uid
+        return {"version": version, "seg": seg_uid, "saved_at": saved_at,
+                **{k: local.get(k) if mine else None for k in ("user", "client_id")}}
 
     def segment_info(self, label_filename: str) -> list[dict]:
         """One entry per label value present in the file, in value order, as ``nifti_to_dicom_seg`` pairs
@@ -214,10 +370,10 @@ def dicomweb_datastore(url: str, labels: dict[str, int]) -> SLPTDicomWebDatastor
     if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
         session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
                                                 settings.MONAI_LABEL_DICOMWEB_PASSWORD)
-    client = DICOMwebClientX(url=url.rstrip("/"), session=session,
-                             qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
-                             wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
-                             stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
+    client = PACSClient(url=url.rstrip("/"), session=session,
+                        qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                        wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                        stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
     return SLPTDicomWebDatastore(
         client, labels,
         search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,

@@ -39,9 +39,20 @@ from lib.validation import InvalidUpload, check_image, check_upload_size, upload
 def _sample_with_user(strategy, params=None, user=None, _sample=activelearning_endpoint.sample):
     """MONAI Label records ``params.client_id`` or else the user for each suggestion, but only hands the
     strategy ``params``; pass the user through so leases can fall back to it."""
+    _require_pacs()
     params = dict(params or {})
     params.setdefault("client_id", user)
     return _sample(strategy, params, user)
+
+
+def _require_pacs() -> None:
+    """503 now, before anything is leased or started, when the work handed out needs a PACS that does not
+    answer: the viewer opens a Next Sample's study from it, and a training round reads its labels from it.
+    The listings answer from the last ones the PACS gave (``lib/dicomweb_datastore.py``), which would hand
+    out a scan the annotator cannot open. A local studies folder has nothing to check."""
+    check = getattr(app_instance().datastore(), "check_pacs", None)
+    if check is not None:
+        check()
 
 
 def _run_train_checked(model, params=None, run_sync=False, enqueue=False, _run=train_endpoint.run_model):
@@ -50,6 +61,7 @@ def _run_train_checked(model, params=None, run_sync=False, enqueue=False, _run=t
     run the settings they override."""
     params = params or {}
     checked = app_instance().check_request("train", model, {"model": model, **params})
+    _require_pacs()
     return _run(model, {**params, CHECKED_SETTINGS: checked.overrides}, run_sync, enqueue)
 
 
@@ -63,6 +75,7 @@ def _run_all_train_checked(params=None, run_sync=False, _run=train_endpoint.run)
             raise HTTPException(422, f"params[{model!r}] must be a JSON object, got {type(own).__name__}")
         checked = app.check_request("train", model, {"model": model, **own})
         params[model] = {**own, CHECKED_SETTINGS: checked.overrides}
+    _require_pacs()
     return _run(params, run_sync)
 
 
