@@ -60,6 +60,9 @@ class PretrainConfig:
     torso_seeds: tuple[int, int] | None = None
     torso_val_seeds: tuple[int, int] | None = None
     torso_share: float = 0.75
+    # The intensity window before the resampling to ``pixdim`` (see ``bundle_config``); the stages before the
+    # torso scans resampled first.
+    window_first: bool = True
     iterations: int = 700
     batch_size: int = 2
     lr: float = 3e-3
@@ -71,6 +74,11 @@ class PretrainConfig:
 def bundle_config(cfg: PretrainConfig) -> dict:
     """The ``configs/inference.json`` of the bundle, in model-zoo style."""
     lo, hi = cfg.intensity_window
+    window = {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": lo, "a_max": hi, "b_min": 0.0,
+              "b_max": 1.0, "clip": True}
+    # Window first: scanners store the outside of the reconstruction circle as -1024, -2048 or -3024 HU, and
+    # each, interpolated with the tissue beside it, would give the network another edge.
+    resample = {"_target_": "Spacingd", "keys": "image", "pixdim": "@pixdim", "mode": "bilinear"}
     return {
         "bundle_root": ".",
         "pixdim": [cfg.pixdim] * 3,
@@ -90,9 +98,7 @@ def bundle_config(cfg: PretrainConfig) -> dict:
                 {"_target_": "LoadImaged", "keys": "image"},
                 {"_target_": "EnsureChannelFirstd", "keys": "image"},
                 {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-                {"_target_": "Spacingd", "keys": "image", "pixdim": "@pixdim", "mode": "bilinear"},
-                {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": lo, "a_max": hi,
-                 "b_min": 0.0, "b_max": 1.0, "clip": True},
+                *((window, resample) if cfg.window_first else (resample, window)),
             ],
         },
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [cfg.patch_size] * 3, "sw_batch_size": 1,
@@ -213,6 +219,8 @@ def main(argv=None) -> None:
                         help="also train on these torso scans (phantoms.torso)")
     parser.add_argument("--torso-val-seeds", type=int, nargs=2, metavar=("START", "STOP"))
     parser.add_argument("--torso-share", type=float, default=PretrainConfig.torso_share)
+    parser.add_argument("--resample-first", action="store_true",
+                        help="resample before the intensity window (the order of the stages before the torso scans)")
     parser.add_argument("--train-seeds", type=int, nargs=2, metavar=("START", "STOP"), default=PretrainConfig.train_seeds)
     parser.add_argument("--val-seeds", type=int, nargs=2, metavar=("START", "STOP"), default=PretrainConfig.val_seeds)
     args = parser.parse_args(argv)
@@ -221,7 +229,7 @@ def main(argv=None) -> None:
                          train_seeds=tuple(args.train_seeds), val_seeds=tuple(args.val_seeds),
                          torso_seeds=tuple(args.torso_seeds) if args.torso_seeds else None,
                          torso_val_seeds=tuple(args.torso_val_seeds) if args.torso_val_seeds else None,
-                         torso_share=args.torso_share)
+                         torso_share=args.torso_share, window_first=not args.resample_first)
     meta = pretrain(cfg, args.out)
     print(json.dumps({k: meta[k] for k in ("heldout_dice", "heldout_dice_torso", "num_parameters")}))
 

@@ -83,20 +83,24 @@ def run(backbone_dir: Path, cache: Path) -> dict:
             "code": tree_state()}
 
 
-def markdown(r: dict) -> str:
+def table(r: dict) -> str:
+    """Per-organ Dice on each real scan, then the bundle's own phantom rows."""
     rows = [f"| {scan} | " + " | ".join("-" if d[o] is None else f"{d[o]:.4f}" for o in ORGANS)
             + f" | {d['liver_voxels_predicted_per_true']} |" for scan, d in r["real_ct"].items()]
     for label, dice in (("held-out task phantoms", r["phantom_dice"]), ("held-out torso scans", r["torso_dice"])):
         if dice:
             rows.append(f"| {label} | " + " | ".join(f"{dice[o]:.4f}" for o in ORGANS) + " | |")
+    return "\n".join(["| scan | " + " | ".join(ORGANS) + " | liver voxels, predicted / true |",
+                      "| --- | " + " | ".join("---" for _ in ORGANS) + " | --- |", *rows])
+
+
+def markdown(r: dict) -> str:
     return "\n".join([
         "# The backbone on real CT (written by `python -m benchmarks.real_ct`)", "",
         f"Backbone `{r['backbone']}` (sha256 {str(r['sha256'])[:12]}). Dice in the backbone's space against "
         f"TotalSegmentator's automatic labels; phantom rows from the bundle's metadata. Code "
         f"`{r['code']['commit'][:7]}`{' (uncommitted changes)' if r['code'].get('dirty') else ''}, "
-        f"{r['machine']}, {r['seconds']} s.", "",
-        "| scan | " + " | ".join(ORGANS) + " | liver voxels, predicted / true |",
-        "| --- | " + " | ".join("---" for _ in ORGANS) + " | --- |", *rows, ""])
+        f"{r['machine']}, {r['seconds']} s.", "", table(r), ""])
 
 
 def main(argv=None) -> None:

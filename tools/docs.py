@@ -23,6 +23,7 @@ from pathlib import Path
 from apps.slpt.config import CONF_PREFIX, SECTIONS, SLPTConfig
 from benchmarks.label_efficiency_report import bar_lines
 from benchmarks.real_ct import REAL_CT_LIVER_MIN
+from benchmarks.real_ct import table as real_ct_markdown_table
 from benchmarks.speed import (
     EPOCH_SPEEDUP_VS_V1_MIN,
     EPOCH_VS_FINETUNE_MAX,
@@ -124,6 +125,13 @@ def _ms(stat: dict) -> str:
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
+def _stale(r: dict) -> str:
+    """A note for a result measured on another backbone than the one that ships: its figures are history."""
+    shipped = json.loads(BACKBONE_METADATA.read_text())["sha256"] if BACKBONE_METADATA.exists() else None
+    measured = (r.get("backbone") or {}).get("sha256") if isinstance(r.get("backbone"), dict) else None
+    return f" (on an earlier backbone, {measured[:8]}: to be re-run)" if measured and measured != shipped else ""
+
+
 def status_rows() -> list[tuple[str, str, str, str, str]]:
     """(bar, measured, target, holds, source) for the README's status box; target and holds are
     :data:`NOT_JUDGED` where no bar is set."""
@@ -133,7 +141,7 @@ def status_rows() -> list[tuple[str, str, str, str, str]]:
         slpt, ft = compare["summary"]["slpt"], compare["summary"]["full_finetune"]
         seeds, labelled = len(slpt["dice_tumor"]["values"]), len(compare["labelled"])
         rows.append((f"tumour Dice per case, {labelled} labelled and {compare['test_size']} test phantoms, "
-                     f"{seeds} seeds", f"SLPT {_ms(slpt['dice_tumor'])}",
+                     f"{seeds} seeds", f"SLPT {_ms(slpt['dice_tumor'])}{_stale(compare)}",
                      f"≥ full fine-tuning {_ms(ft['dice_tumor'])}",
                      _holds(slpt["dice_tumor"]["mean"] >= ft["dice_tumor"]["mean"]), _link("slpt_vs_finetune")))
         share = slpt["trainable_percent_of_backbone"]["mean"]
@@ -150,7 +158,7 @@ def status_rows() -> list[tuple[str, str, str, str, str]]:
     bar = (efficiency or {}).get("bars", {}).get("tesla_slpt_percent_of_full_data")
     if bar and bar["value"] is not None and not efficiency.get("quick"):
         rows.append(("label efficiency: TESLA + SLPT at the budget, share of full-data tumour Dice",
-                     f"{bar['value']:.1f}%",
+                     f"{bar['value']:.1f}%{_stale(efficiency)}",
                      f"≥ {bar['bar']:g}% (paper: 94% at 5% labels)", _holds(bar["holds"]), _link("benchmark")))
     else:
         rows.append(("label efficiency: TESLA + SLPT at 5% labels, share of full-data tumour Dice", "not measured yet",
@@ -397,7 +405,14 @@ def scale_figures() -> str:
     return "\n".join(lines + projection(speed))
 
 
+def real_ct_table() -> str:
+    """The per-organ table of ``benchmarks.real_ct``'s latest result."""
+    r = _result("real_ct")
+    return "the real-CT check has not been run yet" if r is None else real_ct_markdown_table(r)
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
+    "real-ct": real_ct_table,
     "status": status_box,
     "results": results_table,
     "compare-verdict": compare_verdict,

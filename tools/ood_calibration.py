@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -98,6 +99,17 @@ def main(argv=None) -> None:
     (args.out / "result.md").write_text(report(rows, limits, args))
 
 
+def confidence_rule(rows, limits: LayoutLimits) -> tuple[float, str] | None:
+    """The confidence limit the rule picks: just above (0.01, rounded up) the most confident non-abdominal volume
+    that no other sign flags. Real CTs take no part. None when every such volume is flagged by another sign."""
+    alone = [r for r in rows if r["kind"] == "not abdominal"
+             and not check_layout(r["features"], dataclasses.replace(limits, min_confidence=0.0)).flagged]
+    if not alone:
+        return None
+    top = max(alone, key=lambda r: r["features"]["confidence"])
+    return math.ceil(top["features"]["confidence"] * 100 + 1) / 100, f"{top['case']} ({top['pass']})"
+
+
 def report(rows, limits: LayoutLimits, args) -> str:
     def span(kind, feature):
         values = [r["features"].get(feature, float("nan")) for r in rows if r["kind"] == kind]
@@ -116,9 +128,13 @@ def report(rows, limits: LayoutLimits, args) -> str:
         + (": " + ", ".join(f"{r['case']} ({r['pass']})" for r in wrong) if wrong else "."),
         "",
         "Each limit sits between the abdominal phantoms and the non-abdominal volumes its sign is meant to catch.",
-        "The confidence limit sits just above the most confident volume that this sign alone catches (constant",
-        "water, in windows) rather than just under the abdominal phantoms: real CTs leave the backbone less sure",
-        "than phantoms do. The real CTs are test scans: shown, never used to pick.",
+        "The confidence limit sits just above the most confident volume that this sign alone catches, rather",
+        "than just under the abdominal phantoms: real CTs leave the backbone less sure than phantoms do. The real",
+        "CTs are test scans: shown, never used to pick.",
+        "",
+        "The rule's confidence limit on this backbone: " + (
+            f"{rule[0]:.2f}, above {rule[1]}" if (rule := confidence_rule(rows, limits)) else
+            "none needed (every non-abdominal volume is flagged by another sign)") + ".",
         "",
         "| feature | abdominal phantoms (min - max) | real abdominal CTs, held out | not abdominal (min - max) |",
         "| --- | --- | --- | --- |",
