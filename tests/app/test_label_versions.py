@@ -8,11 +8,9 @@ filled to the last byte: a label save answers 507 naming the disk, and nothing i
 
 from __future__ import annotations
 
-import errno
 import gzip
 import hashlib
 import os
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -22,6 +20,7 @@ import pytest
 from phantoms.io import image_id, write_studies
 from tests.app.conftest import start_server, stop_server
 from tests.app.helpers import SMALL, wait
+from tests.small_disk import fill, tmpfs
 
 pytestmark = pytest.mark.server
 
@@ -118,28 +117,8 @@ def test_two_annotators_both_versions_kept_restore_and_train_on_the_newest(tmp_p
 @pytest.fixture
 def small_disk(tmp_path):
     """A 6 MiB tmpfs at ``tmp_path/studies``: a real filesystem that fills up."""
-    disk = tmp_path / "studies"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "studies", "6m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Fill ``disk`` to its last byte with one file, and return it."""
-    filler = disk / "filler.bin"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (1 << 20, 1 << 12, 1):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC, e
-    return filler
 
 
 def test_full_disk_during_a_label_save(small_disk, tmp_path):

@@ -3,37 +3,20 @@ filesystem (a tmpfs this test mounts as root; else it skips and says why), fille
 
 from __future__ import annotations
 
-import errno
-import subprocess
 
 import pytest
 import torch
 
 from apps.slpt.model.checkpoints import PromptCheckpointStore, read_checkpoint
 from lib.activelearning.tesla_scoring import ScoreCache, _disk_full
+from tests.small_disk import fill, tmpfs
 
 
 @pytest.fixture
 def full_disk(tmp_path):
     """A 1 MiB tmpfs at ``tmp_path/disk``, and a function that fills it."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-
-    def fill():
-        with open(disk / "filler.bin", "wb", buffering=0) as f:
-            for size in (1 << 16, 1):
-                try:
-                    while True:
-                        f.write(b"\0" * size)
-                except OSError as e:
-                    assert e.errno == errno.ENOSPC, e
-    try:
-        yield disk, fill
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        yield disk, lambda: fill(disk)
 
 
 def test_checkpoint_publish_on_a_full_disk(full_disk):
