@@ -27,9 +27,10 @@ import torch
 
 from apps.slpt.config import SLPTConfig
 from apps.slpt.inference import organ_inferer, organ_logits
-from apps.slpt.model.backbone import load_backbone
+from apps.slpt.model.backbone import Backbone, load_backbone
 from apps.slpt.training.data import as_pair, pair_transforms, to_meta_tensor
 from benchmarks.reporting import tree_state
+from phantoms.phantom import ORGAN_NAMES
 
 ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
 REAL_CT_LIVER_MIN = 0.85  # the bar on each real scan; the goal is 0.90
@@ -45,38 +46,31 @@ def scans(cache: Path) -> dict[str, tuple[Path, Path, np.ndarray | None]]:
             "TotalSegmentator example (labelled slices)": (example, example_organs, labelled)}
 
 
-def organ_dice(backbone_dir: Path, image: Path, organs: Path, labelled: np.ndarray | None) -> dict[str, float]:
-    backbone = load_backbone(backbone_dir)
-    preprocessing = backbone.preprocessing
+def organ_dice(backbone: Backbone, image: Path, organs: Path, labelled: np.ndarray | None) -> dict[str, float]:
     img = nib.load(str(image))
     reference = np.asanyarray(nib.load(str(organs)).dataobj).astype(np.int16)
     if labelled is not None:  # unlabelled slices are ignored: -1 survives the nearest-neighbour resampling
         reference[..., ~labelled] = -1
     data = {"image": to_meta_tensor(np.asanyarray(img.dataobj), img.affine), "label": to_meta_tensor(reference, img.affine)}
-    x, y = as_pair(pair_transforms(preprocessing, load=False, check_labels=False)(data))
+    x, y = as_pair(pair_transforms(backbone.preprocessing, load=False, check_labels=False)(data))
     with torch.no_grad():
         pred = organ_logits(backbone.network, x[None], organ_inferer(backbone.roi_size, SLPTConfig())).argmax(1)[0]
     y, valid = y[0], y[0] >= 0
     dice = {}
     for name in ORGANS:
-        channel, truth = backbone.labels[name], y == _phantom_id(name)
+        channel, truth = backbone.labels[name], y == ORGAN_NAMES[name]
         p, t = (pred == channel) & valid, truth & valid
         dice[name] = round(float(2 * (p & t).sum() / max(int(p.sum() + t.sum()), 1)), 4) if t.any() else None
     dice["liver_voxels_predicted_per_true"] = round(float(((pred == backbone.labels["liver"]) & valid).sum()
-                                                         / max(int((y == _phantom_id("liver")).sum()), 1)), 3)
+                                                         / max(int((y == ORGAN_NAMES["liver"]).sum()), 1)), 3)
     return dice
 
 
-def _phantom_id(name: str) -> int:
-    from phantoms.phantom import ORGAN_NAMES
-
-    return ORGAN_NAMES[name]
-
-
 def run(backbone_dir: Path, cache: Path) -> dict:
-    meta = load_backbone(backbone_dir).metadata
+    backbone = load_backbone(backbone_dir)
+    meta = backbone.metadata
     t0 = time.time()
-    result = {name: organ_dice(backbone_dir, *paths) for name, paths in scans(cache).items()}
+    result = {name: organ_dice(backbone, *paths) for name, paths in scans(cache).items()}
     return {"backbone": str(backbone_dir), "sha256": meta.get("sha256"), "phantom_dice": meta.get("heldout_dice"),
             "torso_dice": meta.get("heldout_dice_torso"), "real_ct": result, "seconds": round(time.time() - t0, 1),
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",

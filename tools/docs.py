@@ -128,7 +128,7 @@ def _ms(stat: dict) -> str:
 def _stale(r: dict) -> str:
     """A note for a result measured on another backbone than the one that ships: its figures are history."""
     shipped = json.loads(BACKBONE_METADATA.read_text())["sha256"] if BACKBONE_METADATA.exists() else None
-    measured = (r.get("backbone") or {}).get("sha256") if isinstance(r.get("backbone"), dict) else None
+    measured = r["backbone"].get("sha256") if isinstance(r.get("backbone"), dict) else None
     return f" (on an earlier backbone, {measured[:8]}: to be re-run)" if measured and measured != shipped else ""
 
 
