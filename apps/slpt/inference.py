@@ -22,16 +22,19 @@ from apps.slpt.windows import sliding_window
 # The liver is one organ: a tumour outside its largest connected piece (liver and tumour together) lies in a
 # partial-volume edge of another organ or of the body wall, never in this liver.
 _ONE_LIVER = KeepLargestConnectedComponent(applied_labels=[LIVER, TUMOUR], independent=False)
-# Voxels of context around the liver where tumour is looked for: a lesion at the liver's edge that the backbone
-# left out of the liver still lies in the box.
+# Voxels of context around the liver for the prompted pass: its windows see the liver's surroundings, as the
+# training patches did, rather than zero padding at the box's edge.
 LIVER_BOX_MARGIN = 4
 KNOWN_LIVER_MARGIN = 20.0  # a given liver mask as logits: liver (or tumour) inside for certain, background outside
 
 
 def task_label(probs: torch.Tensor) -> torch.Tensor:
-    """``[C, *S]`` class probabilities -> ``[*S]`` long label map: the argmax, with tumour only in the largest
-    connected region of liver and tumour (liver elsewhere: the organ stays what the backbone says it is)."""
-    label = channel_argmax(probs)
+    """``[C, *S]`` class probabilities -> ``[*S]`` long label map, organ first: liver or tumour where the two
+    together outweigh background (for :func:`~apps.slpt.model.prompts.task_logits`, exactly where the backbone
+    labels liver), tumour within it where tumour outweighs liver, and only in the largest connected region of
+    liver and tumour (liver elsewhere: the organ stays what the backbone says it is)."""
+    organ = probs[LIVER] + probs[TUMOUR] > probs[0]
+    label = torch.where(organ, torch.where(probs[TUMOUR] > probs[LIVER], TUMOUR, LIVER), 0)
     outside = torch.as_tensor(_ONE_LIVER(label[None].clone()))[0] == 0
     label[outside & (label == TUMOUR)] = LIVER
     return label.long()

@@ -6,7 +6,9 @@ import pytest
 import torch
 from monai.networks.nets import SegResNet
 
+from apps.slpt.active.uncertainty import ensemble
 from apps.slpt.config import SLPTConfig
+from apps.slpt.inference import task_label
 from apps.slpt.model.deltas import ParameterDeltas
 from apps.slpt.model.prompts import (
     GROUPS,
@@ -73,7 +75,8 @@ def test_untrained_the_task_is_the_backbones_liver_without_tumour_and_training_m
         sets = split_prompts(run(model, x), k)
     assert (tau < TUMOUR_PRIOR / 2).all()  # far below the tumour-vs-liver tie, for every set
     for logits in sets:  # liver exactly where the backbone's argmax is liver, and no tumour anywhere
-        assert torch.equal(logits.argmax(1), (frozen.argmax(1) == LIVER).long())
+        served = torch.stack([task_label(probs) for probs in logits.softmax(1)])
+        assert torch.equal(served, (frozen.argmax(1) == LIVER).long())
     _train(model)  # sanity: the comparison above can fail
     with torch.no_grad():
         assert not torch.allclose(model.tumour_log_odds(x), tau, atol=1e-3)
@@ -247,13 +250,26 @@ def test_low_rank_deltas_start_at_zero_and_fold_into_the_kernel():
 
 def test_task_logits_give_the_organ_where_its_margin_is_positive_and_make_tau_the_tumour_vs_liver_log_odds():
     organ_logits = torch.randn(2, 5, 4, 4, 4)
-    tau = torch.randn(2, 3, 4, 4, 4)
+    tau = 8 * torch.randn(2, 3, 4, 4, 4)  # far beyond the margins, either way
     margin = liver_margin(organ_logits, organ_channel=2)
-    logits = task_logits(margin, tau).view(2, 3, 3, 4, 4, 4)
+    probs = task_logits(margin, tau).view(2, 3, 3, 4, 4, 4).softmax(2)
     organ = organ_logits.argmax(1)[:, None].expand(-1, 3, -1, -1, -1) == 2
-    assert torch.equal(logits[:, :, 1] > logits[:, :, 0], organ)
-    probs = logits.softmax(2)
+    torch.testing.assert_close(probs[:, :, 1] + probs[:, :, 2], margin.sigmoid().expand_as(organ))
+    assert torch.equal(probs[:, :, 1] + probs[:, :, 2] > probs[:, :, 0], organ)
     torch.testing.assert_close(probs[:, :, 2] / probs[:, :, 1], tau.exp(), rtol=1e-4, atol=1e-4)
+
+
+def test_the_served_label_is_the_backbones_organ_whatever_the_tumour_log_odds():
+    """A trained head's ``tau`` may be large anywhere, also outside the liver: the label's liver and tumour
+    together stay the backbone's liver, voxel for voxel, and tumour is only ever inside it."""
+    organ_logits = torch.randn(1, 5, 12, 12, 12)
+    organ_logits[:, 2, 3:9, 3:9, 3:9] += 4  # one liver, so that the largest-piece rule leaves tumour alone
+    tau = 8 * torch.randn(1, 3, 12, 12, 12)
+    margin = liver_margin(organ_logits, organ_channel=2)
+    probs, _ = ensemble(task_logits(margin, tau), num_prompts=3)
+    label = task_label(probs[0])
+    assert torch.equal(label > 0, margin[0, 0] > 0)
+    assert (label == 2).any() and not ((label == 2) & (margin[0, 0] <= 0)).any()
 
 
 def test_count_parameters_counts_requires_grad():
