@@ -51,13 +51,18 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not server and not orthanc and not browser and not slow" tests
 
-# Two runs: from scratch, then a lower learning rate starting from the first run's weights.
-# The shipped backbone resampled before the intensity window (--resample-first). Torso scans
-# (phantoms/torso.py, --torso-seeds) are an experiment not shipped yet: docs/backbone.md.
+# Four runs, each from the weights of the one before: the task phantoms from scratch, then at a lower learning
+# rate; then torso scans (phantoms/torso.py: chest to pelvis, randomised intensities) mixed with the task
+# phantoms, so that the liver is told from the heart, the diaphragm and muscle on real CT, twice: the first
+# still resampling before the intensity window, as the phantom stages did, the last windowing first.
 pretrain: install
 	$(BIN)/python -m benchmarks.pretrain --out data/pretrain/stage1 --resample-first
-	$(BIN)/python -m benchmarks.pretrain --out models/backbone --init-from data/pretrain/stage1 \
+	$(BIN)/python -m benchmarks.pretrain --out data/pretrain/stage2 --init-from data/pretrain/stage1 \
 	  --lr 1e-3 --iterations 400 --resample-first
+	$(BIN)/python -m benchmarks.pretrain --out data/pretrain/stage3 --init-from data/pretrain/stage2 \
+	  --lr 1e-3 --iterations 1000 --torso-seeds 800000 800080 --torso-val-seeds 810000 810016 --resample-first
+	$(BIN)/python -m benchmarks.pretrain --out models/backbone --init-from data/pretrain/stage3 \
+	  --lr 1e-3 --iterations 1200 --torso-seeds 800000 800080 --torso-val-seeds 810000 810016
 
 # The MONAI model zoo's wholeBody_ct_segmentation bundle (a SegResNet trained on real CTs, TotalSegmentator's
 # 104 structures), fetched once into models/; serve it with --conf slpt_backbone models/wholeBody_ct_segmentation

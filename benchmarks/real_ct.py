@@ -34,6 +34,9 @@ from phantoms.phantom import ORGAN_NAMES
 
 ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
 REAL_CT_LIVER_MIN = 0.85  # the bar on each real scan; the goal is 0.90
+# What the served liver must not fall below on either scan (tests/app/test_served_slpt.py): the shipped
+# backbone's worst scan (LIDC, about 0.78) less a margin. The bar above is reported, not yet met on both.
+REAL_CT_LIVER_FLOOR = 0.75
 
 
 def scans(cache: Path) -> dict[str, tuple[Path, Path, np.ndarray | None]]:

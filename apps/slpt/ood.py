@@ -56,10 +56,10 @@ class LayoutLimits:
         min_liver_share: fewest liver voxels per body voxel; below it there is no liver to segment.
     """
 
-    # Just above the most confident volume that this sign alone catches (constant water, in windows), rather
-    # than just under the abdominal phantoms: real abdominal CTs leave the backbone less sure than phantoms
-    # do (docs/results/ood).
-    min_confidence: float = 0.76
+    # Just above the most confident volume that this sign alone catches (constant water, in windows: 0.72 on
+    # the torso-trained backbone), rather than just under the abdominal phantoms: real abdominal CTs leave the
+    # backbone less sure than phantoms do (docs/results/ood, `tools.ood_calibration` prints the rule's pick).
+    min_confidence: float = 0.73
     min_liver_connected: float = 0.60
     companion_ratio: float = 0.002
     min_companions: int = 2
