@@ -193,7 +193,9 @@ class MyApp(MONAILabelApp):
                           "scans_with_several_label_versions":
                               getattr(store, "scans_with_several_label_versions", lambda: None)(),
                           # DICOMweb only: whether the PACS answers now (the counts are its last lists if not)
-                          "pacs": getattr(store, "pacs_status", lambda: None)()},
+                          "pacs": getattr(store, "pacs_status", lambda: None)(),
+                          # local studies only: saves cut off by a crash, undone at this start (one sentence each)
+                          "interrupted_saves_undone": getattr(store, "interrupted_saves", None)},
             "tesla": self._strategies["tesla"].view(store) if "tesla" in self._strategies else None,
         }
         return meta

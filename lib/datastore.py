@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from monailabel.datastore.local import DataModel, LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from apps.slpt.model.checkpoints import atomic_write_bytes
-from lib.label_versions import MANIFEST, NO_SPACE, LabelVersions, LabelWrite, now_iso, sha256_file
+from lib.label_versions import MANIFEST, NO_SPACE, LabelVersions, LabelWrite, leftovers, now_iso, sha256_file
 from lib.validation import (
     TASK_LABEL_VALUES,
     InvalidUpload,
@@ -40,6 +41,7 @@ from lib.validation import (
     volume_geometry,
 )
 
+logger = logging.getLogger(__name__)
 
 FINAL = DefaultLabelTag.FINAL.value
 # Who saved a version, as the label's info holds it: MONAI Label's user (``admin`` without auth; the app's
@@ -55,6 +57,10 @@ class ValidatingDatastore(LocalDatastore):
         super().__init__(*args, **kwargs)
         if getattr(self, "_handler", None) is not None:  # auto-reload: a rename is how other processes write
             self._handler.on_moved = self._on_replaced
+        with FileLock(self._lock_file):  # held by every save: none is half-way while this runs
+            self.interrupted_saves = self._undo_interrupted_saves()
+        for sentence in self.interrupted_saves:
+            logger.warning("start-up: %s", sentence)
 
     def add_image(self, image_id, image_filename, image_info):
         image_id = image_id or self._to_id(os.path.basename(image_filename))[0]
@@ -100,10 +106,32 @@ class ValidatingDatastore(LocalDatastore):
                                      f"kept versions: {sorted(listing)}")
         if record["current"]:
             raise HTTPException(409, f"version {version} is already the final label of {image_id!r}")
+        if record.get("removed"):
+            raise HTTPException(409, f"version {version} of {image_id!r} is the label's removal; restore the "
+                                     "version before it")
         source = self.label_versions.file(image_id, record)
         if not record["available"]:
             raise HTTPException(410, f"the file of version {version} of {image_id!r} is gone from {source.parent}")
         return self.save_label(image_id, str(source), FINAL, label_info, restored_from=version)
+
+    def remove_label(self, label_id, label_tag):
+        """MONAI Label's removal; a final label is kept as a version first, and a record says it was removed
+        (``GET /datastore/label/versions`` lists both; the label can be restored)."""
+        self._require(label_id)
+        current = self.get_label_uri(label_id, label_tag)
+        if label_tag != FINAL or not current or not os.path.isfile(current):
+            return super().remove_label(label_id, label_tag)
+        obj, path = self._datastore.objects[label_id], Path(current)
+        info = {"ts": int(time.time()), "removed": True}
+        try:
+            with FileLock(self._lock_file), LabelWrite() as write:
+                kept = self._record_version(write, label_id, path, None, None, info, None)
+                write.remove(path, kept)
+                old = obj.labels.pop(FINAL)
+                write.on_undo(lambda: obj.labels.__setitem__(FINAL, old))
+                self._update_datastore_file(lock=False)
+        except OSError as e:
+            raise storage_error(e, path.parent, f"the removal of the final label of {label_id!r}") from e
 
     def scans_with_several_label_versions(self) -> int:
         return self.label_versions.scans_with_several()
@@ -144,11 +172,11 @@ class ValidatingDatastore(LocalDatastore):
             raise storage_error(e, folder, f"the {tag} label of {image_id!r}") from e
         return image_id
 
-    def _record_version(self, write: LabelWrite, image_id, previous: Path | None, data: bytes, ext: str,
-                        info: dict, restored_from: int | None) -> Path | None:
+    def _record_version(self, write: LabelWrite, image_id, previous: Path | None, data: bytes | None,
+                        ext: str | None, info: dict, restored_from: int | None) -> Path | None:
         """Keep the final label being replaced (``previous``) and add the new one's record to the scan's
-        version history; returns the kept copy of ``previous``. Sets ``version`` and ``replaces`` in
-        ``info``."""
+        version history (``data`` ``None``: a record of the label's removal); returns the kept copy of
+        ``previous``. Sets ``version`` and ``replaces`` in ``info``."""
         versions = self.label_versions
         history = versions.history(image_id)
         if previous is not None:
@@ -162,9 +190,9 @@ class ValidatingDatastore(LocalDatastore):
                                 **{k: old_info.get(k) for k in WHO}, "note": "not saved through this app's "
                                 "versioned save (an older app version, or a file copied into the folder)"})
         replaced = history[-1] if previous is not None else None
-        record = {"version": (history[-1]["version"] + 1) if history else 1, "ext": ext,
-                  "sha256": hashlib.sha256(data).hexdigest(), "saved_at": now_iso(info["ts"]),
+        record = {"version": (history[-1]["version"] + 1) if history else 1, "saved_at": now_iso(info["ts"]),
                   **{k: info.get(k) for k in WHO}}
+        record.update({"removed": True} if data is None else {"ext": ext, "sha256": hashlib.sha256(data).hexdigest()})
         if restored_from is not None:
             record["restored_from"] = info["restored_from"] = restored_from
         history.append(record)
@@ -191,6 +219,21 @@ class ValidatingDatastore(LocalDatastore):
     def update_image_info(self, image_id, info):
         self._require(image_id)
         return super().update_image_info(image_id, info)
+
+    def _undo_interrupted_saves(self) -> list[str]:
+        """What saves killed half-way left, undone (:meth:`lib.label_versions.LabelVersions.recover`), and
+        the temporary files of other interrupted writes (labels of other tags, ``datastore_v2.json``)
+        removed; one sentence per thing undone."""
+        undone = self.label_versions.recover(lambda i: Path(u) if (u := self.get_label_uri(i, FINAL)) else None)
+        labels = Path(self._datastore.label_path(FINAL)).parent
+        config = Path(self._datastore_config_path)
+        stray = [p for p in leftovers(config.parent) if p.name.startswith(f".{config.name}.")]  # only ours there
+        for folder in (p for p in labels.iterdir() if p.is_dir()) if labels.is_dir() else ():
+            stray += leftovers(folder)
+        for path in stray:
+            path.unlink()
+            undone.append(f"removed {path.name}, a file left by an interrupted write in {path.parent}")
+        return undone
 
     def _update_datastore_file(self, lock=True):
         """MONAI Label's writer, as a write to a temporary file renamed over ``datastore_v2.json``."""

@@ -12,7 +12,9 @@ image, a label or a tag.
 
 A label file is written whole or not at all: to a temporary file in its own folder, then renamed into
 place. :class:`LabelWrite` does the writes of one save in an order where everything that needs disk space
-comes first, and undoes them all if any step fails (a full disk, most often).
+comes first, and undoes them all if any step fails (a full disk, most often). A save whose process was
+killed half-way (``kill -9``, a power cut) cannot undo itself: :meth:`LabelVersions.recover` does it at the
+next start, so a save is either done and answered, or was never made.
 """
 
 from __future__ import annotations
@@ -64,6 +66,12 @@ def write_temp(folder: str | os.PathLike, name: str, data: bytes) -> Path:
     return Path(tmp)
 
 
+def leftovers(folder: Path) -> list[Path]:
+    """The temporary files (``.tmp``) and undo links (``.bak``) that an interrupted save leaves in ``folder``:
+    hidden names, never a label."""
+    return sorted(p for p in folder.glob(".*") if p.suffix in (".tmp", ".bak") and p.is_file())
+
+
 def keep_copy(source: Path, target: Path) -> None:
     """``target`` becomes another name of ``source`` (a hard link: no disk space needed; labels are only ever
     replaced by a rename, never rewritten in place), or a whole copy where links are not supported."""
@@ -109,10 +117,57 @@ class LabelVersions:
         current_sha = sha256_file(current) if current and current.is_file() else None
         shown = []
         for i, record in enumerate(history):
-            is_current = i == len(history) - 1 and record.get("sha256") == current_sha
-            available = is_current or self.file(image_id, record).is_file()
+            is_current = i == len(history) - 1 and current_sha is not None and record.get("sha256") == current_sha
+            available = is_current or (not record.get("removed") and self.file(image_id, record).is_file())
             shown.append({**record, "current": is_current, "available": available})
         return shown
+
+    def write_history(self, image_id: str, history: list[dict[str, Any]]) -> None:
+        """Replace ``image_id``'s records (atomically; the manifest goes when none is left)."""
+        manifest = self.dir(image_id) / MANIFEST
+        if not history:
+            manifest.unlink(missing_ok=True)
+            return
+        tmp = write_temp(manifest.parent, MANIFEST, json.dumps({"image": image_id, "versions": history}, indent=1).encode())
+        os.replace(tmp, manifest)
+
+    def recover(self, current: Callable[[str], Path | None]) -> list[str]:
+        """Undo the saves that were killed half-way, and say what was undone (one sentence each).
+
+        A save writes the new label to a temporary file first, then the version records, then renames the label
+        into place. Killed in between, it leaves the label it replaces in place, records naming a version whose
+        label never landed, and its temporary files. The label in place stays (it is the last save that
+        completed, and the one its client was answered for); records of a version that never landed (its file
+        is a leftover temporary file, not the label in place and not kept) are dropped; leftovers are removed.
+        ``current(image_id)``: the final label file in place, or ``None``. The caller holds the datastore's
+        lock, so no save is under way.
+        """
+        temps = {sha256_file(p): p for p in leftovers(self.folder) if p.suffix == ".tmp"}
+        undone = []
+        for folder in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            if not folder.is_dir():
+                continue
+            image_id, history = folder.name, self.history(folder.name)
+            in_place = current(image_id)
+            in_place_sha = sha256_file(in_place) if in_place is not None and in_place.is_file() else None
+            dropped = []
+            while history and history[-1].get("sha256") in temps and history[-1].get("sha256") != in_place_sha \
+                    and not self.file(image_id, history[-1]).exists():
+                dropped.append(history.pop())
+            if dropped:
+                self.write_history(image_id, history)
+                for record in dropped:
+                    undone.append(f"the save of version {record['version']} of {image_id}'s final label (by "
+                                  f"{record.get('user') or record.get('client_id') or 'an unnamed client'} at "
+                                  f"{record.get('saved_at')}) was interrupted before its label was in place; "
+                                  f"{'version ' + str(history[-1]['version']) if history else 'no label'} "
+                                  "stays, so that save must be made again")
+            for path in leftovers(folder):
+                path.unlink()
+        for path in leftovers(self.folder):
+            path.unlink()
+            undone.append(f"removed {path.name}, a file left by an interrupted save in {self.folder}")
+        return undone
 
     def scans_with_several(self) -> int:
         """How many scans have more than one version kept."""

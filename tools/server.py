@@ -42,6 +42,9 @@ class Server:
     def put(self, path, **kw):
         return requests.put(self.url + path, timeout=600, **kw)
 
+    def delete(self, path, **kw):
+        return requests.delete(self.url + path, timeout=600, **kw)
+
 
 def start_server(workdir: Path, studies: Path | str, conf: dict[str, str] | None = None,
                  env: dict[str, str] | None = None, port: int | None = None, timeout: float = 180) -> Server:

@@ -1,6 +1,6 @@
 """Crash safety through the real server: the training subprocess, the scoring subprocess and then the whole
 server are killed with SIGKILL while they work, and what was stored before must still be there, load and be
-served.
+served; a label save cut off by the server's death is undone at the restart, with the scan still leased.
 
 One scenario test whose named steps share one server (the last step restarts it on the same folders). MONAI
 Label 0.8.5 runs training and scoring as ``python -m monailabel.interfaces.utils.app -m train|scoring``
@@ -29,6 +29,7 @@ from lib.datastore import ValidatingDatastore
 from phantoms.io import image_id, write_studies
 from tests.app.conftest import start_server, stop_server
 from tests.app.helpers import SMALL, next_sample, step, tesla_infos, wait
+from tests.interrupted_save import save_killed_before_the_label_lands
 from tools.server import Server
 
 pytestmark = pytest.mark.server
@@ -239,10 +240,17 @@ def kill_9_of_the_whole_server_then_restart_keeps_everything(crash):
     assert len(before["labels"]) == 3 and len(before["versions"]) >= 2
     os.killpg(srv.proc.pid, signal.SIGKILL)
     srv.proc.wait(timeout=30)
+    # Reader 2 was saving as the server died: that save's version record is written, its label is not.
+    held = crash.held["reader-2"]
+    save_killed_before_the_label_lands(srv.studies, held, srv.workdir / "truth" / f"{held}.nii.gz",
+                                       {"client_id": "reader-2"})
     crash.server = srv = start_server(srv.workdir, srv.studies, crash.conf)
 
     assert snapshot(srv) == before  # labels, scores, round + queue + reasons, checkpoint versions
-    assert next_sample(srv, "reader-2")["id"] == crash.held["reader-2"]  # the lease survived
+    undone = srv.get("/info/").json()["slpt"]["datastore"]["interrupted_saves_undone"]
+    assert any(held in s and "reader-2" in s for s in undone), undone  # the restart says what it undid
+    assert srv.get("/datastore/label/versions", params={"image": held}).json()["versions"] == []
+    assert next_sample(srv, "reader-2")["id"] == held  # the lease survived, and the scan is still to label
     assert served_version(srv, crash.unlabelled[0]) == before["checkpoint"]["version"]
 
 

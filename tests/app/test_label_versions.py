@@ -1,7 +1,8 @@
 """Label versions and a full disk, through the real server (issue 42, parts 1 and 3).
 
 Two annotators save the same scan: both labels are kept, the second answer names the first, an earlier
-version can be listed and restored (as a new version), and training reads only the newest. The studies
+version can be listed and restored (as a new version), and training reads only the newest; a removed label
+is kept as a version too. The studies
 folder on a real small filesystem (a tmpfs the test mounts, so it runs as root; else it skips and says why)
 filled to the last byte: a label save answers 507 naming the disk, and nothing in the store changes.
 """
@@ -110,6 +111,18 @@ def test_two_annotators_both_versions_kept_restore_and_train_on_the_newest(tmp_p
         status = wait(lambda: (s := srv.get("/train/").json()).get("status") in ("DONE", "ERROR") and s, every=2)
         assert status["status"] == "DONE", status
         assert srv.get("/info/").json()["slpt"]["datastore"]["labelled"] == 2
+
+        # A final label removed (DELETE /datastore/label, by mistake as often as not) is kept as a version.
+        r = srv.delete("/datastore/label", params={"id": scan, "tag": "final"})
+        assert r.status_code == 200, r.text
+        assert not final.exists() and srv.get("/info/").json()["slpt"]["datastore"]["labelled"] == 1
+        versions = srv.get("/datastore/label/versions", params={"image": scan}).json()["versions"]
+        assert [(v["version"], v.get("removed", False), v["current"], v["available"]) for v in versions[2:]] == \
+            [(3, False, False, True), (4, True, False, False)]
+        assert srv.post("/datastore/label/versions/restore", params={"image": scan, "version": 4}).status_code == 409
+        r = srv.post("/datastore/label/versions/restore", params={"image": scan, "version": 3})
+        assert r.status_code == 200 and r.json()["version"] == 5, r.text
+        assert final.read_bytes() == first
     finally:
         stop_server(srv)
 
