@@ -23,7 +23,10 @@ What MONAI Label 0.8.5's ``DICOMWebDatastore`` does, and what this subclass chan
 * Its client (dicomweb-client) waits without a timeout and retries every failed request five times over
   30 s, so a save to a stopped PACS answered a 500 after 39 s. Here a request that cannot reach the PACS
   fails within seconds as a 503 naming it (:class:`PACSUnreachable`), before anything is stored; the lists
-  of scans and labels are answered from the last ones the PACS gave, so what is cached keeps working.
+  of scans and labels are answered from the last ones the PACS gave, so what is cached keeps working. Those
+  lists are kept in the cache folder too, so that a process started during an outage (MONAI Label scores
+  and trains in subprocesses) has them: scoring then scores the cached scans and records the others as
+  not fetched, which ``/info/`` shows.
 * It answers a save without saying that the scan had a label already; here the answer names the SEG it
   replaces, with its version (the count of this app's SEGs for the scan), time, user and client.
 """
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -57,6 +61,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 from requests.adapters import HTTPAdapter
 
+from apps.slpt.model.checkpoints import atomic_write_json
 from lib.label_versions import now_iso
 from lib.validation import InvalidUpload, check_label, read_volume, volume_geometry
 
@@ -73,6 +78,7 @@ UNAVAILABLE = (502, 503, 504)  # what a proxy in front of a stopped PACS answers
 # Within this long of a failed request, listings answer from the last lists without asking the PACS again:
 # one /info/ lists several times, and each try at a PACS that drops packets costs the connect timeout.
 RECHECK_AFTER_S = 10.0
+LAST_LISTS = "pacs_last_lists.json"  # in the cache folder: the lists a later process answers from in an outage
 
 
 class PACSUnreachable(HTTPException):
@@ -152,9 +158,8 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
         self._seg_lock = threading.Lock()
         self._seg_refs: dict[str, tuple[str | None, str]] = {}  # SEG series UID -> (image series UID, saved at)
         self._seg_counts: dict[str, int] = {}  # image series UID -> how many of this app's SEGs refer to it
-        # The last lists the PACS gave, answered while it is unreachable
-        self._known_images: list[str] | None = None
-        self._known_segs: dict[str, str] | None = None
+        # The last lists the PACS gave, answered while it is unreachable, by this process or a later one
+        self._known_images, self._known_segs = self._read_last_lists()
 
     # --- the PACS's reachability ---------------------------------------------------------------------
 
@@ -178,11 +183,32 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
         if getattr(self._client, "recently_down", lambda: False)():
             raise PACSUnreachable(self._client.base_url, self._client.outage["reason"])
 
+    @property
+    def _last_lists_path(self) -> str:
+        return os.path.join(self._datastore_path, LAST_LISTS)  # the cache folder of this PACS's URL
+
+    def _read_last_lists(self) -> tuple[list[str] | None, dict[str, str] | None]:
+        try:
+            with open(self._last_lists_path) as f:
+                saved = json.load(f)
+            return list(saved["images"]), dict(saved["segs"]) if saved.get("segs") is not None else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, None
+
+    def _keep_last_lists(self) -> None:
+        try:
+            atomic_write_json(self._last_lists_path, {"images": self._known_images, "segs": self._known_segs})
+        except OSError as e:  # only a fallback for later processes: the listing itself succeeded
+            logger.warning("could not keep the PACS's last lists in %s: %s", self._last_lists_path, e)
+
     def list_images(self) -> list[str]:
         try:
             if self._known_images is not None:
                 self._skip_if_recently_down()
-            self._known_images = super().list_images()  # MONAI Label keeps it for its cache expiry
+            listed = super().list_images()  # MONAI Label keeps it for its cache expiry
+            if listed != self._known_images:
+                self._known_images = listed
+                self._keep_last_lists()
         except PACSUnreachable:
             if self._known_images is None:
                 raise
@@ -205,7 +231,9 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
                     logger.warning("PACS unreachable: answering from the %d labels it listed last",
                                    len(self._known_segs))
                     return dict(self._known_segs)
-                self._known_segs = dict(self._seg_cache["segs"])
+                if self._seg_cache["segs"] != self._known_segs:
+                    self._known_segs = dict(self._seg_cache["segs"])
+                    self._keep_last_lists()
             return dict(self._seg_cache["segs"])
 
     def _query_final_segs(self) -> dict[str, str]:

@@ -179,6 +179,9 @@ class Tesla(Strategy):
                 "labelled": len(labelled), "pool": pool, "checkpoint_version": state.checkpoint_version,
                 "waiting_for_scoring": sum(needs_scoring(records.get(i, {}), version) for i in unlabelled),
                 "waiting_for_embedding": sum(waits_for_embedding(records.get(i, {})) for i in unlabelled),
+                # Skipped by the last scoring that reached them (an unreadable file, a PACS that did not answer),
+                # with the reason; tried again by the next scoring, which the server runs unasked.
+                "scoring_failed": {i: records[i]["error"] for i in unlabelled if records.get(i, {}).get("error")},
                 # Never selected (the labelling budget is not spent on them); each with the reasons.
                 "out_of_distribution": {i: reasons for i, reasons in self.cache(datastore).out_of_distribution().items()
                                         if i in unlabelled},

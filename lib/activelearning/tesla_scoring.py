@@ -179,7 +179,8 @@ class ScanScorer:
             need_embedding = info.get("content_sha256") != digest or not info.get("embedding")
             need_score = self.model is not None and (need_embedding or needs_scoring(info, self.version))
             if not (need_embedding or need_score):
-                if new:  # taken over from the image info
+                if new or "error" in info:  # taken over from the image info, or readable again after a failure
+                    info.pop("error", None)
                     self.cache.put(image_id, info)
                 return ["unchanged"]
             image = self.load({"image": path})["image"].as_tensor().float()

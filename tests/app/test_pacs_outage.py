@@ -3,8 +3,8 @@ on the same storage folder, under a real server on its DICOMweb root.
 
 While Orthanc is stopped, a label save and Next Sample answer 503 naming the PACS within seconds, a training
 round is refused with the same reason, and nothing changes: not the PACS, not the server's DICOMweb cache, not
-the model folder. Inference on a scan the server has cached still answers, and ``/info/`` says the PACS is
-unreachable. Once Orthanc is back, without a server restart, the same save works, its answer names the label it
+the model folder. Inference on a scan the server has cached still answers, ``/info/`` says the PACS is
+unreachable, and scoring skips a scan it cannot fetch, named with the reason in ``/info/``. Once Orthanc is back, without a server restart, the same save works, its answer names the label it
 replaced, Next Sample and training work, and every instance Orthanc stored before is still there, byte for byte.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import shutil
 import time
 from pathlib import Path
 
@@ -134,7 +135,22 @@ def test_a_pacs_outage_is_a_clear_retryable_error_and_nothing_is_lost(tmp_path):
             assert (slpt["datastore"]["labelled"], slpt["datastore"]["unlabelled"]) == (1, 1), slpt["datastore"]
             assert snapshot(cache) == before["cache"] and snapshot(model_dir) == before["model"]
 
+        with step("scoring skips a scan it cannot fetch, and /info/ says which and why", log):
+            # A scan the server has not fetched yet (a series new to it): its cached copy is gone.
+            for cached in cache.rglob(f"{other}*"):
+                shutil.rmtree(cached) if cached.is_dir() else cached.unlink()
+            answer = server.post("/scoring/tesla")
+            assert answer.status_code == 200, answer.text
+            failed = wait(lambda: scoring_done(server) and server.get("/info/").json()["slpt"]["tesla"]["scoring_failed"],
+                          timeout=300, every=2)
+            assert list(failed) == [other] and orthanc.dicomweb in failed[other], failed
+
         orthanc = start_orthanc(tmp_path / "orthanc", port)  # the same storage folder and port
+
+        with step("Orthanc back: the next scoring fetches and scores the scan it skipped", log):
+            assert server.post("/scoring/tesla").status_code == 200
+            wait(lambda: scoring_done(server) and not server.get("/info/").json()["slpt"]["tesla"]["scoring_failed"],
+                 timeout=300, every=2)
 
         with step("Orthanc back: every instance it stored before is there, byte for byte", log):
             assert stored_instances(orthanc) == before["pacs"]
