@@ -189,7 +189,7 @@ class MyApp(MONAILabelApp):
             "backbone": {**self.backbone.identity, "parameters": self.backbone.num_parameters()},
             "datastore": {"labelled": len(store.get_labeled_images()),
                           "unlabelled": len(store.get_unlabeled_images()),
-                          # local studies only (lib/label_versions.py); a PACS keeps every SEG itself
+                          # versions kept by the local studies folder (lib/label_versions.py) or the PACS
                           "scans_with_several_label_versions":
                               getattr(store, "scans_with_several_label_versions", lambda: None)(),
                           # DICOMweb only: whether the PACS answers now (the counts are its last lists if not)

@@ -28,7 +28,8 @@ What MONAI Label 0.8.5's ``DICOMWebDatastore`` does, and what this subclass chan
   and trains in subprocesses) has them: scoring then scores the cached scans and records the others as
   not fetched, which ``/info/`` shows.
 * It answers a save without saying that the scan had a label already; here the answer names the SEG it
-  replaces, with its version (the count of this app's SEGs for the scan), time, user and client.
+  replaces, with its version (the count of this app's SEGs for the scan), time, user and client, and the
+  label versions API lists a scan's SEGs and restores one (as a new SEG), as for a local studies folder.
 """
 
 from __future__ import annotations
@@ -304,7 +305,11 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
         seg_uid = segs.get(label_id) or segs.get(image_id) or (label_id if label_id in segs.values() else None)
         if seg_uid is None:  # the id becomes a cache path below: only a known image or SEG may get there
             return ""
-        folder = os.path.realpath(os.path.join(self._datastore.label_path(label_tag), seg_uid))
+        return self._seg_nifti(seg_uid)
+
+    def _seg_nifti(self, seg_uid: str) -> str:
+        """A SEG of this app (a listed final label or an earlier version) as a cached NIfTI label."""
+        folder = os.path.realpath(os.path.join(self._datastore.label_path(DefaultLabelTag.FINAL), seg_uid))
         nifti = f"{folder}.nii.gz"  # keyed by SEG: a newer save is a new file, never a stale cache hit
         if not os.path.exists(nifti):
             if not os.path.isdir(folder) or not os.listdir(folder):
@@ -356,15 +361,46 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
         this server did (the local copy's info)."""
         if seg_uid is None:
             return None
-        stamp = self._seg_refs.get(seg_uid, (None, ""))[1]
-        try:
-            saved_at = now_iso(datetime.datetime.strptime(stamp[:14], "%Y%m%d%H%M%S").timestamp())
-        except ValueError:
-            saved_at = stamp or None
+        saved_at = _saved_at(self._seg_refs.get(seg_uid, (None, ""))[1])
         local = LocalDatastore.get_label_info(self, image_id, DefaultLabelTag.FINAL) or {}
         mine = local.get("SeriesInstanceUID") == seg_uid
         return {"version": version, "seg": seg_uid, "saved_at": saved_at,
                 **{k: local.get(k) if mine else None for k in ("user", "client_id")}}
+
+    # --- label versions: every SEG this app saved stays in the PACS, the newest counts ---------------
+
+    def list_label_versions(self, image_id: str) -> list[dict]:
+        """This app's SEGs of ``image_id``, oldest first: version ``n`` is the ``n``-th saved, as a save's
+        answer numbers it; the newest is the final label. Who saved a version is known for the one this
+        server saved last (its local copy's info)."""
+        if image_id not in self.list_images():
+            raise HTTPException(404, f"no image {image_id!r} in the DICOMweb store")
+        current = self.final_segs().get(image_id)  # also reads the header of every SEG not seen before
+        segs = sorted((stamp, uid) for uid, (image, stamp) in self._seg_refs.items() if image == image_id)
+        local = LocalDatastore.get_label_info(self, image_id, DefaultLabelTag.FINAL) or {}
+        return [{"version": n, "seg": uid, "saved_at": _saved_at(stamp), "current": uid == current, "available": True,
+                 **{k: local.get(k) if local.get("SeriesInstanceUID") == uid else None for k in ("user", "client_id")}}
+                for n, (stamp, uid) in enumerate(segs, 1)]
+
+    def restore_label_version(self, image_id: str, version: int, label_info: dict) -> str:
+        """Save an earlier SEG's label again, as a new SEG (the newest counts; nothing is overwritten)."""
+        listing = {r["version"]: r for r in self.list_label_versions(image_id)}
+        record = listing.get(version)
+        if record is None:
+            raise HTTPException(404, f"no version {version} of the final label of {image_id!r}; "
+                                     f"versions in the PACS: {sorted(listing)}")
+        if record["current"]:
+            raise HTTPException(409, f"version {version} is already the final label of {image_id!r}")
+        return self.save_label(image_id, self._seg_nifti(record["seg"]), DefaultLabelTag.FINAL,
+                               {**label_info, "restored_from": version})
+
+    def scans_with_several_label_versions(self) -> int | None:
+        """Scans with more than one SEG of this app; ``None`` while the PACS cannot be asked."""
+        try:
+            self.final_segs()
+        except PACSUnreachable:
+            return None
+        return sum(n > 1 for n in self._seg_counts.values())
 
     def segment_info(self, label_filename: str) -> list[dict]:
         """One entry per label value present in the file, in value order, as ``nifti_to_dicom_seg`` pairs
@@ -381,6 +417,14 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
 
 def _unique_values(path: str) -> np.ndarray:
     return np.unique(read_volume(path, "label"))
+
+
+def _saved_at(stamp: str) -> str | None:
+    """A SEG's SeriesDate + SeriesTime as the local datastore's ``saved_at``."""
+    try:
+        return now_iso(datetime.datetime.strptime(stamp[:14], "%Y%m%d%H%M%S").timestamp())
+    except ValueError:
+        return stamp or None
 
 
 def _stamp_now(seg_file: str) -> None:

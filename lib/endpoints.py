@@ -149,8 +149,7 @@ async def _restore_label_version(image: str, version: int, client_id: str | None
 def _versioned_store():
     store = app_instance().datastore()
     if not hasattr(store, "list_label_versions"):
-        raise HTTPException(404, "label versions are kept by the local studies folder only; a DICOMweb PACS "
-                                 "keeps every saved SEG itself")
+        raise HTTPException(404, f"this datastore ({type(store).__name__}) keeps no label versions")
     return store
 
 

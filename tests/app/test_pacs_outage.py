@@ -169,6 +169,21 @@ def test_a_pacs_outage_is_a_clear_retryable_error_and_nothing_is_lost(tmp_path):
             after = stored_instances(orthanc)
             assert {i: after[i] for i in before["pacs"]} == before["pacs"] and len(after) == len(before["pacs"]) + 2
 
+        with step("the PACS's label versions: listed, and an earlier one restored as a new SEG", log):
+            versions = server.get("/datastore/label/versions", params={"image": scan}).json()["versions"]
+            assert [(v["version"], v["current"], v["client_id"]) for v in versions] == \
+                [(1, False, None), (2, True, "reader-3")], versions
+            assert server.get("/info/").json()["slpt"]["datastore"]["scans_with_several_label_versions"] == 1
+            restored = server.post("/datastore/label/versions/restore", params={"image": scan, "version": 1})
+            assert restored.status_code == 200 and restored.json()["version"] == 3, restored.text
+            assert restored.json()["replaces"]["seg"] == versions[1]["seg"]
+            label = server.get("/datastore/label", params={"label": scan, "tag": "final"})
+            assert label.status_code == 200, label.text
+            got = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(label.content)).dataobj)
+            want = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(labels[scan])).dataobj)
+            assert np.array_equal(np.bincount(got.ravel().astype(int)), np.bincount(want.ravel().astype(int)))
+            assert server.post("/datastore/label/versions/restore", params={"image": scan, "version": 3}).status_code == 409
+
         with step("a training round trains on both labels", log):
             answer = server.post("/train/slpt", json=TINY)
             assert answer.status_code == 200, answer.text
