@@ -87,3 +87,16 @@ def test_mc_dropout_switches_on_dropout_alone_and_restores_modes():
     assert mutual_information(probs).mean() > 0
     with pytest.raises(ValueError):
         mc_dropout_probabilities(net, torch.randn(1, 16, 16, 16), lambda x, m: m(x), samples=1)
+
+
+def test_disagreement_outside_the_predicted_liver_does_not_rank_a_scan():
+    """TESLA's uncertainty is the lesion's: prompt sets that disagree in the spleen or the body wall say
+    nothing about liver tumours, so they must not lift a scan in the ranking (with the whole volume as the
+    pool of most uncertain voxels, they would)."""
+    prediction = np.zeros((40, 40, 40), np.uint8)
+    prediction[5:25, 5:25, 5:25] = 1  # a liver of 8,000 voxels, no tumour predicted
+    pu = np.zeros(prediction.shape, np.float32)
+    pu[prediction == 1] = np.random.default_rng(0).uniform(0.0, 0.1, int((prediction == 1).sum()))
+    elsewhere = pu.copy()
+    elsewhere[30:38, 30:38, 30:38] = 0.9  # 512 voxels outside it: most of the volume's top 1%
+    assert scan_uncertainty(elsewhere, prediction) == scan_uncertainty(pu, prediction)
