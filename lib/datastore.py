@@ -31,7 +31,16 @@ from monailabel.datastore.local import DataModel, LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from apps.slpt.model.checkpoints import atomic_write_bytes
-from lib.label_versions import MANIFEST, NO_SPACE, LabelVersions, LabelWrite, leftovers, now_iso, sha256_file
+from lib.label_versions import (
+    MANIFEST,
+    NO_SPACE,
+    LabelVersions,
+    LabelWrite,
+    leftovers,
+    now_iso,
+    sha256_file,
+    version_to_restore,
+)
 from lib.validation import (
     TASK_LABEL_VALUES,
     InvalidUpload,
@@ -99,16 +108,7 @@ class ValidatingDatastore(LocalDatastore):
 
     def restore_label_version(self, image_id: str, version: int, label_info: dict) -> str:
         """Make an earlier version the final label again, as a new version (nothing is overwritten)."""
-        listing = {r["version"]: r for r in self.list_label_versions(image_id)}
-        record = listing.get(version)
-        if record is None:
-            raise HTTPException(404, f"no version {version} of the final label of {image_id!r}; "
-                                     f"kept versions: {sorted(listing)}")
-        if record["current"]:
-            raise HTTPException(409, f"version {version} is already the final label of {image_id!r}")
-        if record.get("removed"):
-            raise HTTPException(409, f"version {version} of {image_id!r} is the label's removal; restore the "
-                                     "version before it")
+        record = version_to_restore(self.list_label_versions(image_id), image_id, version)
         source = self.label_versions.file(image_id, record)
         if not record["available"]:
             raise HTTPException(410, f"the file of version {version} of {image_id!r} is gone from {source.parent}")

@@ -63,7 +63,7 @@ from pydicom.dataset import Dataset
 from requests.adapters import HTTPAdapter
 
 from apps.slpt.model.checkpoints import atomic_write_json
-from lib.label_versions import now_iso
+from lib.label_versions import now_iso, version_to_restore
 from lib.validation import InvalidUpload, check_label, read_volume, volume_geometry
 
 logger = logging.getLogger(__name__)
@@ -384,13 +384,7 @@ class SLPTDicomWebDatastore(DICOMWebDatastore):
 
     def restore_label_version(self, image_id: str, version: int, label_info: dict) -> str:
         """Save an earlier SEG's label again, as a new SEG (the newest counts; nothing is overwritten)."""
-        listing = {r["version"]: r for r in self.list_label_versions(image_id)}
-        record = listing.get(version)
-        if record is None:
-            raise HTTPException(404, f"no version {version} of the final label of {image_id!r}; "
-                                     f"versions in the PACS: {sorted(listing)}")
-        if record["current"]:
-            raise HTTPException(409, f"version {version} is already the final label of {image_id!r}")
+        record = version_to_restore(self.list_label_versions(image_id), image_id, version)
         return self.save_label(image_id, self._seg_nifti(record["seg"]), DefaultLabelTag.FINAL,
                                {**label_info, "restored_from": version})
 

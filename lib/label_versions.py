@@ -30,6 +30,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+from fastapi import HTTPException
+
 logger = logging.getLogger(__name__)
 
 VERSIONS_DIR = ".versions"
@@ -82,6 +84,21 @@ def keep_copy(source: Path, target: Path) -> None:
             raise
         tmp = write_temp(target.parent, target.name, source.read_bytes())
         os.replace(tmp, target)
+
+
+def version_to_restore(versions: list[dict[str, Any]], image_id: str, version: int) -> dict[str, Any]:
+    """The record of ``version`` among a scan's listed ``versions``, if it can be restored: a 404 for an
+    unknown version, a 409 for the current label or a removal."""
+    record = next((r for r in versions if r["version"] == version), None)
+    if record is None:
+        raise HTTPException(404, f"no version {version} of the final label of {image_id!r}; "
+                                 f"versions: {[r['version'] for r in versions]}")
+    if record["current"]:
+        raise HTTPException(409, f"version {version} is already the final label of {image_id!r}")
+    if record.get("removed"):
+        raise HTTPException(409, f"version {version} of {image_id!r} is the label's removal; restore the version "
+                                 "before it")
+    return record
 
 
 class LabelVersions:
