@@ -26,9 +26,11 @@ CFG = SLPTConfig(stages=("up_layers.0",), epochs=3, iterations_per_epoch=2, patc
 TRAIN = [(0,), (1,)]
 VAL = [(2,), (3,), (4,)]  # 3 validation scans: 2 on rank 0, 1 on rank 1
 # What "the same" means for weights trained apart: the shards' forward passes and the gradient sum add up
-# floats in another order, and six AdamW steps carry that along. Measured: about 1e-7; a real difference
+# floats in another order, and six AdamW steps carry that along: about 1e-7 mostly, but AdamW divides by
+# the root of a weight's squared gradients, so a weight whose gradients are nearly zero turns a rounding
+# difference into up to 1e-5 (one of 972 weights, with the organ-first task logits). A real difference
 # (another batch, another loss) moves the weights by about the learning rate, 1e-2.
-TOLERANCE = 1e-5
+TOLERANCE = 1e-4
 
 
 def train(checkpoints: list | None = None) -> tuple[torch.nn.Module, list]:
