@@ -167,6 +167,18 @@ class Browser:
         self.wait(lambda: "Connected to MONAI Label - Successful" in self.d.page_source)
         self.wait(lambda: self.button("Next Sample") or self.css("label[for='tab-1']"))
 
+    def run_model(self, name: str, timeout: float) -> None:
+        """Pick ``name`` in the panel's model list and run it; the run must answer successfully."""
+        from selenium.webdriver.support.ui import Select
+
+        run = self.css("button[title='Run Segmentation']")[0]
+        models = run.find_element(self.By.XPATH, "ancestor::div[contains(@class,'modelSelector')]//select")
+        Select(models).select_by_value(name)
+        self.click(run)
+        self.wait(lambda: "Running Segmentation - Successful" in self.d.page_source
+                  or "Failed" in self.d.page_source, timeout=timeout)
+        assert "Running Segmentation - Successful" in self.d.page_source
+
     def where(self) -> str:
         """What a failed step shows: the page, and the SLPT box's reason and status."""
         try:
@@ -322,15 +334,7 @@ def test_a_flagged_scan_says_why_in_ohif(chain, driver, tmp_path):
             ui.open_in_monai_label(HEAD)
 
         with step("run backbone on it from the panel", log, ui):
-            from selenium.webdriver.support.ui import Select
-
-            run = ui.css("button[title='Run Segmentation']")[0]
-            models = run.find_element(ui.By.XPATH, "ancestor::div[contains(@class,'modelSelector')]//select")
-            Select(models).select_by_value("backbone")
-            ui.click(run)
-            ui.wait(lambda: "Running Segmentation - Successful" in driver.page_source
-                    or "Failed" in driver.page_source, timeout=300)
-            assert "Running Segmentation - Successful" in driver.page_source  # an empty label, to the panel
+            ui.run_model("backbone", timeout=300)  # an empty label, to the panel
             ui.wait(lambda: any(e.is_displayed() and e.text for e in ui.css("#slpt-ood-reason")), timeout=10)
 
         with step("the box and a toast say why, with the app's reasons; the overlay is empty", log, ui):
@@ -378,15 +382,7 @@ def test_a_real_ct_from_the_pacs_gets_the_backbones_liver_in_ohif(chain, driver,
             ui.open_in_monai_label(str(first.PatientID))
 
         with step("run backbone on it from the panel", log, ui):
-            from selenium.webdriver.support.ui import Select
-
-            run = ui.css("button[title='Run Segmentation']")[0]
-            models = run.find_element(ui.By.XPATH, "ancestor::div[contains(@class,'modelSelector')]//select")
-            Select(models).select_by_value("backbone")
-            ui.click(run)
-            ui.wait(lambda: "Running Segmentation - Successful" in driver.page_source
-                    or "Failed" in driver.page_source, timeout=600)
-            assert "Running Segmentation - Successful" in driver.page_source
+            ui.run_model("backbone", timeout=600)
             time.sleep(1)  # let the overlay draw before the picture
             ui.snapshot("real-ct-backbone-liver.png")
 
