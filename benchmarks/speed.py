@@ -62,7 +62,7 @@ from apps.slpt.model.backbone import load_backbone
 from apps.slpt.model.build import build_model
 from apps.slpt.model.checkpoints import PromptCheckpointStore
 from apps.slpt.model.precision import uses_bf16
-from apps.slpt.model.prompts import liver_margin
+from apps.slpt.model.prompts import count_parameters, liver_margin
 from apps.slpt.training.loop import PatchSampler, prompt_optimizer, task_loss, train_step
 from benchmarks.ablations import EnsembleMean
 from benchmarks.baselines import finetune_config, full_finetune
@@ -372,7 +372,7 @@ def measure_real_backbone(s: SpeedSettings, log, cache: Path = Path(tempfile.get
         backbone = load_backbone(zoo_bundle.write_bundle(Path(tmp) / zoo_bundle.NAME), device=device())
     cfg = SLPTConfig()
     model = build_model(backbone, cfg).to(device()).eval()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable, _ = count_parameters(model)
     load = Compose([LoadImaged(keys="image"), *backbone.preprocessing])  # as scoring and /infer read a scan
     image = load({"image": str(image_path)})["image"].as_tensor().float().to(device())
     organs, passes = organ_inferer(backbone.roi_size, cfg), {}

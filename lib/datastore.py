@@ -37,6 +37,7 @@ from lib.label_versions import (
     LabelVersions,
     LabelWrite,
     leftovers,
+    manifest_bytes,
     now_iso,
     sha256_file,
     version_to_restore,
@@ -122,7 +123,7 @@ class ValidatingDatastore(LocalDatastore):
         if label_tag != FINAL or not current or not os.path.isfile(current):
             return super().remove_label(label_id, label_tag)
         obj, path = self._datastore.objects[label_id], Path(current)
-        info = {"ts": int(time.time()), "removed": True}
+        info = {"ts": int(time.time())}
         try:
             with FileLock(self._lock_file), LabelWrite() as write:
                 kept = self._record_version(write, label_id, path, None, None, info, None)
@@ -204,7 +205,7 @@ class ValidatingDatastore(LocalDatastore):
             if not kept.exists():
                 write.keep(previous, kept)
         manifest = folder / MANIFEST
-        tmp = write.temp(folder, MANIFEST, json.dumps({"image": image_id, "versions": history}, indent=1).encode())
+        tmp = write.temp(folder, MANIFEST, manifest_bytes(image_id, history))
         write.put(tmp, manifest, write.backup(manifest))
         info["version"] = record["version"]
         if replaced is not None:

@@ -86,6 +86,11 @@ def keep_copy(source: Path, target: Path) -> None:
         os.replace(tmp, target)
 
 
+def manifest_bytes(image_id: str, history: list[dict[str, Any]]) -> bytes:
+    """A scan's ``versions.json``."""
+    return json.dumps({"image": image_id, "versions": history}, indent=1).encode()
+
+
 def version_to_restore(versions: list[dict[str, Any]], image_id: str, version: int) -> dict[str, Any]:
     """The record of ``version`` among a scan's listed ``versions``, if it can be restored: a 404 for an
     unknown version, a 409 for the current label or a removal."""
@@ -145,8 +150,7 @@ class LabelVersions:
         if not history:
             manifest.unlink(missing_ok=True)
             return
-        tmp = write_temp(manifest.parent, MANIFEST, json.dumps({"image": image_id, "versions": history}, indent=1).encode())
-        os.replace(tmp, manifest)
+        os.replace(write_temp(manifest.parent, MANIFEST, manifest_bytes(image_id, history)), manifest)
 
     def recover(self, current: Callable[[str], Path | None]) -> list[str]:
         """Undo the saves that were killed half-way, and say what was undone (one sentence each).
@@ -165,12 +169,13 @@ class LabelVersions:
             if not folder.is_dir():
                 continue
             image_id, history = folder.name, self.history(folder.name)
-            in_place = current(image_id)
-            in_place_sha = sha256_file(in_place) if in_place is not None and in_place.is_file() else None
             dropped = []
-            while history and history[-1].get("sha256") in temps and history[-1].get("sha256") != in_place_sha \
-                    and not self.file(image_id, history[-1]).exists():
-                dropped.append(history.pop())
+            if history and history[-1].get("sha256") in temps:  # else no save of it was cut off: nothing to hash
+                in_place = current(image_id)
+                in_place_sha = sha256_file(in_place) if in_place is not None and in_place.is_file() else None
+                while history and history[-1].get("sha256") in temps and history[-1].get("sha256") != in_place_sha \
+                        and not self.file(image_id, history[-1]).exists():
+                    dropped.append(history.pop())
             if dropped:
                 self.write_history(image_id, history)
                 for record in dropped:

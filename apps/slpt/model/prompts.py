@@ -25,8 +25,8 @@ One pass over ``x [B, 1, *S]``:
    by this prompted pass: the liver margin ``m`` (the liver's logit minus the strongest other class's) is the
    organ's log-odds, and ``tau_k`` splits the organ into tumour and healthy liver (:func:`task_logits`), so
    liver or tumour is served exactly where the backbone labels liver. ``tau_k`` (tumour-vs-healthy-liver
-   log-odds) is a small 1x1x1 head on the decoder's output, the first encoder stage's feature (which still carries the faint lesion contrast) and the image,
-   plus set ``k``'s coarse evidence. It starts at :data:`TUMOUR_PRIOR`, so only tumour has to be learnt.
+   log-odds) is a small 1x1x1 head on the decoder's output, the first encoder stage's feature (which still
+   carries the faint lesion contrast) and the image, plus set ``k``'s coarse evidence. It starts at :data:`TUMOUR_PRIOR`, so only tumour has to be learnt.
 
 The prompts, updaters and deltas only shape ``tau``: what the backbone knows (its organs, which the
 out-of-distribution check and TESLA's liver masks read) is served unchanged, however long the training, and
